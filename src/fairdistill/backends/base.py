@@ -1,0 +1,111 @@
+"""The model backend interface every benchmark and method talks to.
+
+A backend answers four kinds of request (cf. lm-evaluation-harness's ``LM``):
+
+- ``loglikelihood_choices``: log P(continuation | context) for several continuations of one
+  shared context (multiple choice). Backends that can reuse the shared prefix do so.
+- ``sequence_logprob``: total log-probability of whole texts (perplexity; pseudo-log-likelihood
+  for masked LMs).
+- ``next_token_logprobs``: log-probabilities of chosen tokens right after a context.
+- ``generate``: a chat completion from a list of messages (greedy or sampled).
+
+A backend that cannot serve a request kind raises :class:`CapabilityError` with one clear line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..errors import CapabilityError, UserError
+
+ChatMessage = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[ChatMessage]
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None  # per-request seed makes sampled runs reproducible and resumable
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Backend:
+    """Base class. Subclasses override the request kinds they support."""
+
+    name: str = "backend"
+    #: "causal" or "masked"
+    model_type: str = "causal"
+
+    # -- capabilities -----------------------------------------------------------------------
+    @property
+    def can_chat(self) -> bool:
+        return False
+
+    @property
+    def can_score(self) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of the model for run configs (never includes secrets)."""
+        return {"backend": type(self).__name__, "model": self.name, "model_type": self.model_type}
+
+    # -- request kinds ----------------------------------------------------------------------
+    def loglikelihood_choices(
+        self, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[list[float]]:
+        """For each (context, continuations): summed log-prob of each continuation's tokens."""
+        raise CapabilityError(f"{self.name} cannot compute log-likelihoods")
+
+    def continuation_lengths(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[int]]:
+        """Token counts of each continuation (for length-normalised scoring)."""
+        raise CapabilityError(f"{self.name} cannot count tokens")
+
+    def sequence_logprob(self, texts: Sequence[str]) -> list[tuple[float, int]]:
+        """(total log-prob, number of scored tokens) for each text; PLL for masked LMs."""
+        raise CapabilityError(f"{self.name} cannot score sequences")
+
+    def next_token_logprobs(
+        self, contexts: Sequence[str], candidates: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """log P(first token of each candidate | context). Candidates are strings."""
+        raise CapabilityError(f"{self.name} cannot return next-token distributions")
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        raise CapabilityError(f"{self.name} cannot generate chat responses")
+
+    def close(self) -> None:
+        pass
+
+    def require(self, *, chat: bool = False, score: bool = False, what: str = "this benchmark") -> None:
+        if chat and not self.can_chat:
+            raise CapabilityError(f"{what} needs a chat model, but {self.name} has no chat template/endpoint")
+        if score and not self.can_score:
+            raise CapabilityError(f"{what} needs log-likelihoods, which {self.name} cannot provide")
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """Split ``kind:target`` (``hf:PATH``, ``openai:URL#MODEL``, ``vllm:PATH``); default kind ``hf``."""
+    for kind in ("hf", "openai", "vllm"):
+        if spec.startswith(kind + ":"):
+            return kind, spec[len(kind) + 1 :]
+    return "hf", spec
+
+
+def load_backend(spec: str, **options: Any) -> Backend:
+    """Build a backend from a model string. See README "Choosing a backend"."""
+    from ..registry import BACKENDS
+
+    kind, target = parse_model_spec(spec)
+    cls = BACKENDS.get(kind)
+    if not target:
+        raise UserError(f"model string {spec!r} names no model")
+    return cls.from_spec(target, **options)

@@ -1,0 +1,365 @@
+"""In-process Hugging Face transformers backend (causal and masked LMs, CPU or GPU).
+
+Model strings: a local directory, a hub id, or a built-in offline model name (``smollm2``,
+``gemma3-270m``; see :mod:`fairdistill.backends.builtin`). ``trust_remote_code`` is off unless the
+user turns it on; safetensors weights are preferred.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+from ..errors import CapabilityError, UserError
+from ..registry import BACKENDS
+from .base import Backend, GenerationRequest, GenerationResult
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+    return device
+
+
+def _resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise UserError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+@BACKENDS.register("hf")
+class HFBackend(Backend):
+    """transformers model + tokenizer. Batches every request kind."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "hf-model",
+        batch_size: int = 16,
+        max_batch_tokens: int = 8192,
+        device: str | None = None,
+    ):
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.device = device or str(next(model.parameters()).device)
+        self.model_type = "masked" if _is_masked(model) else "causal"
+        self.model.eval()
+        if tokenizer.pad_token_id is None:
+            # Padding id only fills masked positions; any valid id will do.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self._torch = torch
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_spec(
+        cls,
+        target: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        trust_remote_code: bool = False,
+        **_: Any,
+    ) -> "HFBackend":
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+        from .builtin import BUILTIN_MODELS, resolve_builtin
+
+        path = resolve_builtin(target) if target in BUILTIN_MODELS else target
+        if not (os.path.isdir(path) or _looks_like_hub_id(path)):
+            raise UserError(f"cannot load model {target!r}: no such directory, built-in name or hub id")
+        dev = _resolve_device(device)
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            arch = " ".join(config.architectures or [])
+            auto = AutoModelForMaskedLM if "MaskedLM" in arch else AutoModelForCausalLM
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = auto.from_pretrained(
+                path, dtype=_resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
+            ).to(dev)
+        except (OSError, ValueError, KeyError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load model {target!r}: {msg}") from None
+        return cls(model, tok, name=target, batch_size=batch_size, device=dev)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "hf", "model": self.name, "model_type": self.model_type,
+                "dtype": str(self.model.dtype).replace("torch.", "")}
+
+    # -- capabilities ---------------------------------------------------------------------------
+    @property
+    def can_chat(self) -> bool:
+        return self.model_type == "causal" and bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def can_score(self) -> bool:
+        return True
+
+    # -- tokenisation ---------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        # The tokenizer's own default decides BOS (Gemma/Llama add it, GPT-2 style ones do not),
+        # as lm-evaluation-harness does for these families.
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        # Trailing context whitespace belongs to the continuation (the usual " answer" token).
+        n_space = len(context) - len(context.rstrip())
+        if n_space:
+            continuation = context[-n_space:] + continuation
+            context = context[:-n_space]
+        whole = self._encode(context + continuation)
+        ctx = self._encode(context)
+        return ctx, whole[len(ctx):]
+
+    # -- log-likelihood -------------------------------------------------------------------------
+    def loglikelihood_choices(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        flat: list[tuple[int, int, list[int], list[int]]] = []
+        for i, (context, conts) in enumerate(requests):
+            for j, c in enumerate(conts):
+                ctx, cont = self._encode_pair(context, c)
+                if not cont:
+                    raise UserError(f"empty continuation {c!r} after tokenisation")
+                flat.append((i, j, ctx, cont))
+        out = [[0.0] * len(conts) for _, conts in requests]
+        if self.model_type == "masked":
+            for (i, j, ctx, cont), v in zip(flat, self._pll_spans([(ctx, cont) for _, _, ctx, cont in flat])):
+                out[i][j] = v
+            return out
+        scores = self._causal_span_scores([(ctx, cont) for _, _, ctx, cont in flat])
+        for (i, j, _, _), v in zip(flat, scores):
+            out[i][j] = v
+        return out
+
+    def continuation_lengths(self, requests):
+        return [[len(self._encode_pair(ctx, c)[1]) for c in conts] for ctx, conts in requests]
+
+    def _batches(self, lengths: list[int]):
+        """Length-sorted batches bounded by batch size and padded token count."""
+        order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+        batch: list[int] = []
+        for k in order:
+            longest = lengths[batch[0]] if batch else lengths[k]
+            if batch and (len(batch) >= self.batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
+                yield batch
+                batch = []
+            batch.append(k)
+        if batch:
+            yield batch
+
+    def _causal_span_scores(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Sum of log P(cont tokens | ctx) for each (ctx, cont) token pair."""
+        torch = self._torch
+        seqs = []
+        for ctx, cont in pairs:
+            if not ctx:  # nothing to condition on: use EOS/BOS as the start token
+                start = self.tokenizer.bos_token_id
+                if start is None:
+                    start = self.tokenizer.eos_token_id
+                ctx = [start]
+            seqs.append((ctx + cont, len(ctx), len(cont)))
+        res = [0.0] * len(seqs)
+        with torch.inference_mode():
+            for batch in self._batches([len(s[0]) - 1 for s in seqs]):
+                maxlen = max(len(seqs[k][0]) - 1 for k in batch)
+                ids = torch.full((len(batch), maxlen), self.tokenizer.pad_token_id, dtype=torch.long)
+                att = torch.zeros((len(batch), maxlen), dtype=torch.long)
+                for r, k in enumerate(batch):
+                    toks = seqs[k][0][:-1]  # the last token is never an input
+                    ids[r, : len(toks)] = torch.tensor(toks)
+                    att[r, : len(toks)] = 1
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+                for r, k in enumerate(batch):
+                    full, nctx, ncont = seqs[k]
+                    pos = slice(nctx - 1, nctx - 1 + ncont)
+                    lp = torch.log_softmax(logits[r, pos].float(), dim=-1)
+                    tgt = torch.tensor(full[nctx:], device=lp.device)
+                    res[k] = float(lp.gather(1, tgt[:, None]).sum())
+        return res
+
+    def _pll_spans(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Masked LM: pseudo-log-likelihood of the span tokens, masking one at a time."""
+        torch = self._torch
+        tok = self.tokenizer
+        jobs = []  # (pair index, full ids, position, target)
+        for p, (ctx, cont) in enumerate(pairs):
+            full = ctx + cont
+            for k in range(len(ctx), len(full)):
+                jobs.append((p, full, k, full[k]))
+        res = [0.0] * len(pairs)
+        with torch.inference_mode():
+            for batch in self._batches([len(j[1]) for j in jobs]):
+                maxlen = max(len(jobs[b][1]) for b in batch)
+                ids = torch.full((len(batch), maxlen), tok.pad_token_id, dtype=torch.long)
+                att = torch.zeros_like(ids)
+                for r, b in enumerate(batch):
+                    _, full, k, _ = jobs[b]
+                    ids[r, : len(full)] = torch.tensor(full)
+                    ids[r, k] = tok.mask_token_id
+                    att[r, : len(full)] = 1
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+                for r, b in enumerate(batch):
+                    p, _, k, t = jobs[b]
+                    res[p] += float(torch.log_softmax(logits[r, k].float(), -1)[t])
+        return res
+
+    def sequence_logprob(self, texts: Sequence[str]) -> list[tuple[float, int]]:
+        tok = self.tokenizer
+        if self.model_type == "masked":
+            # score every non-special token; specials ([CLS]/[SEP]) are context only
+            pairs, spans = [], []
+            for t in texts:
+                ids = tok(t, add_special_tokens=True)["input_ids"]
+                special = set(tok.all_special_ids)
+                body = [k for k, i in enumerate(ids) if i not in special]
+                spans.append(body)
+                pairs.append(ids)
+            return self._pll_positions(pairs, spans)
+        pairs = []
+        for t in texts:
+            ids = tok(t, add_special_tokens=False)["input_ids"]
+            start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+            pairs.append(([start], ids))
+        scores = self._causal_span_scores(pairs)
+        return [(s, len(c)) for s, (_, c) in zip(scores, pairs)]
+
+    def _pll_positions(self, seqs: list[list[int]], positions: list[list[int]]) -> list[tuple[float, int]]:
+        torch = self._torch
+        tok = self.tokenizer
+        jobs = [(p, k) for p, pos in enumerate(positions) for k in pos]
+        res = [0.0] * len(seqs)
+        with torch.inference_mode():
+            for batch in self._batches([len(seqs[p]) for p, _ in jobs]):
+                maxlen = max(len(seqs[jobs[b][0]]) for b in batch)
+                ids = torch.full((len(batch), maxlen), tok.pad_token_id, dtype=torch.long)
+                att = torch.zeros_like(ids)
+                for r, b in enumerate(batch):
+                    p, k = jobs[b]
+                    ids[r, : len(seqs[p])] = torch.tensor(seqs[p])
+                    ids[r, k] = tok.mask_token_id
+                    att[r, : len(seqs[p])] = 1
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+                for r, b in enumerate(batch):
+                    p, k = jobs[b]
+                    res[p] += float(torch.log_softmax(logits[r, k].float(), -1)[seqs[p][k]])
+        return [(s, len(pos)) for s, pos in zip(res, positions)]
+
+    def pll_positions(self, seqs: list[list[int]], positions: list[list[int]]) -> list[tuple[float, int]]:
+        """Masked LM: PLL of chosen token positions of already-tokenised sequences (CrowS-Pairs)."""
+        if self.model_type != "masked":
+            raise CapabilityError(f"{self.name} is not a masked LM")
+        return self._pll_positions(seqs, positions)
+
+    # -- next-token distribution --------------------------------------------------------------
+    def next_token_logprobs(self, contexts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        if self.model_type != "causal":
+            raise CapabilityError(f"{self.name} is a masked LM; next-token probabilities need a causal LM")
+        torch = self._torch
+        out: list[list[float]] = []
+        encs = [self._encode(c) for c in contexts]
+        res: dict[int, list[float]] = {}
+        with torch.inference_mode():
+            for batch in self._batches([len(e) for e in encs]):
+                maxlen = max(len(encs[k]) for k in batch)
+                ids = torch.full((len(batch), maxlen), self.tokenizer.pad_token_id, dtype=torch.long)
+                att = torch.zeros_like(ids)
+                for r, k in enumerate(batch):
+                    ids[r, : len(encs[k])] = torch.tensor(encs[k])
+                    att[r, : len(encs[k])] = 1
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+                for r, k in enumerate(batch):
+                    lp = torch.log_softmax(logits[r, len(encs[k]) - 1].float(), -1)
+                    res[k] = [float(lp[self.first_token_id(contexts[k], c)]) for c in candidates[k]]
+        for k in range(len(contexts)):
+            out.append(res[k])
+        return out
+
+    def first_token_id(self, context: str, candidate: str) -> int:
+        _, cont = self._encode_pair(context, candidate)
+        return cont[0]
+
+    # -- generation -----------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        if not self.can_chat:
+            raise CapabilityError(f"{self.name} has no chat template; chat benchmarks and methods need one")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        torch = self._torch
+        tok = self.tokenizer
+        prompts = [self.apply_chat_template(r.messages) for r in requests]
+        # chat templates already contain BOS where the model wants one
+        encs = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        results: list[GenerationResult | None] = [None] * len(requests)
+        # group by sampling settings so a batch shares one generate() call and one seed
+        groups: dict[tuple, list[int]] = {}
+        for k, r in enumerate(requests):
+            groups.setdefault((r.max_new_tokens, r.temperature, r.top_p, r.seed), []).append(k)
+        for (max_new, temp, top_p, seed), idxs in groups.items():
+            for batch in self._batches([len(encs[k]) for k in idxs]):
+                ks = [idxs[b] for b in batch]
+                maxlen = max(len(encs[k]) for k in ks)
+                ids = torch.full((len(ks), maxlen), tok.pad_token_id, dtype=torch.long)
+                att = torch.zeros_like(ids)
+                for r, k in enumerate(ks):  # left padding for generation
+                    ids[r, maxlen - len(encs[k]):] = torch.tensor(encs[k])
+                    att[r, maxlen - len(encs[k]):] = 1
+                kwargs: dict[str, Any] = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
+                if temp and temp > 0:
+                    kwargs.update(do_sample=True, temperature=temp, top_p=top_p, top_k=0)
+                    torch.manual_seed(seed if seed is not None else 0)
+                else:
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                with torch.inference_mode():
+                    out = self.model.generate(
+                        input_ids=ids.to(self.device), attention_mask=att.to(self.device), **kwargs
+                    )
+                for r, k in enumerate(ks):
+                    new = out[r, maxlen:].tolist()
+                    eos = _eos_ids(self.model, tok)
+                    n = next((i for i, t in enumerate(new) if t in eos), len(new))
+                    text = tok.decode(new[:n], skip_special_tokens=True)
+                    for s in requests[k].stop:
+                        if s in text:
+                            text = text[: text.index(s)]
+                    results[k] = GenerationResult(text=text.strip(), prompt_tokens=len(encs[k]), completion_tokens=n)
+        return results  # type: ignore[return-value]
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if ids is None:
+        ids = tok.eos_token_id
+    if isinstance(ids, int):
+        ids = [ids]
+    return set(ids or [])
+
+
+def _is_masked(model) -> bool:
+    return any("MaskedLM" in a for a in (model.config.architectures or [type(model).__name__])) or \
+        type(model).__name__.endswith("ForMaskedLM")
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def perplexity(logprob: float, n_tokens: int) -> float:
+    return math.exp(-logprob / max(n_tokens, 1))

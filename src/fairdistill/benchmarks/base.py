@@ -1,0 +1,62 @@
+"""The benchmark interface: items -> requests -> per-item records -> metrics.
+
+A benchmark loads its items (each a dict with a unique ``"id"``), evaluates them in batches
+against a backend (optionally through an inference-time method) and aggregates the stored
+per-item records into metrics. It never stores anything itself: the runner does that, so every
+benchmark gets incremental writing and resume for free.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..backends.base import Backend
+
+
+@dataclass
+class EvalContext:
+    backend: Backend
+    method: Any = None  # a fairdistill.methods.Method, or None for the plain model
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark:
+    """Subclass, set ``name``, implement ``items``, ``evaluate`` and ``metrics``, and register."""
+
+    name: ClassVar[str] = "benchmark"
+    description: ClassVar[str] = ""
+    #: items handed to one ``evaluate`` call; the unit of incremental saving
+    batch_size: ClassVar[int] = 16
+    #: whether the benchmark can run through an inference-time method
+    supports_methods: ClassVar[bool] = False
+
+    def __init__(self, data: str | None = None, limit: int | None = None, seed: int = 0, **options: Any):
+        self.data = data
+        self.limit = limit
+        self.seed = seed
+        self.options = options
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the results; a resumed run must have the same identity."""
+        return {"benchmark": self.name, "limit": self.limit, "seed": self.seed, **self.options}
+
+    def data_files(self) -> list[str]:
+        """Files read, for hashing into the run config (reproducibility)."""
+        return []
+
+    def items(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def check(self, ctx: EvalContext) -> None:
+        """Raise CapabilityError early if the backend cannot serve this benchmark."""
+
+    def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows for the terminal table; default: the tidy ``rows`` of the metrics."""
+        return metrics.get("rows", [])

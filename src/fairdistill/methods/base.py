@@ -1,0 +1,100 @@
+"""Method interface: (backend, questions) -> final answers plus full transcripts.
+
+A *question* is what a benchmark asks in generation mode: a user prompt (context, question and
+lettered options) and the instruction that says how to answer (e.g. "Answer with a single
+letter."). The benchmark parses the method's final text exactly as it parses the plain model's, so
+``--method NAME`` reuses the benchmark's code unchanged.
+
+Methods process a whole batch of questions round by round, so a batching backend generates each
+round's turns together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from ..backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult
+
+
+@dataclass
+class Question:
+    prompt: str
+    answer_instruction: str = "Answer with a single letter."
+    options: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodResult:
+    text: str
+    transcript: list[ChatMessage]
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "final_text": self.text,
+            "transcript": self.transcript,
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            **({"method_extra": self.extra} if self.extra else {}),
+        }
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+class Method:
+    name: ClassVar[str] = "method"
+
+    def __init__(self, backend: Backend, **options: Any):
+        self.backend = backend
+        self.options = options
+
+    def identity(self) -> dict[str, Any]:
+        return {"method": self.name, **{k: v for k, v in self.options.items() if not k.startswith("_")}}
+
+    def check(self) -> None:
+        self.backend.require(chat=True, what=f"method {self.name!r}")
+
+    def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:
+        raise NotImplementedError
+
+    # helpers --------------------------------------------------------------------------------
+    def _chat(
+        self,
+        conversations: Sequence[list[ChatMessage]],
+        gen: GenerationConfig,
+        backend: Backend | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[GenerationResult]:
+        be = backend or self.backend
+        reqs = [
+            GenerationRequest(
+                messages=list(conv),
+                max_new_tokens=max_new_tokens or gen.max_new_tokens,
+                temperature=gen.temperature,
+                seed=gen.seed,
+            )
+            for conv in conversations
+        ]
+        return be.generate(reqs)
+
+
+def user_turn(q: Question) -> str:
+    return f"{q.prompt}\n{q.answer_instruction}".strip()
+
+
+def get_method(name: str, backend: Backend, **options: Any) -> Method:
+    from ..registry import METHODS
+
+    m = METHODS.get(name)(backend, **options)
+    m.check()
+    return m
