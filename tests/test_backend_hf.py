@@ -1,0 +1,52 @@
+"""The HF backend's request kinds on tiny random models, checked against direct computations."""
+import math
+
+import torch
+
+from fairdistill.backends.base import GenerationRequest
+
+
+def _direct_logprob(backend, context: str, continuation: str) -> float:
+    ctx, cont = backend._encode_pair(context, continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logits = backend.model(ids).logits[0]
+    lp = torch.log_softmax(logits, -1)
+    return sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+
+def test_loglikelihood_choices_equals_unbatched_forward(tiny_gpt2):
+    reqs = [("The nurse said that", [" he", " she", " they went home"]),
+            ("Who was not comfortable using the phone?", [" The grandfather", " The grandson", " Can't be determined"])]
+    got = tiny_gpt2.loglikelihood_choices(reqs)
+    for (ctx, conts), row in zip(reqs, got):
+        for c, v in zip(conts, row):
+            assert math.isclose(v, _direct_logprob(tiny_gpt2, ctx, c), rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_trailing_space_moves_to_continuation(tiny_gpt2):
+    a = tiny_gpt2.loglikelihood_choices([("Answer:", [" A"])])
+    b = tiny_gpt2.loglikelihood_choices([("Answer: ", ["A"])])
+    assert math.isclose(a[0][0], b[0][0], abs_tol=1e-5)
+
+
+def test_sequence_logprob_causal_and_masked(tiny_gpt2, tiny_bert):
+    (lp, n), = tiny_gpt2.sequence_logprob(["The doctor is here."])
+    assert n == len(tiny_gpt2.tokenizer("The doctor is here.")["input_ids"]) and lp < 0
+    (plp, pn), = tiny_bert.sequence_logprob(["the doctor is here."])
+    assert pn == len(tiny_bert.tokenizer("the doctor is here.")["input_ids"]) - 2  # [CLS]/[SEP] not scored
+    assert plp < 0
+
+
+def test_generate_greedy_is_deterministic_and_batched(tiny_llama_chat):
+    reqs = [GenerationRequest(messages=[{"role": "user", "content": q}], max_new_tokens=8)
+            for q in ["Who was not comfortable?", "A or B?", "Answer with a single letter."]]
+    one_by_one = [tiny_llama_chat.generate([r])[0].text for r in reqs]
+    batched = [r.text for r in tiny_llama_chat.generate(reqs)]
+    assert one_by_one == batched
+    assert all(r.completion_tokens <= 8 for r in tiny_llama_chat.generate(reqs))
+
+
+def test_capabilities(tiny_gpt2, tiny_llama_chat, tiny_bert):
+    assert tiny_llama_chat.can_chat and not tiny_gpt2.can_chat and not tiny_bert.can_chat
+    assert tiny_bert.model_type == "masked" and tiny_gpt2.model_type == "causal"
