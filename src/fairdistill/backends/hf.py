@@ -50,6 +50,7 @@ class HFBackend(Backend):
         batch_size: int = 16,
         max_batch_tokens: int = 8192,
         device: str | None = None,
+        shared_prefix: bool = True,
     ):
         import torch
 
@@ -58,6 +59,12 @@ class HFBackend(Backend):
         self.name = name
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.shared_prefix = shared_prefix
+        import inspect
+
+        # transformers >= 5.x renamed the forward argument `past_key_values` to `cache`
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.device = device or str(next(model.parameters()).device)
         self.model_type = "masked" if _is_masked(model) else "causal"
         self.model.eval()
@@ -142,10 +149,77 @@ class HFBackend(Backend):
             for (i, j, ctx, cont), v in zip(flat, self._pll_spans([(ctx, cont) for _, _, ctx, cont in flat])):
                 out[i][j] = v
             return out
+        if self.shared_prefix:
+            grouped: list[tuple[list[int], list[list[int]]]] = [([], []) for _ in requests]
+            for i, _, ctx, cont in flat:
+                grouped[i][1].append(cont)
+                grouped[i] = (ctx, grouped[i][1])
+            for i, row in enumerate(self._causal_choice_scores(grouped)):
+                out[i] = row
+            return out
         scores = self._causal_span_scores([(ctx, cont) for _, _, ctx, cont in flat])
         for (i, j, _, _), v in zip(flat, scores):
             out[i][j] = v
         return out
+
+    def _causal_choice_scores(self, items: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+        """Multiple choice with one forward pass per shared context.
+
+        The contexts of a batch run once (left-padded, KV cache kept, logits for the last position
+        only); the cache rows are then repeated per option and all options of all items run in
+        one second pass. Each option costs its own tokens only, not the context again.
+        """
+        torch = self._torch
+        res: list[list[float]] = [[] for _ in items]
+        fixed = []
+        for ctx, conts in items:
+            if not ctx:
+                start = self.tokenizer.bos_token_id
+                ctx = [start if start is not None else self.tokenizer.eos_token_id]
+            fixed.append((ctx, conts))
+        # cost of an item ~ context + all option tokens; the batcher bounds the padded total
+        costs = [len(c) + sum(len(o) for o in os_) for c, os_ in fixed]
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            for batch in self._batches(costs):
+                ctx_max = max(len(fixed[k][0]) for k in batch)
+                ids = torch.full((len(batch), ctx_max), pad, dtype=torch.long)
+                att = torch.zeros((len(batch), ctx_max), dtype=torch.long)
+                for r, k in enumerate(batch):
+                    c = fixed[k][0]
+                    ids[r, ctx_max - len(c):] = torch.tensor(c)
+                    att[r, ctx_max - len(c):] = 1
+                pos = (att.cumsum(-1) - 1).clamp(min=0)
+                o1 = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device),
+                                position_ids=pos.to(self.device), use_cache=True, logits_to_keep=1)
+                last_lp = torch.log_softmax(o1.logits[:, -1].float(), -1)
+                rows = [(r, k, j) for r, k in enumerate(batch) for j in range(len(fixed[k][1]))]
+                conts = [fixed[k][1][j] for _, k, j in rows]
+                first = torch.stack([last_lp[r, conts[q][0]] for q, (r, _, _) in enumerate(rows)])
+                totals = first.clone()
+                L = max(len(c) for c in conts)
+                if L > 1:
+                    sel = torch.tensor([r for r, _, _ in rows], device=self.device)
+                    cache = getattr(o1, "cache", None) if self._cache_kw == "cache" else o1.past_key_values
+                    cache.batch_select_indices(sel)
+                    oids = torch.full((len(rows), L - 1), pad, dtype=torch.long)
+                    oatt = torch.zeros((len(rows), L - 1), dtype=torch.long)
+                    for q, c in enumerate(conts):
+                        oids[q, : len(c) - 1] = torch.tensor(c[:-1]) if len(c) > 1 else oids[q, :0]
+                        oatt[q, : len(c) - 1] = 1
+                    att2 = torch.cat([att[sel.cpu()], oatt], dim=1)
+                    ctx_len = att.sum(-1)[sel.cpu()]
+                    pos2 = ctx_len[:, None] + torch.arange(L - 1)[None, :]
+                    o2 = self.model(input_ids=oids.to(self.device), attention_mask=att2.to(self.device),
+                                    position_ids=pos2.to(self.device), use_cache=True, **{self._cache_kw: cache})
+                    lp2 = torch.log_softmax(o2.logits.float(), -1)
+                    for q, c in enumerate(conts):
+                        if len(c) > 1:
+                            tgt = torch.tensor(c[1:], device=lp2.device)
+                            totals[q] += lp2[q, : len(c) - 1].gather(1, tgt[:, None]).sum()
+                for q, (_, k, _) in enumerate(rows):
+                    res[k].append(float(totals[q]))
+        return res
 
     def continuation_lengths(self, requests):
         return [[len(self._encode_pair(ctx, c)[1]) for c in conts] for ctx, conts in requests]

@@ -1,0 +1,358 @@
+"""Capability retention: lm-evaluation-harness on the same in-process model object.
+
+A debiased model is only useful if it still works. This benchmark runs lm-evaluation-harness's
+Python API (``lm_eval.simple_evaluate``) on ``HFLM(pretrained=<the loaded model object>)``, so the
+numbers come from lm-eval itself (no re-implementation) and describe exactly the weights the bias
+benchmarks saw.
+
+Tasks (option ``tasks``, a list or comma-separated string):
+
+- ``mmlu`` (all subjects, or ``subjects=[...]``), ``mmlu_<subject>``, ``gpqa_diamond``, ``ifeval``:
+  served by local task definitions over ``shared/data`` (see
+  :mod:`fairdistill.benchmarks.lm_eval_tasks`); no hub access. Set ``local=false`` to use
+  lm-eval's own (hub-backed) tasks instead.
+- any other lm-eval task name, passed through unchanged (its data must be reachable or cached).
+
+Each requested task is one item of the run (lm-eval evaluates a task as a whole), so an
+interrupted run resumes at the next task. The stored record holds lm-eval's own results for that
+task (``results``/``groups``/``n-samples``/``higher_is_better``...) and its per-sample log;
+``metrics.json`` has tidy rows (task, metric, value, stderr, 95% normal CI, n) plus the merged raw
+lm-eval results dict under ``lm_eval``.
+
+IFEval's checker needs ``langdetect``, ``immutabledict`` and NLTK ``punkt_tab`` data; where those
+are missing IFEval is skipped with the reason in ``metrics["skipped"]`` (a run asking only for
+IFEval fails with that reason).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import CapabilityError, UserError
+from ..registry import BENCHMARKS
+from .base import Benchmark, EvalContext
+from . import lm_eval_tasks as lt
+
+log = logging.getLogger(__name__)
+
+DEFINITIONS = {
+    "acc": "accuracy: share of questions where the model's highest log-likelihood choice is the gold one "
+           "(lm-eval 'acc'); 0-1, higher is better; chance is 0.25 for 4-choice MMLU/GPQA",
+    "acc_norm": "accuracy with each choice's log-likelihood divided by its length in bytes (lm-eval 'acc_norm'); "
+                "0-1, higher is better",
+    "prompt_level_strict_acc": "IFEval: share of prompts whose every instruction is followed (strict check); 0-1, higher is better",
+    "inst_level_strict_acc": "IFEval: share of single instructions followed (strict check); 0-1, higher is better",
+    "prompt_level_loose_acc": "IFEval: as prompt_level_strict_acc with lenient response variants; 0-1, higher is better",
+    "inst_level_loose_acc": "IFEval: as inst_level_strict_acc with lenient response variants; 0-1, higher is better",
+    "stderr": "lm-eval's standard error of the metric (analytic for means, bootstrap otherwise)",
+    "ci_low/ci_high": "95% normal-approximation interval, value +- 1.96 x stderr, clipped to [0, 1]",
+    "n": "documents evaluated (after limit)",
+    "delta": "in comparisons: after minus before, same task and metric; for accuracies, "
+             "negative means capability was lost",
+}
+
+
+def _split(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [t.strip() for t in v.split(",") if t.strip()]
+    return [str(t) for t in v]
+
+
+def _jsonable(o: Any) -> Any:
+    """lm-eval's dicts hold tuples, numpy scalars and the odd object: make them plain JSON."""
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, float):
+        return None if math.isnan(o) else o
+    if o is None or isinstance(o, (str, int, bool)):
+        return o
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return _jsonable(o.item())
+        if isinstance(o, np.ndarray):
+            return _jsonable(o.tolist())
+    except ImportError:
+        pass
+    return str(o)
+
+
+@BENCHMARKS.register("capability")
+class Capability(Benchmark):
+    """Capability retention via lm-evaluation-harness. Options: tasks (list or comma string; default
+    mmlu), subjects (MMLU subset), limit (documents per task; lm-eval takes the first N), num_fewshot,
+    local (true: MMLU/GPQA/IFEval from shared/data), lm_eval_batch_size, bootstrap_iters,
+    max_gen_toks (IFEval), apply_chat_template."""
+
+    name = "capability"
+    description = "Capability retention: MMLU / GPQA diamond / IFEval / any lm-eval task, via lm-evaluation-harness"
+    batch_size = 1  # one task per evaluate call: each finished task is saved before the next starts
+
+    def __init__(
+        self,
+        data: str | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        tasks: list[str] | str | None = None,
+        subjects: list[str] | str | None = None,
+        num_fewshot: int | None = None,
+        local: bool = True,
+        lm_eval_batch_size: int = 8,
+        bootstrap_iters: int = 1000,
+        max_gen_toks: int = 1280,
+        apply_chat_template: bool = False,
+        include_path: str | None = None,
+    ):
+        tasks_l = _split(tasks) or ["mmlu"]
+        subjects_l = _split(subjects) or None
+        super().__init__(data=data, limit=limit, seed=seed, tasks=tasks_l, subjects=subjects_l,
+                         num_fewshot=num_fewshot, local=local, bootstrap_iters=bootstrap_iters,
+                         max_gen_toks=max_gen_toks, apply_chat_template=apply_chat_template)
+        self.tasks = tasks_l
+        self.subjects = subjects_l
+        self.num_fewshot = num_fewshot
+        self.local = bool(local)
+        self.lm_eval_batch_size = lm_eval_batch_size
+        self.bootstrap_iters = bootstrap_iters
+        self.max_gen_toks = max_gen_toks
+        self.apply_chat_template = apply_chat_template
+        self.include_path = include_path
+        self.skipped: dict[str, str] = {}
+        self._files: list[str] | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._task_dir: Path | None = None
+
+    # -- task definitions -------------------------------------------------------------------------
+    def lm_eval_name(self, task: str) -> str:
+        return (lt.local_name(task) if self.local else None) or task
+
+    def items(self) -> list[dict[str, Any]]:
+        out = []
+        self.skipped = {}
+        for t in self.tasks:
+            name = self.lm_eval_name(t)
+            if name == "fd_ifeval":
+                problem = lt.ifeval_problem()
+                if problem:
+                    self.skipped[t] = problem
+                    log.warning("skipping IFEval: %s", problem)
+                    continue
+            out.append({"id": t, "task": t, "lm_eval_task": name})
+        if not out:
+            raise UserError("no capability task can run here: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
+        return out
+
+    def task_dir(self) -> Path:
+        """Write the local task YAML (absolute data paths) once per benchmark object; return its folder."""
+        if self._task_dir is not None:
+            return self._task_dir
+        self._tmp = tempfile.TemporaryDirectory(prefix="fairdistill-lm-eval-tasks-")
+        d = Path(self._tmp.name)
+        files: list[str] = []
+        names = [self.lm_eval_name(t) for t in self.tasks]
+        subjects: list[str] = []
+        if "fd_mmlu" in names:
+            subjects = self.subjects or lt.mmlu_subjects(self._data_for("mmlu"))
+        subjects += [n[len("fd_mmlu_"):] for n in names if n.startswith("fd_mmlu_") and n[len("fd_mmlu_"):] not in subjects]
+        if subjects:
+            _, f = lt.write_mmlu(d, self._data_for("mmlu"), subjects)
+            files += f
+            if "fd_mmlu" not in names:
+                (d / "fd_mmlu" / "_fd_mmlu.yaml").unlink()
+        if "fd_gpqa_diamond" in names:
+            files += lt.write_gpqa(d, self._data_for("gpqa"), self.seed)
+        if "fd_ifeval" in names and not lt.ifeval_problem():
+            files += lt.write_ifeval(d, self._data_for("ifeval"), self.max_gen_toks)
+        self._files = files
+        self._task_dir = d
+        return d
+
+    def _data_for(self, name: str) -> str | None:
+        """``data`` is either a dataset folder root (holding mmlu/, gpqa/...) or None."""
+        if self.data is None:
+            return None
+        p = Path(self.data) / name
+        return str(p) if p.exists() else self.data
+
+    def data_files(self) -> list[str]:
+        if self._files is None:
+            self.task_dir()
+        return list(self._files or [])
+
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        ident.pop("include_path", None)
+        return ident
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def check(self, ctx: EvalContext) -> None:
+        if ctx.method is not None:
+            raise UserError("capability runs lm-eval on the model itself; inference-time methods do not apply")
+        if not (hasattr(ctx.backend, "model") and hasattr(ctx.backend, "tokenizer")):
+            raise CapabilityError(
+                f"capability needs the in-process Hugging Face backend (hf:...); {type(ctx.backend).__name__} "
+                "has no model object to hand to lm-eval")
+        if getattr(ctx.backend, "model_type", "causal") != "causal":
+            raise CapabilityError("capability (lm-eval HFLM) needs a causal LM, not a masked LM")
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            raise UserError("capability needs lm-evaluation-harness: pip install 'fairdistill[eval]'") from None
+
+    def lm(self, ctx: EvalContext):
+        """An ``HFLM`` around the backend's own model object and tokenizer (no reload)."""
+        from lm_eval.models.huggingface import HFLM
+
+        cached = getattr(ctx.backend, "_fd_hflm", None)
+        if cached is not None:
+            return cached
+        lm = HFLM(pretrained=ctx.backend.model, tokenizer=ctx.backend.tokenizer,
+                  batch_size=self.lm_eval_batch_size)
+        try:
+            ctx.backend._fd_hflm = lm  # one wrapper per backend
+        except AttributeError:
+            pass
+        return lm
+
+    def task_manager(self, names: list[str]):
+        from lm_eval.tasks import TaskManager
+
+        paths = [str(self.task_dir())] + ([self.include_path] if self.include_path else [])
+        only_local = all(n.startswith("fd_") for n in names) and not self.include_path
+        return TaskManager(include_path=paths, include_defaults=not only_local)
+
+    def run_lm_eval(self, names: list[str], ctx: EvalContext) -> dict[str, Any]:
+        """One ``lm_eval.simple_evaluate`` call; returns lm-eval's results dict unchanged."""
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import lm_eval
+
+        res = lm_eval.simple_evaluate(
+            model=self.lm(ctx),
+            tasks=names,
+            num_fewshot=self.num_fewshot,
+            limit=self.limit,
+            bootstrap_iters=self.bootstrap_iters,
+            log_samples=True,
+            task_manager=self.task_manager(names),
+            apply_chat_template=self.apply_chat_template,
+            random_seed=self.seed,
+            numpy_random_seed=1234 + self.seed,
+            torch_random_seed=1234 + self.seed,
+            fewshot_random_seed=1234 + self.seed,
+        )
+        if res is None:
+            raise UserError("lm-eval returned no results (non-zero rank in a distributed launch?)")
+        return res
+
+    def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:
+        out = []
+        for it in items:
+            try:
+                res = self.run_lm_eval([it["lm_eval_task"]], ctx)
+            except KeyError as e:  # lm-eval's unknown task
+                raise UserError(f"lm-eval does not know task {it['lm_eval_task']!r} ({e})") from None
+            keep = {k: res.get(k) for k in ("results", "groups", "group_subtasks", "n-shot", "n-samples",
+                                             "higher_is_better", "versions") if k in res}
+            keep["lm_eval_version"] = res.get("lm_eval_version")
+            keep["config"] = {k: v for k, v in (res.get("config") or {}).items() if k != "model_args"}
+            samples = {}
+            for task, ss in (res.get("samples") or {}).items():
+                samples[task] = [
+                    {k: s.get(k) for k in ("doc_id", "target", "filtered_resps", "acc", "acc_norm",
+                                           "prompt_level_strict_acc", "inst_level_strict_acc",
+                                           "prompt_level_loose_acc", "inst_level_loose_acc") if k in s}
+                    for s in ss
+                ]
+            out.append(_jsonable({**it, "lm_eval": keep, "samples": samples}))
+        return out
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        rows: list[dict[str, Any]] = []
+        merged: dict[str, dict] = {"results": {}, "groups": {}, "group_subtasks": {}, "n-samples": {},
+                                   "n-shot": {}, "higher_is_better": {}, "versions": {}}
+        summary: dict[str, Any] = {}
+        for rec in records:
+            le = rec.get("lm_eval", {})
+            for k in merged:
+                merged[k].update(le.get(k) or {})
+            top = rec["lm_eval_task"]
+            groups = le.get("groups") or {}
+            new = []
+            for task, res in (le.get("results") or {}).items():
+                new += _task_rows(rec["task"], task, res, le, is_top=(task == top),
+                                  is_group=task in groups)
+            rows += new
+            for r in new:
+                if r["top"]:
+                    summary[f"{rec['task']}/{r['metric']}"] = r["value"]
+        merged["lm_eval_version"] = next((r["lm_eval"].get("lm_eval_version") for r in records), None)
+        return {
+            "rows": rows,
+            "summary": summary,
+            "definitions": DEFINITIONS,
+            "skipped": dict(self.skipped),
+            "lm_eval": merged,
+        }
+
+    def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: r[k] for k in ("task", "metric", "value", "ci_low", "ci_high", "n")}
+                for r in metrics.get("rows", []) if r.get("level") in ("task", "group") and r.get("top")]
+
+
+def _leaf_n(task: str, le: dict) -> int | None:
+    """Documents evaluated in a task, or summed over a group's leaf tasks."""
+    ns = le.get("n-samples") or {}
+    if task in ns:
+        return (ns[task] or {}).get("effective")
+    subs = (le.get("group_subtasks") or {}).get(task)
+    if not subs:
+        return None
+    parts = [_leaf_n(s, le) for s in subs]
+    return sum(p for p in parts if p is not None) if any(p is not None for p in parts) else None
+
+
+def _task_rows(requested: str, task: str, res: dict, le: dict, is_top: bool, is_group: bool) -> list[dict[str, Any]]:
+    rows = []
+    n = _leaf_n(task, le)
+    hib = (le.get("higher_is_better") or {}).get(task) or {}
+    alias = res.get("alias", task)
+    for key, value in res.items():
+        if "," not in key or "_stderr," in key or key == "alias":
+            continue
+        metric, filt = key.split(",", 1)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        se = res.get(f"{metric}_stderr,{filt}")
+        se = se if isinstance(se, (int, float)) and not (isinstance(se, float) and math.isnan(se)) else None
+        lo = hi = None
+        if se is not None:
+            lo, hi = value - 1.96 * se, value + 1.96 * se
+            if 0 <= value <= 1:
+                lo, hi = max(0.0, lo), min(1.0, hi)
+        rows.append({
+            "requested_task": requested,
+            "task": str(alias).strip().lstrip("- ").strip() or task,
+            "lm_eval_task": task,
+            "level": "group" if is_group else "task",
+            "top": is_top,
+            "metric": metric,
+            "filter": filt,
+            "value": value,
+            "stderr": se,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": n,
+            "higher_is_better": hib.get(metric, True),
+        })
+    return rows

@@ -1,0 +1,236 @@
+"""The ``fairdistill`` command line. User errors end in one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure social bias in language models and remove it by self-debiasing and distillation.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs; values are JSON when they parse (numbers, true/false, lists), else strings."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise UserError(f"option {p!r} is not of the form key=value")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def build_benchmark(name: str, **kwargs: Any):
+    from .registry import BENCHMARKS
+
+    cls = BENCHMARKS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    known = [k for k in params if k not in ("self",) and params[k].kind is not params[k].VAR_KEYWORD]
+    for k in kwargs:
+        if k not in params and not accepts_any:
+            raise UserError(f"benchmark {name!r} has no option {k!r}; options: {', '.join(known)}")
+    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s.strip("/").split("/")[-1])[:40] or "model"
+
+
+def default_out(benchmark: str, model: str, method: str | None, ident: dict) -> Path:
+    h = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    parts = [benchmark, slug(model)] + ([method] if method else [])
+    return Path("runs") / ("-".join(parts) + "-" + h)
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def print_rows(rows: list[dict[str, Any]], title: str, max_rows: int = 60) -> None:
+    if not rows:
+        return
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
+    for r in rows[:max_rows]:
+        t.add_row(*[fmt(r.get(c)) for c in cols])
+    console.print(t)
+    if len(rows) > max_rows:
+        console.print(f"... {len(rows) - max_rows} more rows in metrics.json")
+
+
+def print_definitions(metrics: dict) -> None:
+    defs = metrics.get("definitions") or {}
+    for k, v in defs.items():
+        console.print(f"[dim]{k}: {v}[/dim]")
+
+
+# -- commands -----------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    benchmark: str = typer.Argument(..., help="benchmark name (see `fairdistill list`)"),
+    model: str = typer.Option("smollm2", "--model", "-m", help="model: built-in name, local dir, hub id, hf:PATH, openai:URL#MODEL, vllm:PATH"),
+    categories: Optional[str] = typer.Option(None, help="comma-separated categories (BBQ)"),
+    limit: Optional[int] = typer.Option(None, help="items per category (seeded sample)"),
+    mode: Optional[str] = typer.Option(None, help="BBQ scoring mode: auto, loglik or generate"),
+    options_protocol: Optional[str] = typer.Option(None, "--options", help="BBQ option protocol: dataset (3 options) or helm (12)"),
+    method: Optional[str] = typer.Option(None, help="inference-time method wrapping the model (see `fairdistill list`)"),
+    compare: Optional[str] = typer.Option(None, help="also run this method (e.g. baseline) and print a paired comparison"),
+    data: Optional[str] = typer.Option(None, help="dataset folder (default: $FAIRDISTILL_DATA or ../shared/data)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default: runs/<benchmark>-<model>-<hash>)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="benchmark option key=value (repeatable)"),
+    method_option: list[str] = typer.Option([], "--method-option", help="method option key=value (repeatable)"),
+    seed: int = typer.Option(0, help="seed for sampling, subsets and bootstrap"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps"),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
+    batch_size: int = typer.Option(16, help="model batch size"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable."""
+    from .backends.base import load_backend
+    from .benchmarks.base import EvalContext
+    from .runner import run_benchmark
+    from .store import RunStore
+
+    opts = parse_options(option)
+    for k, v in (("categories", categories), ("mode", mode), ("options", options_protocol)):
+        if v is not None:
+            opts[k] = v
+    bench = build_benchmark(benchmark, data=data, limit=limit, seed=seed, **opts)
+    mopts = parse_options(method_option)
+    backend = load_backend(model, device=device, dtype=dtype, batch_size=batch_size)
+    runs = [method] if method else [None]
+    if compare:
+        runs = [None if compare == "none" else compare] + [method or "baseline"]
+    results = {}
+    for m in runs:
+        from .methods.base import get_method
+
+        meth = get_method(m, backend, **mopts) if m else None
+        if meth is not None and m == "baseline" and not method and not compare:
+            meth = None
+        ident = {"bench": bench.identity(), "model": model, "method": m, "mopts": mopts if m else {}}
+        run_dir = out if (out and len(runs) == 1) else (out / (m or "plain") if out else default_out(benchmark, model, m, ident))
+        store = RunStore(run_dir)
+        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}[/bold]" + (f" with method [bold]{m}[/bold]" if m else "") + f" -> {run_dir}")
+        ctx = EvalContext(backend=backend, method=meth, seed=seed)
+        metrics = run_benchmark(bench, ctx, store, show_progress=progress,
+                                extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
+        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}" + (f" + {m}" if m else ""))
+        print_definitions(metrics)
+        console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
+        results[m] = run_dir
+    if compare:
+        from .stats.paired import compare_run_dirs
+
+        base_dir, meth_dir = results[runs[0]], results[runs[1]]
+        comp = compare_run_dirs(base_dir, meth_dir, seed=seed)
+        Path(meth_dir, "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
+        print_rows(comp.get("rows", []), title=f"{runs[1]} vs {runs[0] or 'plain model'} (paired)")
+        print_definitions(comp)
+
+
+@app.command("score")
+def score_cmd(
+    benchmark: str = typer.Argument(..., help="bbq or holistic-bias"),
+    predictions: Optional[Path] = typer.Option(None, help="BBQ: jsonl of BBQ rows plus an answer column"),
+    column: Optional[str] = typer.Option(None, help="BBQ: the answer column (free text, letter or index)"),
+    perplexities: Optional[Path] = typer.Option(None, help="HolisticBias: table with text, axis, template, descriptor, perplexity"),
+    out: Optional[Path] = typer.Option(None, help="write metrics JSON here"),
+):
+    """Score predictions or perplexities made outside fairdistill."""
+    from .registry import BENCHMARKS
+
+    cls = BENCHMARKS.get(benchmark)
+    if not hasattr(cls, "score_file"):
+        raise UserError(f"benchmark {benchmark!r} cannot score external files")
+    if benchmark == "bbq":
+        if predictions is None or column is None:
+            raise UserError("score bbq needs --predictions FILE and --column COL")
+        metrics = cls.score_file(predictions=str(predictions), column=column)
+    else:
+        if perplexities is None:
+            raise UserError(f"score {benchmark} needs --perplexities FILE")
+        metrics = cls.score_file(perplexities=str(perplexities))
+    print_rows(metrics.get("rows", []), title=f"{benchmark}: {predictions or perplexities}")
+    print_definitions(metrics)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2, default=str))
+        console.print(f"metrics: {out}")
+
+
+@app.command("list")
+def list_cmd():
+    """List benchmarks, methods, backends and built-in models."""
+    from .backends.builtin import BUILTIN_MODELS
+    from .registry import BACKENDS, BENCHMARKS, METHODS
+
+    for title, reg in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("backends", BACKENDS)):
+        t = Table(title=title)
+        t.add_column("name")
+        t.add_column("description")
+        for name, obj in reg.items():
+            doc = getattr(obj, "description", "") or (inspect.getdoc(obj) or "").split("\n")[0]
+            t.add_row(name, doc)
+        console.print(t)
+    t = Table(title="built-in models (offline, from PyPI)")
+    t.add_column("name")
+    t.add_column("description")
+    for name, (desc, _) in BUILTIN_MODELS.items():
+        t.add_row(name, desc)
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished items are saved; rerun the same command to resume")
+        return 130
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
