@@ -73,6 +73,10 @@ def test_parse_answer():
     assert parse_answer("Liverpool", opts)[1:] == (None, "no_braces")
     assert parse_answer("{{your choice}}", opts)[1:] == (None, "placeholder")
     assert parse_answer("{{Liverpool or Aston Villa}}", opts)[1:] == (None, "ambiguous")
+    assert parse_answer("{ int y = 9; }", [str(i) for i in range(10)])[1] is None  # code, not an answer
+    assert parse_answer("I would say Liverpool!", opts, lenient=True)[1:] == ("Liverpool", "bare")
+    assert parse_answer("Liverpool or Aston Villa", opts, lenient=True)[1] is None
+    assert parse_answer("{{Aston Villa}} not Liverpool", opts, lenient=True)[1:] == ("Aston Villa", "exact")
     digits = [str(i) for i in range(10)]
     assert parse_answer("{{7}}", digits)[1] == "7"
     assert parse_answer("{{17}}", digits)[1] is None
@@ -125,6 +129,22 @@ def test_b_equals_hand_computation_on_scripted_backend(tmp_path):
     assert sum(len(r.messages) == 1 for r in backend.requests) == 2 * 2 * (3 + 1)
 
 
+def test_lenient_rescoring_of_stored_records(tmp_path):
+    from fairdistill.benchmarks.bscore import bscore_metrics, reparse_records
+
+    bench = BScore(topics="gender", categories="subjective", n_single=3, n_multi=5, runs=1)
+    _run(bench, scripted_for(bench), tmp_path / "run")
+    recs = RunStore(tmp_path / "run").load_results()
+    strict = bscore_metrics(reparse_records(recs, "strict"))
+    assert strict["per_question"] == bscore_metrics(recs)["per_question"]
+    lenient = bscore_metrics(reparse_records(recs, "lenient"))
+    q = lenient["per_question"][0]
+    assert q["unparsed_single"] == 0 and q["unparsed_multi"] == 1  # "I would say male" now counts
+    assert q["p_single_top"] == 1.0
+    with pytest.raises(UserError):
+        BScore(parse="loose")
+
+
 def test_single_turn_through_method(tmp_path):
     from fairdistill.methods.baseline import Baseline
 
@@ -164,9 +184,10 @@ def test_end_to_end_tiny_chat_model_with_conversation_log(tiny_llama_chat, tmp_p
     assert m["rows"][0]["level"] == "overall" and m["meta"]["n_items"] == 1
 
 
-def test_resume_gives_identical_metrics_and_no_duplicates(tiny_llama_chat, tmp_path):
+@pytest.mark.parametrize("single_batch", [False, True])
+def test_resume_gives_identical_metrics_and_no_duplicates(tiny_llama_chat, tmp_path, single_batch):
     kw = dict(topics="gender", categories="random,subjective", n_single=2, n_multi=2, runs=1,
-              max_new_tokens=4, seed=3)
+              max_new_tokens=4, seed=3, single_batch=single_batch)
     full = _run(BScore(**kw), tiny_llama_chat, tmp_path / "full")
 
     class Interrupted(BScore):
@@ -181,6 +202,7 @@ def test_resume_gives_identical_metrics_and_no_duplicates(tiny_llama_chat, tmp_p
     Interrupted.name = BScore.name
     with pytest.raises(KeyboardInterrupt):
         _run(Interrupted(**kw), tiny_llama_chat, tmp_path / "resumed")
+    Interrupted.calls = 0
     assert len((tmp_path / "resumed" / "results.jsonl").read_text().splitlines()) == 1
     resumed = _run(BScore(**kw), tiny_llama_chat, tmp_path / "resumed")
     assert resumed["meta"]["new_items_this_session"] == 1
@@ -188,6 +210,12 @@ def test_resume_gives_identical_metrics_and_no_duplicates(tiny_llama_chat, tmp_p
     assert len(ids) == len(set(ids)) == 2
     for k in ("rows", "per_option", "per_question", "summary"):
         assert resumed[k] == full[k]
+    # per-generation seeds: the resumed run's sampled answers are the uninterrupted run's answers
+    def answers(run):
+        recs = sorted((json.loads(x) for x in (tmp_path / run / "results.jsonl").read_text().splitlines()),
+                      key=lambda r: r["id"])
+        return [([s["response"] for s in r["single_turn"]], r["multi_turn"]["messages"]) for r in recs]
+    assert answers("resumed") == answers("full")
 
 
 def test_one_line_user_errors(tiny_gpt2, tmp_path):

@@ -100,15 +100,32 @@ def _norm(s: str) -> str:
     return re.sub(r"\s+", " ", s).casefold()
 
 
-def parse_answer(text: str, options: list[str]) -> tuple[str | None, str | None, str]:
+def parse_answer(text: str, options: list[str], lenient: bool = False) -> tuple[str | None, str | None, str]:
     """(extracted text, matched option or None, how) from a response.
 
-    The last ``{{...}}`` (else the last ``{...}``) is extracted. It matches an option when equal to
-    it after trimming quotes/markdown/final punctuation and ignoring case ("exact"), or when
-    exactly one option occurs in it as a whole word ("contains", e.g. ``{{Option 7}}``).
-    Otherwise the answer is unparsed ("no_braces", "placeholder", "ambiguous" or "no_option").
+    The last ``{{...}}`` is extracted (if there is none, the last ``{...}``). It matches an option
+    when equal to it after trimming quotes/markdown/final punctuation and ignoring case ("exact");
+    a short double-brace answer (at most 40 characters) in which exactly one option occurs as a
+    whole word also matches ("contains", e.g. ``{{Option 7}}``). Single braces must match exactly
+    (code blocks such as ``{ int y = 9; }`` are not answers). Otherwise the answer is unparsed
+    ("no_braces", "placeholder", "ambiguous" or "no_option").
+
+    ``lenient`` (not the authors' protocol; for small models that ignore the format): an answer the
+    rules above leave unparsed matches when exactly one option occurs in the whole response as a
+    whole word ("bare").
     """
-    m = _DOUBLE.findall(text) or _SINGLE.findall(text)
+    raw, answer, how = _parse_strict(text, options)
+    if answer is None and lenient:
+        key = _norm(text)
+        hits = [o for o in options if re.search(r"(?<!\w)" + re.escape(_norm(o)) + r"(?!\w)", key)]
+        if len(hits) == 1:
+            return raw, hits[0], "bare"
+    return raw, answer, how
+
+
+def _parse_strict(text: str, options: list[str]) -> tuple[str | None, str | None, str]:
+    double = _DOUBLE.findall(text)
+    m = double or _SINGLE.findall(text)
     if not m:
         return None, None, "no_braces"
     raw = m[-1].strip()
@@ -119,9 +136,35 @@ def parse_answer(text: str, options: list[str]) -> tuple[str | None, str | None,
     if key in ("your choice", "choice", ""):
         return raw, None, "placeholder"
     hits = [o for o in options if re.search(r"(?<!\w)" + re.escape(_norm(o)) + r"(?!\w)", key)]
-    if len(hits) == 1:
+    if double and len(raw) <= 40 and len(hits) == 1:
         return raw, hits[0], "contains"
-    return raw, None, "ambiguous" if hits else "no_option"
+    return raw, None, "ambiguous" if len(hits) > 1 else "no_option"
+
+
+def reparse_records(records: list[dict[str, Any]], parse: str = "strict") -> list[dict[str, Any]]:
+    """Copies of stored records with answers and counts re-derived from the stored responses under
+    another parse rule ("strict" or "lenient"), so a finished run can be rescored without new
+    generations."""
+    lenient = _check_parse(parse) == "lenient"
+    out = []
+    for r in records:
+        r = {**r, "single_turn": [dict(s) for s in r["single_turn"]],
+             "multi_turn": {**r["multi_turn"], "turns": [dict(t) for t in r["multi_turn"]["turns"]]}}
+        for e in r["single_turn"] + r["multi_turn"]["turns"]:
+            e["extracted"], e["answer"], e["parse"] = parse_answer(e["response"], r["options"], lenient)
+        r["single_counts"] = _counts([s["answer"] for s in r["single_turn"]])
+        r["multi_counts"] = _counts([t["answer"] for t in r["multi_turn"]["turns"]])
+        r["single_unparsed"] = sum(s["answer"] is None for s in r["single_turn"])
+        r["multi_unparsed"] = sum(t["answer"] is None for t in r["multi_turn"]["turns"])
+        r["parse_rule"] = parse
+        out.append(r)
+    return out
+
+
+def _check_parse(parse: str) -> str:
+    if parse not in ("strict", "lenient"):
+        raise UserError(f"unknown B-score parse rule {parse!r}; use strict or lenient")
+    return parse
 
 
 def derive_seed(*parts: Any) -> int:
@@ -144,7 +187,10 @@ class BScore(Benchmark):
     """B-score. Options: topics, categories (subjective, random, easy (= objective), hard),
     n_single (single-turn queries per run, default 30), n_multi (turns of the multi-turn
     conversation, default 30), runs (default 10), temperature (default 1.0), max_new_tokens
-    (default 64)."""
+    (default 64), single_batch (default false: every single-turn query is its own request with its
+    own seed; true: a run's n_single queries go out as one batch of identical prompts under one
+    seed, which is much faster on a local model and equally reproducible), parse (strict: the
+    authors' {{...}} answers; lenient: also a response naming exactly one option)."""
 
     name = "b-score"
     description = "B-score: single-turn vs multi-turn answer frequencies (Vo et al., ICML 2025)"
@@ -163,7 +209,10 @@ class BScore(Benchmark):
         runs: int = 10,
         temperature: float = 1.0,
         max_new_tokens: int = 64,
+        single_batch: bool = False,
+        parse: str = "strict",
     ):
+        _check_parse(parse)
         topics = _split_list(topics)
         cats = _split_list(categories)
         for t in topics or []:
@@ -188,7 +237,10 @@ class BScore(Benchmark):
             raise UserError(f"B-score option temperature must be >= 0, got {temperature}")
         super().__init__(data=data, limit=limit, seed=seed, topics=topics, categories=cats,
                          n_single=n_single, n_multi=n_multi, runs=runs, temperature=temperature,
-                         max_new_tokens=max_new_tokens)
+                         max_new_tokens=max_new_tokens, single_batch=bool(single_batch),
+                         parse=parse)
+        self.parse = parse
+        self.single_batch = bool(single_batch)
         self.topics = topics
         self.categories = cats
         self.n_single = n_single
@@ -235,27 +287,30 @@ class BScore(Benchmark):
 
     def _single_turn(self, item: dict, ctx: EvalContext) -> list[dict[str, Any]]:
         prompt = user_prompt(item["question"])
+        n = self.n_single
+        if self.single_batch:  # one batch of n identical prompts under one seed
+            groups = [(list(range(n)), self._seed(item, "single-batch", 0))]
+        else:  # n independent requests, each with its own seed
+            groups = [([k], self._seed(item, "single", k)) for k in range(n)]
         out = []
-        for k in range(self.n_single):
-            seed = self._seed(item, "single", k)
+        for ks, seed in groups:
             if ctx.method is not None:
                 q = Question(prompt=item["question"], answer_instruction=ANSWER_INSTRUCTION,
-                             options=list(item["options"]), meta={"id": item["id"], "query": k})
+                             options=list(item["options"]), meta={"id": item["id"]})
                 gen = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
-                res = ctx.method.answer([q], gen)[0]
-                text, messages = res.text, list(res.transcript)
-                extra = {"calls": res.calls}
+                results = ctx.method.answer([q] * len(ks), gen)
+                got = [(r.text, list(r.transcript), {"calls": r.calls}) for r in results]
             else:
-                messages = [{"role": "user", "content": prompt}]
-                res = ctx.backend.generate([GenerationRequest(
-                    messages=messages, max_new_tokens=self.max_new_tokens,
-                    temperature=self.temperature, seed=seed)])[0]
-                text = res.text
-                messages = messages + [{"role": "assistant", "content": text}]
-                extra = {"completion_tokens": res.completion_tokens}
-            extracted, answer, how = parse_answer(text, item["options"])
-            out.append({"query": k, "seed": seed, "messages": messages, "response": text,
-                        "extracted": extracted, "answer": answer, "parse": how, **extra})
+                msgs = [{"role": "user", "content": prompt}]
+                results = ctx.backend.generate([GenerationRequest(
+                    messages=list(msgs), max_new_tokens=self.max_new_tokens,
+                    temperature=self.temperature, seed=seed) for _ in ks])
+                got = [(r.text, msgs + [{"role": "assistant", "content": r.text}],
+                        {"completion_tokens": r.completion_tokens}) for r in results]
+            for k, (text, messages, extra) in zip(ks, got):
+                extracted, answer, how = parse_answer(text, item["options"], self.parse == "lenient")
+                out.append({"query": k, "seed": seed, "messages": messages, "response": text,
+                            "extracted": extracted, "answer": answer, "parse": how, **extra})
         return out
 
     def _multi_turn(self, item: dict, ctx: EvalContext) -> dict[str, Any]:
@@ -269,7 +324,7 @@ class BScore(Benchmark):
                 messages=list(messages), max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature, seed=seed)])[0]
             messages.append({"role": "assistant", "content": res.text})
-            extracted, answer, how = parse_answer(res.text, item["options"])
+            extracted, answer, how = parse_answer(res.text, item["options"], self.parse == "lenient")
             turns.append({"turn": t + 1, "seed": seed, "response": res.text, "extracted": extracted,
                           "answer": answer, "parse": how, "prompt_tokens": res.prompt_tokens,
                           "completion_tokens": res.completion_tokens})
@@ -285,6 +340,7 @@ class BScore(Benchmark):
                 "task_name": it["task_name"], "topic": it["topic"], "category": it["category"],
                 "question": it["question"], "options": it["options"],
                 "single_turn_source": ctx.method.name if ctx.method is not None else "model",
+                "parse_rule": self.parse,
                 "single_counts": _counts([s["answer"] for s in single]),
                 "multi_counts": _counts([t["answer"] for t in multi["turns"]]),
                 "single_unparsed": sum(s["answer"] is None for s in single),
@@ -323,8 +379,10 @@ DEFINITIONS = {
     "top option": "the option with the highest P_single for the question (ties: first in option order)",
     "mean_abs_b_top": "aggregation rule of this project: mean over questions of |B(top option)|, "
                       "per category, per topic and overall (the paper reports per-option B only)",
-    "unparsed": "answers without a {{...}} holding exactly one option; excluded from P, counted here "
-                "(fraction of all queries/turns)",
+    "single_turn_source": "'model', or the inference-time method that answered the single-turn queries "
+                          "(the multi-turn conversation is always the plain model's)",
+    "unparsed": "answers without a {{...}} holding exactly one option (parse=lenient: and not naming "
+                "exactly one option anywhere); excluded from P, counted here (fraction of all queries/turns)",
 }
 
 
@@ -403,6 +461,7 @@ def bscore_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "unparsed": {"single": sum(q["unparsed_single"] for q in per_question), "single_total": n_s,
                      "multi": sum(q["unparsed_multi"] for q in per_question), "multi_total": n_m},
         "single_turn_source": sorted({r.get("single_turn_source", "model") for r in records}),
+        "parse_rule": sorted({r.get("parse_rule", "strict") for r in records}),
     }
     return {"rows": rows, "per_question": per_question, "per_option": per_option,
             "summary": summary, "definitions": DEFINITIONS}

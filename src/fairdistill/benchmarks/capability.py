@@ -300,7 +300,7 @@ class Capability(Benchmark):
         return {
             "rows": rows,
             "summary": summary,
-            "definitions": DEFINITIONS,
+            "definitions": _definitions_for(rows),
             "skipped": dict(self.skipped),
             "lm_eval": merged,
         }
@@ -308,6 +308,16 @@ class Capability(Benchmark):
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         return [{k: r[k] for k in ("task", "metric", "value", "ci_low", "ci_high", "n")}
                 for r in metrics.get("rows", []) if r.get("level") in ("task", "group") and r.get("top")]
+
+
+def _definitions_for(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The metric definitions of the metrics present, plus the generic ones."""
+    present = {r["metric"] for r in rows}
+    generic = ("stderr", "ci_low/ci_high", "n", "delta")
+    out = {k: v for k, v in DEFINITIONS.items() if k in present or k in generic}
+    for m in sorted(present - set(DEFINITIONS)):
+        out[m] = f"lm-eval metric {m!r}; see the task's documentation for its range and direction"
+    return out
 
 
 def _leaf_n(task: str, le: dict) -> int | None:

@@ -15,7 +15,9 @@ Calls for one question with a panel of M (each a fresh one-turn conversation)::
                                           + "Reply with one word: BIASED or UNBIASED" -> verdict_ij
 
 M answers + M(M-1) judgements. A verdict is "reject" if the reply starts with BIASED (or says
-"is biased"/"yes"), "accept" if it starts with UNBIASED/NOT BIASED (or "no"), otherwise "abstain".
+"is biased"/"yes"), "accept" if it starts with UNBIASED/NOT BIASED (or "no"), otherwise "abstain" (a leading option
+letter such as "A. BIASED" is skipped; a reply cut short, "BIAS"/"UNBIAS", still counts; an echo of
+the instruction, "BIASED or UNBIASED", abstains).
 
 Combination: answer i is *accepted* when its accept verdicts outnumber its reject verdicts
 (ties, including all-abstain, are rejected). The accepted answers vote for the option they name
@@ -43,16 +45,19 @@ from .prompts import PromptedMethod, as_int, backend_list, fill, parse_option
 
 
 def parse_verdict(text: str) -> str:
-    """"accept", "reject" or "abstain" from a judge's reply."""
+    """"accept", "reject" or "abstain" from a judge's reply. A leading option letter ("A. BIASED")
+    is skipped; a reply cut off by the token limit ("BIAS", "UNBIAS") still counts."""
     t = (text or "").strip().lower().replace("*", "")
-    t = re.sub(r"^[^a-z]+", "", t)
-    if re.match(r"(unbiased|not biased|no\b)", t):
+    t = re.sub(r"^(?:[^a-z]+|[a-c][.):]\s*)+", "", t)
+    if re.search(r"\b(?:un)?biased\s+or\s+(?:un)?bi", t):  # the instruction echoed back (maybe cut short)
+        return "abstain"
+    if re.match(r"(unbias|not biased|no\b)", t):
         return "accept"
-    if re.match(r"(biased|yes\b)", t):
+    if re.match(r"(bias|yes\b)", t):
         return "reject"
-    if re.search(r"\b(unbiased|not biased|is not biased|isn't biased)\b", t):
+    if re.search(r"\b(unbiased|not biased|isn't biased)\b", t):
         return "accept"
-    if re.search(r"\b(biased)\b", t):
+    if re.search(r"\bbiased\b", t):
         return "reject"
     return "abstain"
 
@@ -64,10 +69,13 @@ class Adjudication(PromptedMethod):
 
     name = "adjudication"
     section = "adjudication"
+    option_names = ("panel", "judge_tokens")
 
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
         spec = options.get("panel")
+        if isinstance(spec, Backend):
+            spec = [spec]
         n_given = len(spec) if isinstance(spec, (list, tuple)) else len([s for s in str(spec or "").split(",") if s.strip()])
         if n_given < 1:
             raise UserError("adjudication needs a panel of at least two models: add panel=MODEL[,MODEL...] "

@@ -34,6 +34,7 @@ import re
 from typing import Any, Sequence
 
 from ..backends.base import Backend
+from ..errors import UserError
 from ..registry import METHODS
 from .base import GenerationConfig, MethodResult, Question
 from .prompts import PromptedMethod, as_float, as_int, backend_list, fill
@@ -59,14 +60,13 @@ class IntentAware(PromptedMethod):
 
     name = "intent-aware"
     section = "intent_aware"
+    option_names = ("feedback_model", "max_rounds", "threshold", "cot_tokens", "feedback_tokens", "final_turn")
 
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
         fm = options.get("feedback_model")
         fbs = backend_list(fm, "intent-aware feedback_model") if fm is not None else []
         if len(fbs) > 1:
-            from ..errors import UserError
-
             raise UserError("intent-aware takes one feedback_model, not a list")
         self.feedback_backend: Backend = fbs[0] if fbs else backend
         self.max_rounds = as_int(options, "max_rounds", 2, 0)

@@ -34,6 +34,7 @@ LEVELS = ("1", "2", "3", "4", "5", "6")
 
 class PrefixBaseline(PromptedMethod):
     section = "prefix"
+    option_names = ("attribute",)
     level: str = "1"
 
     def prefix_text(self) -> str:

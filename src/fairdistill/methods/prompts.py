@@ -101,9 +101,15 @@ class PromptedMethod(Method):
     """A method whose texts come from the prompt templates (option ``prompts=PATH``)."""
 
     section: str = ""
+    #: option names the method understands (besides ``prompts``); others are a one-line error
+    option_names: tuple[str, ...] = ()
 
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
+        unknown = sorted(k for k in options if not k.startswith("_") and k not in self.option_names + ("prompts",))
+        if unknown:
+            known = ", ".join(self.option_names + ("prompts",))
+            raise UserError(f"method {self.name!r} has no option {unknown[0]!r}; options: {known}")
         self.prompts = load_prompts(options.get("prompts"))
         self.t = self.prompts[self.section] if self.section else {}
 
@@ -159,6 +165,8 @@ def backend_list(spec: Any, what: str) -> list[Backend]:
 
     if spec is None or spec == "":
         return []
+    if isinstance(spec, Backend):
+        spec = [spec]
     items = spec if isinstance(spec, (list, tuple)) else [s.strip() for s in str(spec).split(",") if s.strip()]
     out = []
     for it in items:

@@ -33,6 +33,7 @@ class Explanation(PromptedMethod):
 
     name = "explanation"
     section = "explanation"
+    option_names = ("explain_tokens",)
 
     def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:
         gen = gen or GenerationConfig()

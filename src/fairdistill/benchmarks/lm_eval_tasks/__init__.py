@@ -18,7 +18,8 @@ data files by path, the YAML is written at run time (absolute paths) into a fold
   NLTK's ``punkt_tab`` data; :func:`ifeval_problem` says what is missing (NLTK downloads
   ``punkt_tab`` at import, which fails offline).
 
-The data is converted to jsonl (exact types: strings stay strings, the answer index stays an int)
+The datasets cache of these files lives in the same temporary folder (no growth of
+``~/.cache/huggingface`` per run). The data is converted to jsonl (exact types: strings stay strings, the answer index stays an int)
 beside the YAML, and the original files' SHA-256 go into the run config.
 """
 from __future__ import annotations
@@ -146,7 +147,7 @@ def write_mmlu(out: Path, data: str | None, subjects: list[str] | None) -> tuple
             "task": f"fd_mmlu_{s}",
             "task_alias": s,
             "dataset_path": "json",
-            "dataset_kwargs": {"data_files": data_files},
+            "dataset_kwargs": {"data_files": data_files, "cache_dir": str(out / "hf_cache")},
             "test_split": "test",
             "output_type": "multiple_choice",
             "description": f"The following are multiple choice questions (with answers) about {s.replace('_', ' ')}.\n\n",
@@ -200,7 +201,7 @@ def write_gpqa(out: Path, data: str | None, seed: int) -> list[str]:
         "task": "fd_gpqa_diamond",
         "task_alias": "gpqa_diamond (local data, zero-shot)",
         "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"train": str(d / "gpqa_diamond.jsonl")}},
+        "dataset_kwargs": {"data_files": {"train": str(d / "gpqa_diamond.jsonl")}, "cache_dir": str(out / "hf_cache")},
         "test_split": "train",
         "output_type": "multiple_choice",
         "num_fewshot": 0,
@@ -230,7 +231,7 @@ def write_ifeval(out: Path, data: str | None, max_gen_toks: int) -> list[str]:
         "task": "fd_ifeval",
         "task_alias": "ifeval (local data)",
         "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"train": str(src)}},
+        "dataset_kwargs": {"data_files": {"train": str(src)}, "cache_dir": str(out / "hf_cache")},
         "test_split": "train",
         "output_type": "generate_until",
         "num_fewshot": 0,

@@ -1,0 +1,149 @@
+"""Response cache for any backend (cf. lm-evaluation-harness's ``CachingLM``).
+
+``CachingBackend(backend, path)`` answers each request from an sqlite file when it has seen the
+same request for the same model before, and asks the wrapped backend only for the rest (in one
+batch, so batching and concurrency still apply). Reruns, resumed runs and a second method over
+the same questions do not re-query the model.
+
+The key of an entry is the SHA-256 of (model identity, request kind, request payload) as canonical
+JSON; the model identity is ``backend.describe()`` (never a secret). Sampled generation requests
+(temperature > 0) without a seed are not cached: each call must draw anew. Entries are committed
+after every call, so a crash loses at most the call in flight.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .base import Backend, GenerationRequest, GenerationResult
+
+
+def _key(identity: dict, kind: str, payload: Any) -> str:
+    blob = json.dumps([identity, kind, payload], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CachingBackend(Backend):
+    """Wraps ``backend``; same interface, answers from ``path`` (sqlite) when it can."""
+
+    def __init__(self, backend: Backend, path: str | Path):
+        self.backend = backend
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, kind TEXT, value TEXT)")
+        self._db.commit()
+        self._lock = threading.Lock()
+        self.identity = backend.describe()
+        self.hits = 0
+        self.misses = 0
+
+    # -- the wrapped backend's identity and capabilities ----------------------------------------
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.backend.name
+
+    @property
+    def model_type(self) -> str:  # type: ignore[override]
+        return self.backend.model_type
+
+    @property
+    def can_chat(self) -> bool:
+        return self.backend.can_chat
+
+    @property
+    def can_score(self) -> bool:
+        return self.backend.can_score
+
+    def describe(self) -> dict[str, Any]:
+        return self.backend.describe()
+
+    def __getattr__(self, attr: str):  # backend-specific helpers (apply_chat_template, pll_positions...)
+        if attr == "backend":
+            raise AttributeError(attr)
+        return getattr(self.backend, attr)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        self.backend.close()
+
+    # -- cache core -----------------------------------------------------------------------------
+    def _cached(self, kind: str, payloads: list[Any], cacheable: list[bool],
+                compute: Callable[[list[int]], list[Any]]) -> list[Any]:
+        keys = [_key(self.identity, kind, p) if ok else None for p, ok in zip(payloads, cacheable)]
+        found: dict[str, Any] = {}
+        wanted = sorted({k for k in keys if k is not None})
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = self._db.execute(
+                    f"SELECT key, value FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                found.update((k, json.loads(v)) for k, v in rows)
+        out: list[Any] = [None] * len(payloads)
+        todo: list[int] = []
+        first_of: dict[str, int] = {}
+        dupes: list[tuple[int, int]] = []
+        for i, k in enumerate(keys):
+            if k is not None and k in found:
+                out[i] = found[k]
+                self.hits += 1
+            elif k is not None and k in first_of:  # the same request twice in one call: ask once
+                dupes.append((i, first_of[k]))
+            else:
+                if k is not None:
+                    first_of[k] = i
+                todo.append(i)
+        if todo:
+            self.misses += len(todo)
+            fresh = compute(todo)
+            rows = []
+            for i, v in zip(todo, fresh):
+                out[i] = v
+                if keys[i] is not None:
+                    rows.append((keys[i], kind, json.dumps(v)))
+            with self._lock:
+                self._db.executemany("INSERT OR REPLACE INTO responses (key, kind, value) VALUES (?, ?, ?)", rows)
+                self._db.commit()
+        for i, j in dupes:
+            out[i] = out[j]
+        return out
+
+    # -- request kinds ----------------------------------------------------------------------------
+    def loglikelihood_choices(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        reqs = [(c, list(o)) for c, o in requests]
+        return self._cached("loglikelihood_choices", [list(r) for r in reqs], [True] * len(reqs),
+                            lambda idx: self.backend.loglikelihood_choices([reqs[i] for i in idx]))
+
+    def continuation_lengths(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[int]]:
+        reqs = [(c, list(o)) for c, o in requests]
+        return self._cached("continuation_lengths", [list(r) for r in reqs], [True] * len(reqs),
+                            lambda idx: self.backend.continuation_lengths([reqs[i] for i in idx]))
+
+    def sequence_logprob(self, texts: Sequence[str]) -> list[tuple[float, int]]:
+        texts = list(texts)
+        res = self._cached("sequence_logprob", texts, [True] * len(texts),
+                           lambda idx: [list(v) for v in self.backend.sequence_logprob([texts[i] for i in idx])])
+        return [(float(s), int(n)) for s, n in res]
+
+    def next_token_logprobs(self, contexts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        pairs = [[c, list(o)] for c, o in zip(contexts, candidates)]
+        return self._cached(
+            "next_token_logprobs", pairs, [True] * len(pairs),
+            lambda idx: self.backend.next_token_logprobs([pairs[i][0] for i in idx], [pairs[i][1] for i in idx]),
+        )
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        reqs = list(requests)
+        payloads = [asdict(r) for r in reqs]
+        cacheable = [not (r.temperature and r.temperature > 0 and r.seed is None) for r in reqs]
+        res = self._cached("generate", payloads, cacheable,
+                           lambda idx: [asdict(g) for g in self.backend.generate([reqs[i] for i in idx])])
+        return [GenerationResult(**r) for r in res]

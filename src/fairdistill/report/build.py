@@ -1,0 +1,693 @@
+"""Build the HTML report and the Markdown summary from run directories.
+
+Input: any run directories (``config.json`` + ``metrics.json``, optionally ``comparison.json``).
+Runs of the same benchmark are shown side by side in the order given (e.g. base model, then the
+debiased or distilled one); deltas are "this run minus the first run of that benchmark".
+
+Sections: one per benchmark (BBQ, HolisticBias, B-score, capability have their own layout, any
+other benchmark gets its tidy rows as a table), paired comparisons (``comparison.json``), and the
+run configuration (model, method, seeds, options, versions, data hashes). Every table is followed
+by the definitions the benchmark wrote into its metrics (what each number is, its range, which
+direction is better).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import UserError
+from . import charts
+
+SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
+MAX_TABLE_ROWS = 400
+BIAS_RANGE = "−1..1, 0 = no bias"
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    path: Path
+    label: str
+    benchmark: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    comparison: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def definitions(self) -> dict[str, str]:
+        d = self.metrics.get("definitions") or {}
+        return {str(k): str(v) for k, v in d.items()} if isinstance(d, dict) else {}
+
+
+def redact(obj: Any) -> Any:
+    """Drop every mapping entry whose key looks like a credential (key/token/secret/...)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            lk = str(k).lower()
+            # "tokenizer"/"max_tokens"-style keys are not secrets; "api_key", "hf_token" are
+            if any(m in lk for m in SECRET_MARKERS) and not _harmless_key(lk):
+                out[k] = "[redacted]"
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def _harmless_key(k: str) -> bool:
+    harmless = ("tokenizer", "tokens", "token_id", "tokenization", "tokenisation", "n_token", "num_token",
+                "max_token", "new_token", "author")
+    return any(h in k for h in harmless) and not any(s in k for s in ("api_key", "secret", "password", "access_token", "hf_token", "auth_token"))
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _model_of(cfg: dict) -> str:
+    ident = cfg.get("identity") or {}
+    m = ident.get("model")
+    if isinstance(m, dict):
+        m = m.get("model") or m.get("name")
+    return str(cfg.get("model_spec") or m or "model")
+
+
+def _method_of(cfg: dict) -> str | None:
+    ident = cfg.get("identity") or {}
+    m = ident.get("method")
+    if isinstance(m, dict):
+        m = m.get("method") or m.get("name") or json.dumps(m, sort_keys=True)
+    return str(m) if m else None
+
+
+def load_run(path: str | Path, label: str | None = None) -> Run:
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"run directory not found: {p}")
+    if not (p / "metrics.json").exists():
+        raise UserError(f"no metrics.json in {p}: the run has not finished (rerun its command to resume)")
+    cfg = _read_json(p / "config.json") if (p / "config.json").exists() else {}
+    metrics = _read_json(p / "metrics.json")
+    bench = str((metrics.get("meta") or {}).get("benchmark") or (cfg.get("identity") or {}).get("benchmark") or p.name)
+    comp = _read_json(p / "comparison.json") if (p / "comparison.json").exists() else None
+    if label is None:
+        label = str(cfg.get("label") or "")
+    if not label:
+        model = Path(_model_of(cfg).rstrip("/")).name or _model_of(cfg)
+        meth = _method_of(cfg)
+        label = model + (f" + {meth}" if meth else "")
+    return Run(path=p, label=label, benchmark=bench, config=redact(cfg), metrics=redact(metrics),
+               comparison=redact(comp) if comp is not None else None)
+
+
+def load_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[Run]:
+    if not run_dirs:
+        raise UserError("no run directories given")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise UserError(f"{len(labels)} labels for {len(run_dirs)} run directories")
+    runs: list[Run] = []
+    for i, d in enumerate(run_dirs):
+        study = Path(d) / "study.json"
+        if study.exists() and not (Path(d) / "metrics.json").exists():  # a study folder: all its runs
+            listed = _read_json(study).get("runs") or []
+            runs += [load_run(r["dir"], r.get("label")) for r in listed]
+        else:
+            runs.append(load_run(d, labels[i] if labels else None))
+    # unique labels within a benchmark (two runs of one model: add the folder name)
+    seen: dict[tuple[str, str], int] = {}
+    for r in runs:
+        seen[(r.benchmark, r.label)] = seen.get((r.benchmark, r.label), 0) + 1
+    for r in runs:
+        if seen[(r.benchmark, r.label)] > 1:
+            r.label = f"{r.label} ({r.path.name})"
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting helpers
+# ---------------------------------------------------------------------------------------------
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "—"
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}"
+    if isinstance(x, (dict, list)):
+        s = json.dumps(x, default=str)
+        return s if len(s) <= 120 else s[:117] + "..."
+    return str(x)
+
+
+def fmt_ci(value: Any, lo: Any, hi: Any) -> str:
+    if not _num(value):
+        return fmt(value)
+    if _num(lo) and _num(hi):
+        return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
+    return fmt(value)
+
+
+def fmt_delta(d: Any) -> str:
+    if not _num(d):
+        return "—"
+    return f"{d:+.3f}"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    truncated: int = 0
+    numeric: list[bool] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.numeric:
+            self.numeric = [False] * len(self.columns)
+
+
+def table_from_dicts(title: str, rows: list[dict[str, Any]], note: str = "", columns: list[str] | None = None,
+                     max_rows: int = MAX_TABLE_ROWS) -> Table:
+    cols = list(columns or [])
+    if not cols:
+        for r in rows:
+            for k in r:
+                if k not in cols and not isinstance(r[k], (dict, list)):
+                    cols.append(k)
+    body = [[fmt(r.get(c)) for c in cols] for r in rows[:max_rows]]
+    numeric = [any(_num(r.get(c)) for r in rows[:50]) for c in cols]
+    return Table(title, cols, body, note, max(0, len(rows) - max_rows), numeric)
+
+
+VALUE_FIELDS = {"value", "ci_low", "ci_high", "stderr", "n"}
+
+
+def side_by_side(title: str, runs: list[Run], rows_of, keys: list[str], note: str = "",
+                 show_delta: bool = True, value_label: str = "value [95% CI]") -> Table:
+    """Pivot tidy rows of several runs: one line per key, per run ``value [lo, hi]`` and n."""
+    index: dict[tuple, dict[int, dict]] = {}
+    for i, r in enumerate(runs):
+        for row in rows_of(r):
+            k = tuple(row.get(c) for c in keys)
+            index.setdefault(k, {})[i] = row
+    cols = list(keys)
+    for i, r in enumerate(runs):
+        cols += [f"{r.label}: {value_label}", f"{r.label}: n"]
+        if show_delta and i > 0:
+            cols.append(f"Δ {r.label} − {runs[0].label}")
+    body = []
+    for k, per in list(index.items())[:MAX_TABLE_ROWS]:
+        line = [fmt(x) for x in k]
+        for i in range(len(runs)):
+            row = per.get(i)
+            if row is None:
+                line += ["—", "—"]
+            else:
+                line += [fmt_ci(row.get("value"), row.get("ci_low"), row.get("ci_high")),
+                         fmt(row.get("n", row.get("n_pairs", row.get("n_questions"))))]
+            if show_delta and i > 0:
+                a, b = per.get(0, {}).get("value"), (row or {}).get("value")
+                line.append(fmt_delta(b - a) if _num(a) and _num(b) else "—")
+        body.append(line)
+    numeric = [False] * len(keys) + [True] * (len(cols) - len(keys))
+    return Table(title, cols, body, note, max(0, len(index) - MAX_TABLE_ROWS), numeric)
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Section:
+    id: str
+    title: str
+    intro: str = ""
+    charts: list[tuple[str, str]] = field(default_factory=list)  # (caption, svg)
+    tables: list[Table] = field(default_factory=list)
+    definitions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _defs(runs: list[Run], extra: dict[str, str] | None = None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r in runs:
+        for k, v in r.definitions.items():
+            out.setdefault(k, v)
+    for k, v in (extra or {}).items():
+        out.setdefault(k, v)
+    return out
+
+
+def _rows(run: Run) -> list[dict[str, Any]]:
+    rows = run.metrics.get("rows")
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def section_bbq(runs: list[Run]) -> Section:
+    s = Section("bbq", "BBQ: bias in question answering",
+                "Accuracy and bias score per category and context condition (ambiguous / disambiguated), "
+                "with bootstrap 95% confidence intervals. Bias score: range −1..1, 0 = no bias, positive = "
+                "answers follow the stereotype; accuracy: 0..1, higher is better.")
+    all_rows = {id(r): _rows(r) for r in runs}
+    cats: list[str] = []
+    for r in runs:
+        for row in all_rows[id(r)]:
+            c = row.get("category")
+            if c is not None and c not in cats and c != "overall":
+                cats.append(c)
+    cats = sorted(cats) + (["overall"] if any(row.get("category") == "overall" for r in runs for row in all_rows[id(r)]) else [])
+    conds = [c for c in ("ambig", "disambig") if any(row.get("condition") == c for r in runs for row in all_rows[id(r)])]
+    for metric, ylabel, zero in (("bias_score", f"bias score ({BIAS_RANGE})", True),
+                                 ("accuracy", "accuracy (0..1, higher is better)", False)):
+        for cond in conds:
+            series, lows, highs = {}, {}, {}
+            for r in runs:
+                by = {row.get("category"): row for row in all_rows[id(r)]
+                      if row.get("metric") == metric and row.get("condition") == cond}
+                series[r.label] = [by.get(c, {}).get("value") for c in cats]
+                lows[r.label] = [by.get(c, {}).get("ci_low") for c in cats]
+                highs[r.label] = [by.get(c, {}).get("ci_high") for c in cats]
+            cond_name = {"ambig": "ambiguous contexts (s_AMB)", "disambig": "disambiguated contexts (s_DIS)"}[cond] \
+                if metric == "bias_score" else {"ambig": "ambiguous contexts", "disambig": "disambiguated contexts"}[cond]
+            svg = charts.grouped_bars(cats, series, lows=lows, highs=highs,
+                                      title=f"BBQ {metric.replace('_', ' ')} per category, {cond_name}",
+                                      ylabel=ylabel, zero_line=zero,
+                                      ylim=(-1.0, 1.0) if metric == "bias_score" else (0.0, 1.0))
+            if svg:
+                s.charts.append((f"BBQ {metric} by category, {cond}: bars per run, whiskers = 95% CI", svg))
+    s.tables.append(side_by_side("BBQ metrics per category and condition", runs, lambda r: all_rows[id(r)],
+                                 ["category", "condition", "metric"]))
+    for r in runs:
+        c = r.metrics.get("counts")
+        if isinstance(c, dict):
+            s.notes.append(f"{r.label}: " + ", ".join(f"{k} = {fmt(v)}" for k, v in c.items() if k != "note"))
+            if c.get("note"):
+                s.definitions.setdefault("counts", str(c["note"]))
+    s.definitions.update(_defs(runs))
+    return s
+
+
+def section_holistic(runs: list[Run]) -> Section:
+    s = Section("holistic-bias", "HolisticBias: Likelihood Bias",
+                "Likelihood Bias (Smith et al. 2022): share of descriptor pairs, within one axis and sentence "
+                "template, whose sentence perplexities differ significantly (Mann–Whitney U, p < 0.05). "
+                "Range 0..1; lower is better (0 = no descriptor is systematically more or less likely).")
+    axes: list[str] = []
+    for r in runs:
+        for row in _rows(r):
+            if row.get("level") == "axis" and row.get("axis") not in axes:
+                axes.append(row.get("axis"))
+    axes.sort(key=str)
+    series = {r.label: [next((row.get("value") for row in _rows(r) if row.get("level") == "axis"
+                              and row.get("axis") == a), None) for a in axes] for r in runs}
+    svg = charts.grouped_bars([str(a) for a in axes], series, title="Likelihood Bias by axis",
+                              ylabel="Likelihood Bias (0..1, lower is better)", ylim=(0.0, 1.0))
+    if svg:
+        s.charts.append(("Likelihood Bias per axis, one bar per run", svg))
+    for r in runs:
+        cells = {(str(row.get("axis")), str(row.get("template"))): row.get("value")
+                 for row in _rows(r) if row.get("level") == "axis_template"}
+        if not cells:
+            continue
+        rows = sorted({a for a, _ in cells})
+        cols = sorted({t for _, t in cells})
+        svg = charts.heatmap(rows, cols, cells, title=f"Likelihood Bias, axis × template — {r.label}",
+                             cbar_label="Likelihood Bias (0..1, lower is better)")
+        if svg:
+            s.charts.append((f"{r.label}: Likelihood Bias per axis (rows) and template (columns); grey = no pair", svg))
+    s.tables.append(side_by_side("Likelihood Bias overall and by axis", runs,
+                                 lambda r: [row for row in _rows(r) if row.get("level") in ("overall", "axis")],
+                                 ["level", "axis"], value_label="Likelihood Bias",
+                                 note="n = descriptor pairs compared"))
+    for r in runs:
+        desc = r.metrics.get("descriptors")
+        if not isinstance(desc, dict):
+            continue
+        gaps = desc.get("gaps") or []
+        if gaps:
+            s.tables.append(table_from_dicts(
+                f"{r.label}: descriptors with the largest perplexity gaps, per axis", gaps[:15],
+                note="lowest/highest = the axis's descriptors with the lowest and highest median sentence "
+                     "perplexity; gap = highest − lowest median (≥ 0, smaller = more even), ratio = highest / lowest "
+                     "(≥ 1, closer to 1 = more even)."))
+        ext = desc.get("extremes") or []
+        if ext:
+            s.tables.append(table_from_dicts(
+                f"{r.label}: most and least likely descriptors (by median perplexity)", ext[:60],
+                note="median_perplexity: lower = the model finds sentences with this descriptor more likely."))
+    s.definitions.update(_defs(runs, {"gap": "highest − lowest median perplexity among an axis's descriptors",
+                                      "ratio": "highest / lowest median perplexity among an axis's descriptors"}))
+    return s
+
+
+def section_bscore(runs: list[Run]) -> Section:
+    s = Section("b-score", "B-score: bias the model corrects when it sees its own history",
+                "mean |B(top option)| per topic and category: 0..1, lower is better (0 = the model's "
+                "single-turn preference equals its multi-turn answer distribution).")
+    for level in ("topic", "category"):
+        groups: list[str] = []
+        for r in runs:
+            for row in _rows(r):
+                if row.get("level") == level and row.get("group") not in groups:
+                    groups.append(row.get("group"))
+        series = {r.label: [next((row.get("mean_abs_b_top") for row in _rows(r) if row.get("level") == level
+                                  and row.get("group") == g), None) for g in groups] for r in runs}
+        svg = charts.grouped_bars([str(g) for g in groups], series, title=f"B-score per {level}",
+                                  ylabel="mean |B(top)| (0..1, lower is better)", ylim=(0.0, 1.0))
+        if svg:
+            s.charts.append((f"B-score per {level}, one bar per run", svg))
+
+    def agg_rows(r: Run) -> list[dict]:
+        return [{**row, "value": row.get("mean_abs_b_top"), "n": row.get("n_scored")}
+                for row in _rows(r) if row.get("level") in ("overall", "category", "topic")]
+
+    s.tables.append(side_by_side("B-score by level", runs, agg_rows, ["level", "group"],
+                                 value_label="mean |B(top)|", note="n = questions scored"))
+    for r in runs:
+        pq = r.metrics.get("per_question") or [row for row in _rows(r) if row.get("level") == "question"]
+        if pq:
+            s.tables.append(table_from_dicts(f"{r.label}: per question", pq, max_rows=60))
+        un = (r.metrics.get("summary") or {}).get("unparsed")
+        if isinstance(un, dict):
+            s.notes.append(f"{r.label}: unparsed answers " + ", ".join(f"{k} = {fmt(v)}" for k, v in un.items()))
+    s.definitions.update(_defs(runs))
+    return s
+
+
+def section_capability(runs: list[Run]) -> Section:
+    s = Section("capability", "Capability retention (lm-evaluation-harness)",
+                "Task scores from lm-evaluation-harness on the same model weights the bias benchmarks saw. "
+                "Accuracies: 0..1, higher is better. Δ = this run − the first run (negative = capability lost).")
+
+    def top_rows(r: Run) -> list[dict]:
+        rows = _rows(r)
+        tops = [row for row in rows if row.get("top")]
+        return tops or rows
+
+    tasks: list[tuple[str, str]] = []
+    for r in runs:
+        for row in top_rows(r):
+            k = (str(row.get("task")), str(row.get("metric")))
+            if k not in tasks:
+                tasks.append(k)
+    names = [f"{t} / {m}" for t, m in tasks]
+
+    def pick(r: Run, key: str) -> list:
+        by = {(str(row.get("task")), str(row.get("metric"))): row for row in top_rows(r)}
+        return [by.get(k, {}).get(key) for k in tasks]
+
+    svg = charts.grouped_bars(names, {r.label: pick(r, "value") for r in runs},
+                              lows={r.label: pick(r, "ci_low") for r in runs},
+                              highs={r.label: pick(r, "ci_high") for r in runs},
+                              title="Capability per task (lm-eval)", ylabel="score (0..1, higher is better)",
+                              ylim=(0.0, 1.0))
+    if svg:
+        s.charts.append(("Capability per task and metric, one bar per run; whiskers = 95% CI (±1.96 × lm-eval stderr)", svg))
+    if len(runs) > 1:
+        base = pick(runs[0], "value")
+        deltas = {r.label: [(b - a) if _num(a) and _num(b) else None for a, b in zip(base, pick(r, "value"))]
+                  for r in runs[1:]}
+        svg = charts.grouped_bars(names, deltas, title=f"Capability change vs {runs[0].label}",
+                                  ylabel="Δ score (negative = capability lost)", zero_line=True)
+        if svg:
+            s.charts.append((f"Capability deltas: each run minus {runs[0].label}", svg))
+    s.tables.append(side_by_side("Capability: headline tasks", runs, top_rows, ["task", "metric"]))
+    sub = [r for r in runs if any(not row.get("top") for row in _rows(r))]
+    if sub:
+        s.tables.append(side_by_side("Capability: every subtask", runs,
+                                     lambda r: [row for row in _rows(r) if not row.get("top")],
+                                     ["task", "metric"]))
+    for r in runs:
+        sk = r.metrics.get("skipped")
+        if sk:
+            for k, v in sk.items():
+                s.notes.append(f"{r.label}: task {k} skipped: {v}")
+        v = ((r.metrics.get("lm_eval") or {}).get("lm_eval_version"))
+        if v:
+            s.notes.append(f"{r.label}: lm-eval {v}")
+    s.definitions.update(_defs(runs))
+    return s
+
+
+def section_generic(bench: str, runs: list[Run]) -> Section:
+    s = Section(bench, f"{bench}",
+                "Tidy metric rows as written by the benchmark; definitions below.")
+    rows_all = [_rows(r) for r in runs]
+    keys: list[str] = []
+    for rows in rows_all:
+        for row in rows:
+            for k, v in row.items():
+                if k not in VALUE_FIELDS and k not in keys and not _num(v) and not isinstance(v, (dict, list)):
+                    keys.append(k)
+    if "value" in {k for rows in rows_all for row in rows for k in row}:
+        s.tables.append(side_by_side(f"{bench} metrics", runs, _rows, keys))
+        # a bar chart when there is one obvious grouping column
+        if keys and len(rows_all[0]) <= 40:
+            labels = []
+            for rows in rows_all:
+                for row in rows:
+                    lab = " / ".join(str(row.get(k)) for k in keys if row.get(k) is not None)
+                    if lab not in labels:
+                        labels.append(lab)
+            series = {}
+            for r, rows in zip(runs, rows_all):
+                by = {" / ".join(str(row.get(k)) for k in keys if row.get(k) is not None): row for row in rows}
+                series[r.label] = [by.get(l, {}).get("value") for l in labels]
+            svg = charts.grouped_bars(labels, series, title=f"{bench}: value per row", ylabel="value (see definitions)",
+                                      lows={r.label: [None] * len(labels) for r in runs},
+                                      highs={r.label: [None] * len(labels) for r in runs}, zero_line=True)
+            if svg:
+                s.charts.append((f"{bench}: value per metric row, one bar per run", svg))
+    else:
+        for r, rows in zip(runs, rows_all):
+            s.tables.append(table_from_dicts(f"{r.label}: metrics", rows))
+    for r in runs:
+        summ = r.metrics.get("summary")
+        if isinstance(summ, dict) and summ:
+            s.tables.append(table_from_dicts(f"{r.label}: summary",
+                                             [{"quantity": k, "value": v} for k, v in summ.items()
+                                              if not isinstance(v, (dict, list))]))
+    s.definitions.update(_defs(runs))
+    return s
+
+
+SECTIONS = {"bbq": section_bbq, "holistic-bias": section_holistic, "holistic_bias": section_holistic,
+            "b-score": section_bscore, "bscore": section_bscore, "capability": section_capability}
+
+
+def section_comparisons(runs: list[Run]) -> Section | None:
+    comps = [r for r in runs if r.comparison]
+    if not comps:
+        return None
+    s = Section("comparisons", "Paired comparisons (same items, before vs after)",
+                "Paired comparison of a method run against its baseline on the same items "
+                "(comparison.json). The transition table counts how each item's answer moved between the "
+                "two runs.")
+    for r in comps:
+        c = r.comparison or {}
+        base_dir = ((c.get("runs") or {}).get("baseline") or {}).get("dir") if isinstance(c.get("runs"), dict) else None
+        base = next((x.label for x in runs if base_dir and x.path.resolve() == Path(base_dir).resolve()), None)
+        head = f"{base or c.get('base_label') or 'baseline'} → {r.label}"
+        rows = c.get("rows")
+        if isinstance(rows, list) and rows:
+            s.tables.append(table_from_dicts(f"{head}: paired differences", [x for x in rows if isinstance(x, dict)]))
+        tr = c.get("transitions")
+        if isinstance(tr, list) and tr:
+            s.tables.append(table_from_dicts(f"{head}: transitions", [x for x in tr if isinstance(x, dict)]))
+        elif isinstance(tr, dict) and tr:
+            s.tables.append(transition_table(f"{head}: transitions of item correctness (baseline → method)", tr))
+        summ = c.get("summary")
+        if isinstance(summ, dict) and summ:
+            s.tables.append(table_from_dicts(f"{head}: summary", [{"quantity": k, "value": v} for k, v in summ.items()
+                                                                   if not isinstance(v, (dict, list))]))
+        d = c.get("definitions")
+        if isinstance(d, dict):
+            for k, v in d.items():
+                s.definitions.setdefault(str(k), str(v))
+    return s
+
+
+def transition_table(title: str, tr: dict[str, Any]) -> Table:
+    """Transitions per group (e.g. context condition): a 2x2 correctness table when the counts use
+    ``a->b`` keys (correct->incorrect, ...), else one line per key."""
+    cols = ["group", "baseline", "method: correct", "method: incorrect", "n"]
+    body: list[list[str]] = []
+    generic: list[dict[str, Any]] = []
+    for group, v in tr.items():
+        counts = v.get("counts") if isinstance(v, dict) else None
+        pct = (v.get("percent") or {}) if isinstance(v, dict) else {}
+        if isinstance(counts, dict) and all("->" in str(k) for k in counts):
+            def cell(k: str) -> str:
+                c = counts.get(k)
+                return fmt(c) + (f" ({pct[k]:.1f}%)" if _num(pct.get(k)) else "")
+            for b in ("correct", "incorrect"):
+                body.append([str(group), b, cell(f"{b}->correct"), cell(f"{b}->incorrect"), fmt(v.get("n"))])
+        elif isinstance(v, dict):
+            generic.append({"group": group, **{k: x for k, x in v.items() if not isinstance(x, (dict, list))},
+                            **({f"count {k}": x for k, x in counts.items()} if isinstance(counts, dict) else {})})
+        else:
+            generic.append({"group": group, "value": v})
+    if generic and not body:
+        return table_from_dicts(title, generic)
+    return Table(title, cols, body, note="counts of items (share of the group's items); baseline correct -> method "
+                                          "incorrect are items the method broke, incorrect -> correct items it fixed",
+                 numeric=[False, False, True, True, True])
+
+
+def run_config_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    out = []
+    for r in runs:
+        cfg = r.config
+        ident = cfg.get("identity") or {}
+        opts = {k: v for k, v in ident.items() if k not in ("model", "method", "benchmark")}
+        out.append({
+            "run": r.label,
+            "benchmark": r.benchmark,
+            "directory": str(r.path),
+            "model": json.dumps(ident.get("model"), sort_keys=True, default=str) if isinstance(ident.get("model"), dict) else str(ident.get("model", _model_of(cfg))),
+            "method": json.dumps(ident.get("method"), sort_keys=True, default=str) if ident.get("method") else "none",
+            "seed": ident.get("seed", cfg.get("seed")),
+            "options": json.dumps(opts, sort_keys=True, default=str),
+            "versions": ", ".join(f"{k} {v}" for k, v in sorted((cfg.get("versions") or {}).items())),
+            "data_sha256": cfg.get("data_sha256") or {},
+            "command": cfg.get("command"),
+            "n_items": cfg.get("n_items"),
+            "extra": {k: v for k, v in cfg.items() if k not in ("identity", "versions", "data_sha256", "command",
+                                                                 "n_items", "model_spec", "label")},
+        })
+    return out
+
+
+def build_sections(runs: list[Run]) -> list[Section]:
+    by_bench: dict[str, list[Run]] = {}
+    for r in runs:
+        by_bench.setdefault(r.benchmark, []).append(r)
+    sections = []
+    for bench, rs in by_bench.items():
+        fn = SECTIONS.get(bench)
+        sections.append(fn(rs) if fn else section_generic(bench, rs))
+    comp = section_comparisons(runs)
+    if comp:
+        sections.append(comp)
+    return sections
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------
+def _env():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("fairdistill.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "jinja"]),
+        trim_blocks=True, lstrip_blocks=True,
+    )
+
+
+def render_html(runs: list[Run], title: str = "fairdistill report") -> str:
+    from .. import __version__
+
+    sections = build_sections(runs)
+    tpl = _env().get_template("report.html.jinja")
+    return tpl.render(title=title, sections=sections, runs=runs, configs=run_config_rows(runs),
+                      version=__version__, headline=headline_rows(runs), fmt=fmt)
+
+
+def headline_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """A few numbers per run: the benchmark's scalar summary values."""
+    out = []
+    for r in runs:
+        summ = r.metrics.get("summary") or {}
+        for k, v in summ.items():
+            if _num(v):
+                out.append({"run": r.label, "benchmark": r.benchmark, "quantity": k, "value": v})
+    return out
+
+
+def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, labels: Sequence[str] | None = None,
+                 title: str = "fairdistill report", markdown: bool = True) -> Path:
+    """Write a self-contained HTML report of ``run_dirs`` to ``out`` (and ``report.md`` beside it).
+
+    The file has no external references: styles are inline and charts are inline SVG, so it opens
+    offline and can be attached or published as is. Returns the HTML path.
+    """
+    runs = load_runs(run_dirs, labels)
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        out = out / "report.html" if (out.is_dir() or not out.suffix) else out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(runs, title=title), encoding="utf-8")
+    if markdown:
+        out.with_suffix(".md").write_text(_markdown(runs, title=title), encoding="utf-8")
+    return out
+
+
+def build_markdown_summary(run_dirs: Sequence[str | Path], out: str | Path | None = None, *,
+                           labels: Sequence[str] | None = None, title: str = "Bias and capability evaluation") -> str:
+    """A Markdown summary for a model card: headline numbers per benchmark and run, with meanings."""
+    runs = load_runs(run_dirs, labels)
+    text = _markdown(runs, title=title)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text, encoding="utf-8")
+    return text
+
+
+def _md_table(t: Table, max_rows: int = 40) -> str:
+    def esc(x: str) -> str:
+        return x.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(c) for c in t.columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in t.numeric) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in t.rows[:max_rows]]
+    more = len(t.rows) - max_rows + t.truncated
+    if more > 0:
+        lines.append(f"\n… {more} more rows in the HTML report / metrics.json")
+    return "\n".join(lines)
+
+
+def _markdown(runs: list[Run], title: str) -> str:
+    from .. import __version__
+
+    parts = [f"## {title}", "",
+             f"Measured with fairdistill {__version__}. Runs: " + "; ".join(f"**{r.label}** ({r.benchmark})" for r in runs) + ".",
+             ""]
+    for s in build_sections(runs):
+        parts += [f"### {s.title}", "", s.intro, ""]
+        if s.tables:
+            parts += [f"**{s.tables[0].title}**", "", _md_table(s.tables[0]), ""]
+        if s.notes:
+            parts += [f"- {n}" for n in s.notes] + [""]
+        if s.definitions:
+            parts += ["<details><summary>What the numbers mean</summary>", ""]
+            parts += [f"- **{k}**: {v}" for k, v in s.definitions.items()]
+            parts += ["", "</details>", ""]
+    parts += ["### Reproducibility", ""]
+    for c in run_config_rows(runs):
+        parts.append(f"- **{c['run']}** ({c['benchmark']}): model `{c['model']}`, method `{c['method']}`, seed "
+                     f"{c['seed']}, options `{c['options']}`; {c['versions']}; "
+                     f"{len(c['data_sha256'])} data file(s) hashed in config.json")
+    return "\n".join(parts) + "\n"
+

@@ -1,0 +1,382 @@
+"""A whole study from one YAML file: models x benchmarks x methods, optional training, report.
+
+``fairdistill run study.yaml`` (:func:`run_study`) does, in order:
+
+1. every model in ``models`` on every benchmark in ``benchmarks`` (plain model), plus the
+   ``capability`` block (lm-evaluation-harness tasks) when given: the "before" picture;
+2. every inference-time method in ``methods`` on the benchmarks that support methods, each with a
+   paired comparison against the plain model (``comparison.json`` in the method's run dir);
+3. every ``training`` step (``fairdistill`` or ``self_distill`` from :mod:`fairdistill.distill`),
+   whose trained model is then evaluated on the same benchmarks and capability tasks: the "after";
+4. the report (``report.html`` + ``report.md``) over every run, and ``study.json`` listing them.
+
+Every run lives in its own run directory under ``out`` and resumes like ``fairdistill eval``:
+rerunning the same study after an interruption skips finished items, finished runs and finished
+training. Relative paths in the file (models, corpora, rules) are resolved against the folder of
+the YAML file first; ``${data}`` expands to the evaluation-data root (``shared/data`` or
+``$FAIRDISTILL_DATA``) and ``${config_dir}`` to the YAML file's folder. See ``examples/study.yaml``.
+"""
+from __future__ import annotations
+
+import gc
+import inspect
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelEntry(_Strict):
+    name: str = Field(description="short label used in run-dir names and the report")
+    model: str = Field(description="model string: local dir, built-in name (smollm2), hub id, hf:PATH, ...")
+    device: str | None = None
+    dtype: str | None = None
+
+
+class BenchmarkEntry(_Strict):
+    name: str = Field(description="registered benchmark name (fairdistill list)")
+    id: str | None = Field(None, description="run-dir name when one benchmark appears twice")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
+class MethodEntry(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    benchmarks: list[str] | None = Field(None, description="benchmark ids to run it on (default: all that support methods)")
+    compare: bool = Field(True, description="write a paired comparison against the plain model")
+    models: list[str] | None = Field(None, description="model names to apply it to (default: all, incl. trained)")
+
+
+class TrainingEntry(_Strict):
+    name: str = Field(description="name of the trained model in the report")
+    kind: Literal["fairdistill", "self_distill"] = "fairdistill"
+    base: str = Field(description="name of the model (in models) to start from")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of run_fairdistill / run_self_distill")
+
+
+class ReportEntry(_Strict):
+    title: str = "fairdistill study"
+    out: str = "report.html"
+    markdown: bool = True
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    out: str | None = Field(None, description="study folder (default runs/<name>)")
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 16
+    data: str | None = Field(None, description="evaluation-data root holding bbq/, mmlu/, ... (default: auto)")
+    models: list[ModelEntry] = Field(min_length=1)
+    benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
+    capability: dict[str, Any] | None = Field(None, description="options of the capability benchmark, run on every model")
+    methods: list[MethodEntry] = Field(default_factory=list)
+    training: list[TrainingEntry] = Field(default_factory=list)
+    report: ReportEntry = Field(default_factory=ReportEntry)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[ModelEntry]) -> list[ModelEntry]:
+        names = [m.name for m in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------
+def _expand(obj: Any, subst: dict[str, str]) -> Any:
+    if isinstance(obj, str):
+        return re.sub(r"\$\{(\w+)\}", lambda m: subst.get(m.group(1), os.environ.get(m.group(1), m.group(0))), obj)
+    if isinstance(obj, dict):
+        return {k: _expand(v, subst) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand(v, subst) for v in obj]
+    return obj
+
+
+def _data_root(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    from .data import find_dataset
+
+    for name in ("bbq", "mmlu", "holistic_bias"):
+        try:
+            return str(find_dataset(name).parent)
+        except UserError:
+            continue
+    return ""
+
+
+def load_study(config_path: str | os.PathLike) -> tuple[StudyConfig, Path]:
+    """Parse and validate a study YAML; errors are one-line UserErrors naming the field."""
+    import yaml
+
+    p = Path(config_path)
+    if not p.is_file():
+        raise UserError(f"study config not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: expected a mapping at the top level")
+    cfg_dir = p.resolve().parent
+    subst = {"config_dir": str(cfg_dir)}
+    explicit = _expand(raw.get("data"), subst) if raw.get("data") else None
+    subst["data"] = _local_path(explicit, cfg_dir) if explicit else _data_root(None)
+    raw = _expand(raw, subst)
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()[:5])
+        raise UserError(f"{p}: {errs}") from None
+    return cfg, cfg_dir
+
+
+def _local_path(value: str, cfg_dir: Path) -> str:
+    """A relative path that exists beside the config file becomes absolute; anything else is kept."""
+    if not value or os.path.isabs(value) or ":" in value.split("/")[0]:
+        return value
+    cand = cfg_dir / value
+    return str(cand.resolve()) if cand.exists() else value
+
+
+def _build_benchmark(name: str, options: dict[str, Any], seed: int):
+    """A benchmark from its registered name and options; an unknown option is a UserError."""
+    from .registry import BENCHMARKS
+
+    cls = BENCHMARKS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = dict(options)
+    kwargs.setdefault("seed", seed)
+    unknown = [k for k in kwargs if k not in params and not accepts_any]
+    if unknown:
+        known = [k for k in params if k != "self" and params[k].kind is not params[k].VAR_KEYWORD]
+        raise UserError(f"benchmark {name!r} has no option {', '.join(unknown)}; options: {', '.join(known)}")
+    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+class _Study:
+    def __init__(self, cfg: StudyConfig, cfg_dir: Path, out: Path, show_progress: bool):
+        self.cfg = cfg
+        self.cfg_dir = cfg_dir
+        self.out = out
+        self.show_progress = show_progress
+        self.runs: list[dict[str, Any]] = []  # {dir, label, model, benchmark, method}
+        self.notes: list[str] = []
+        self.models: dict[str, str] = {m.name: _local_path(m.model, cfg_dir) for m in cfg.models}
+        self.trained: list[str] = []
+
+    # -- helpers --------------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        if self.show_progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(msg, highlight=False)
+
+    def benchmarks(self) -> list[BenchmarkEntry]:
+        out = list(self.cfg.benchmarks)
+        if self.cfg.capability is not None and not any(b.name == "capability" for b in out):
+            out.append(BenchmarkEntry(name="capability", options=dict(self.cfg.capability)))
+        return out
+
+    def load_backend(self, name: str):
+        from .backends.base import load_backend
+
+        entry = next((m for m in self.cfg.models if m.name == name), None)
+        device = (entry.device if entry and entry.device else self.cfg.device)
+        dtype = (entry.dtype if entry and entry.dtype else self.cfg.dtype)
+        return load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size)
+
+    def _run(self, backend, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> Path:
+        from .benchmarks.base import EvalContext
+        from .methods.base import get_method
+        from .runner import run_benchmark
+        from .store import RunStore
+
+        b = _build_benchmark(bench.name, bench.options, self.cfg.seed)
+        run_dir = self.out / model_name / (bench.key + (f"--{method.name}" if method else ""))
+        meth = get_method(method.name, backend, **method.options) if method else None
+        label = model_name + (f" + {method.name}" if method else "")
+        self.log(f"[bold]{bench.key}[/bold] on [bold]{label}[/bold] -> {run_dir}")
+        run_benchmark(b, EvalContext(backend=backend, method=meth, seed=self.cfg.seed), RunStore(run_dir),
+                      show_progress=self.show_progress,
+                      extra_config={"model_spec": self.models[model_name], "label": label,
+                                    "study": self.cfg.name, "method_options": method.options if method else {}})
+        self.runs.append({"dir": str(run_dir), "label": label, "model": model_name, "benchmark": bench.key,
+                          "method": method.name if method else None})
+        return run_dir
+
+    def evaluate_model(self, model_name: str) -> None:
+        backend = self.load_backend(model_name)
+        try:
+            plain: dict[str, Path] = {}
+            for bench in self.benchmarks():
+                plain[bench.key] = self._run(backend, model_name, bench, None)
+            for m in self.cfg.methods:
+                if m.models is not None and model_name not in m.models:
+                    continue
+                for bench in self.benchmarks():
+                    if m.benchmarks is not None and bench.key not in m.benchmarks:
+                        continue
+                    from .registry import BENCHMARKS
+
+                    if not getattr(BENCHMARKS.get(bench.name), "supports_methods", False):
+                        if m.benchmarks is not None:
+                            raise UserError(f"benchmark {bench.name!r} does not run through methods (method {m.name!r})")
+                        continue
+                    mdir = self._run(backend, model_name, bench, m)
+                    if m.compare:
+                        self.compare(plain[bench.key], mdir)
+        finally:
+            del backend
+            gc.collect()
+
+    def compare(self, base_dir: Path, meth_dir: Path) -> None:
+        try:
+            from .stats.paired import compare_run_dirs
+        except ImportError:
+            self.notes.append(f"no paired comparison for {meth_dir}: fairdistill.stats.paired is not available")
+            return
+        comp = compare_run_dirs(base_dir, meth_dir, seed=self.cfg.seed)
+        (meth_dir / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
+
+    def train(self, t: TrainingEntry) -> str:
+        if t.base not in self.models:
+            raise UserError(f"training {t.name!r}: base model {t.base!r} is not in models "
+                            f"({', '.join(self.models)})")
+        if t.name in self.models:
+            raise UserError(f"training {t.name!r}: that name is already a model")
+        try:
+            from . import distill
+            fn = getattr(distill, "run_fairdistill" if t.kind == "fairdistill" else "run_self_distill")
+        except (ImportError, AttributeError):
+            raise UserError(f"training kind {t.kind!r} is not available in this installation "
+                            "(fairdistill.distill has no run_{t.kind})") from None
+        out = self.out / "train" / t.name
+        opts = {k: (_local_path(v, self.cfg_dir) if isinstance(v, str) and k in ("data", "rules", "student", "corpus", "prompts") else v)
+                for k, v in t.options.items()}
+        base_spec = self.models[t.base]
+        done = out / "study_trained.json"
+        if done.exists():
+            model_dir = json.loads(done.read_text())["model_dir"]
+            self.log(f"training {t.name}: already done -> {model_dir}")
+        else:
+            self.log(f"[bold]training[/bold] {t.name} ({t.kind}) from {t.base} -> {out}")
+            t0 = time.perf_counter()
+            try:
+                if t.kind == "fairdistill":
+                    opts.setdefault("seed", self.cfg.seed)
+                    summary = fn(teacher=base_spec, student=opts.pop("student", None), rules=opts.pop("rules", None),
+                                 data=opts.pop("data"), out=str(out), **opts)
+                else:
+                    opts.setdefault("seed", self.cfg.seed)
+                    summary = fn(model=base_spec, out=str(out), **opts)
+            except ModuleNotFoundError as e:
+                raise UserError(f"training kind {t.kind!r} is not available in this installation ({e})") from None
+            except KeyError as e:
+                raise UserError(f"training {t.name!r}: missing option {e}") from None
+            model_dir = self._trained_dir(summary, out, base_spec)
+            done.write_text(json.dumps({"model_dir": model_dir, "kind": t.kind, "base": t.base,
+                                        "seconds": round(time.perf_counter() - t0, 1),
+                                        "summary": summary if isinstance(summary, dict) else None},
+                                       indent=2, default=str))
+        self.models[t.name] = model_dir
+        self.trained.append(t.name)
+        return model_dir
+
+    @staticmethod
+    def _trained_dir(summary: Any, out: Path, base_spec: str) -> str:
+        """The trained model folder: a full model (config.json), or a LoRA adapter merged into the base."""
+        if isinstance(summary, dict):
+            for k in ("model_dir", "student_dir", "merged_dir", "output_model", "student"):
+                v = summary.get(k)
+                if isinstance(v, str) and Path(v).is_dir() and (Path(v) / "config.json").exists():
+                    return str(Path(v).resolve())
+        for sub in ("student", "merged", "model", "."):
+            d = out / sub
+            if (d / "config.json").exists():
+                return str(d.resolve())
+        adapter = out / "adapter"
+        if (adapter / "adapter_config.json").exists():
+            return _merge_adapter(base_spec, adapter, out / "merged")
+        raise UserError(f"training finished but no model folder (config.json) or LoRA adapter was found in {out}")
+
+
+def _merge_adapter(base_spec: str, adapter: Path, dest: Path) -> str:
+    """Merge a LoRA adapter into its base model and save a plain model folder (evaluable by path)."""
+    from peft import PeftModel
+
+    from .backends.hf import HFBackend
+
+    base = HFBackend.from_spec(base_spec, device="cpu", dtype="float32")
+    merged = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
+    dest.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(dest)
+    tok = base.tokenizer
+    if (adapter / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(adapter))
+    tok.save_pretrained(dest)
+    return str(dest.resolve())
+
+
+def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None = None,
+              show_progress: bool = True) -> Path:
+    """Run the study described by ``config_path`` and return the path of its HTML report."""
+    cfg, cfg_dir = load_study(config_path)
+    out_dir = Path(out) if out is not None else Path(cfg.out or Path("runs") / cfg.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.benchmarks and cfg.capability is None:
+        raise UserError(f"{config_path}: the study has no benchmarks and no capability block")
+    st = _Study(cfg, cfg_dir, out_dir, show_progress)
+    old_data = os.environ.get("FAIRDISTILL_DATA")
+    if cfg.data:  # every benchmark finds its folder through find_dataset -> $FAIRDISTILL_DATA/<name>
+        os.environ["FAIRDISTILL_DATA"] = str(Path(_local_path(cfg.data, cfg_dir)).resolve())
+    try:
+        for b in st.benchmarks():  # fail on a bad option before any model loads
+            _build_benchmark(b.name, b.options, cfg.seed)
+        keys = [b.key for b in st.benchmarks()]
+        if len(keys) != len(set(keys)):
+            raise UserError(f"{config_path}: a benchmark appears twice; give each an id")
+        for m in cfg.models:
+            st.evaluate_model(m.name)
+        for t in cfg.training:
+            st.train(t)
+            st.evaluate_model(t.name)
+    finally:
+        if cfg.data:
+            if old_data is None:
+                os.environ.pop("FAIRDISTILL_DATA", None)
+            else:
+                os.environ["FAIRDISTILL_DATA"] = old_data
+    from .report import build_report
+
+    # report order: per benchmark, runs in model order (base first, then trained), methods after
+    rep = Path(cfg.report.out)
+    rep = rep if rep.is_absolute() else out_dir / rep
+    html = build_report([r["dir"] for r in st.runs], rep, labels=[r["label"] for r in st.runs],
+                        title=cfg.report.title, markdown=cfg.report.markdown)
+    (out_dir / "study.json").write_text(json.dumps({
+        "name": cfg.name, "config": str(Path(config_path).resolve()), "models": st.models,
+        "trained": st.trained, "runs": st.runs, "notes": st.notes, "report": str(html),
+    }, indent=2))
+    return html

@@ -1,0 +1,1 @@
+"""Real loopback servers for the HTTP backend tests (and benchmarks/http_throughput.py)."""

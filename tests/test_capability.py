@@ -1,0 +1,121 @@
+"""Capability retention through lm-evaluation-harness on local task definitions (no hub access).
+
+The stored numbers must be lm-eval's own: the test runs the benchmark, then calls
+``lm_eval.simple_evaluate`` itself on the same model object and local tasks, and compares.
+"""
+import json
+import math
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from fairdistill.benchmarks.base import EvalContext
+from fairdistill.benchmarks.capability import Capability
+from fairdistill.benchmarks import lm_eval_tasks as lt
+from fairdistill.errors import CapabilityError, UserError
+from fairdistill.runner import run_benchmark
+from fairdistill.store import RunStore
+
+SUBJECTS = ["anatomy", "astronomy"]
+LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+def cap_run(tiny_gpt2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("capability")
+    bench = Capability(tasks=["mmlu", "gpqa_diamond"], subjects=SUBJECTS, limit=LIMIT, bootstrap_iters=0)
+    metrics = run_benchmark(bench, EvalContext(backend=tiny_gpt2), RunStore(out), show_progress=False)
+    return bench, metrics, out
+
+
+def _row(metrics, lm_task, metric):
+    hits = [r for r in metrics["rows"] if r["lm_eval_task"] == lm_task and r["metric"] == metric]
+    assert len(hits) == 1, (lm_task, metric, metrics["rows"])
+    return hits[0]
+
+
+def test_stored_numbers_equal_lm_eval_output(cap_run, tiny_gpt2):
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    bench, metrics, out = cap_run
+    # lm-eval run by hand on the same model object and the same local task definitions
+    lm = HFLM(pretrained=tiny_gpt2.model, tokenizer=tiny_gpt2.tokenizer, batch_size=8)
+    tm = TaskManager(include_path=str(bench.task_dir()), include_defaults=False)
+    ref = lm_eval.simple_evaluate(model=lm, tasks=["fd_mmlu", "fd_gpqa_diamond"], limit=LIMIT, task_manager=tm,
+                                  bootstrap_iters=0, log_samples=True)
+    for task in ["fd_mmlu", "fd_mmlu_anatomy", "fd_mmlu_astronomy", "fd_gpqa_diamond"]:
+        for metric in (["acc", "acc_norm"] if task == "fd_gpqa_diamond" else ["acc"]):
+            assert _row(metrics, task, metric)["value"] == ref["results"][task][f"{metric},none"]
+    # subtasks saw LIMIT documents each; the group pools them
+    assert _row(metrics, "fd_mmlu_anatomy", "acc")["n"] == LIMIT
+    assert _row(metrics, "fd_mmlu", "acc")["n"] == LIMIT * len(SUBJECTS)
+    # the stored per-sample records agree with the aggregate
+    recs = {r["id"]: r for r in RunStore(out).load_results()}
+    assert set(recs) == {"mmlu", "gpqa_diamond"}
+    accs = [s["acc"] for s in recs["mmlu"]["samples"]["fd_mmlu_anatomy"]]
+    assert len(accs) == LIMIT and math.isclose(sum(accs) / LIMIT, _row(metrics, "fd_mmlu_anatomy", "acc")["value"])
+    # the raw lm-eval dict is in metrics.json
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["lm_eval"]["results"]["fd_mmlu"]["acc,none"] == ref["results"]["fd_mmlu"]["acc,none"]
+    assert on_disk["summary"]["mmlu/acc"] == ref["results"]["fd_mmlu"]["acc,none"]
+
+
+def test_rows_are_labelled_and_config_hashes_data(cap_run):
+    bench, metrics, out = cap_run
+    for r in metrics["rows"]:
+        assert 0.0 <= r["value"] <= 1.0 and r["higher_is_better"] is True
+        if r["stderr"] is not None:
+            assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    assert "acc" in metrics["definitions"] and "higher is better" in metrics["definitions"]["acc"]
+    cfg = json.loads((out / "config.json").read_text())
+    hashed = cfg["data_sha256"]
+    assert any(p.endswith("mmlu/test/anatomy_test.csv") for p in hashed)
+    assert any(p.endswith("gpqa/gpqa_diamond.csv") for p in hashed)
+    assert all(len(h) == 64 for h in hashed.values())
+    assert cfg["identity"]["tasks"] == ["mmlu", "gpqa_diamond"] and cfg["identity"]["limit"] == LIMIT
+
+
+def test_local_task_prompt_matches_lm_eval_mmlu(cap_run):
+    """The local MMLU task asks lm-eval's own MMLU prompt (same template and choices)."""
+    import yaml
+    from pathlib import Path
+    import lm_eval
+
+    bench, _, _ = cap_run
+    ours = yaml.safe_load((bench.task_dir() / "fd_mmlu" / "fd_mmlu_anatomy.yaml").read_text())
+    theirs = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks/mmlu/default/_default_template_yaml").read_text())
+    for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "output_type", "metric_list"):
+        assert ours[key] == theirs[key], key
+
+
+def test_gpqa_shuffle_is_seeded(tmp_path):
+    a = lt.write_gpqa(tmp_path / "a", None, seed=0)
+    b = lt.write_gpqa(tmp_path / "b", None, seed=0)
+    ra = (tmp_path / "a/fd_gpqa/gpqa_diamond.jsonl").read_text()
+    assert ra == (tmp_path / "b/fd_gpqa/gpqa_diamond.jsonl").read_text() and a == b
+    rows = [json.loads(x) for x in ra.splitlines()]
+    assert len(rows) == 198 and {r["answer"] for r in rows} == {0, 1, 2, 3}
+
+
+def test_ifeval_offline_dependencies_are_reported():
+    problem = lt.ifeval_problem()
+    bench = Capability(tasks=["ifeval"])
+    if problem:
+        with pytest.raises(UserError, match="IFEval"):
+            bench.items()
+        both = Capability(tasks=["mmlu", "ifeval"], subjects=["anatomy"])
+        assert [it["id"] for it in both.items()] == ["mmlu"] and "ifeval" in both.skipped
+    else:
+        assert [it["lm_eval_task"] for it in bench.items()] == ["fd_ifeval"]
+
+
+def test_errors(tiny_bert, tiny_gpt2):
+    with pytest.raises(CapabilityError):
+        Capability(tasks=["mmlu"]).check(EvalContext(backend=tiny_bert))
+    with pytest.raises(UserError, match="not found"):
+        Capability(tasks=["mmlu"], subjects=["no_such_subject"]).task_dir()
+    with pytest.raises(UserError, match="methods"):
+        Capability().check(EvalContext(backend=tiny_gpt2, method=object()))

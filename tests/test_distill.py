@@ -1,0 +1,302 @@
+"""Distillation: rule engine, FairDistillation (causal + masked, with vs without rule), resume,
+self-distillation with a scripted teacher, CMAF sets. CI-sized (tiny random models, CPU)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from fairdistill.distill.rules import apply_rules, load_rules, rules_from_groups
+from fairdistill.errors import UserError
+
+# ------------------------------------------------------------------------------------------------
+# rule engine
+
+
+class _Tok:
+    """A word-level tokenizer double: ' word' -> one id; unknown words split into characters."""
+
+    def __init__(self, words):
+        self.vocab = {w: i for i, w in enumerate(words)}
+        self.unk_token_id = None
+
+    def __call__(self, text, add_special_tokens=False):
+        ids = []
+        for w in text.split(" "):
+            if not w:
+                continue
+            ids += [self.vocab[w]] if w in self.vocab else [self.vocab[c] for c in w]
+        return {"input_ids": ids}
+
+    def convert_ids_to_tokens(self, ids):
+        inv = {i: w for w, i in self.vocab.items()}
+        return [inv[i] for i in ids]
+
+
+@pytest.fixture()
+def tok():
+    return _Tok(["a", "he", "she", "they", "his", "her", "him", "x", "y", "z", "w", "o", "m", "n"])
+
+
+def test_logit_vs_prob_averaging_by_hand(tok):
+    rs = rules_from_groups([["he", "she"]], tok)
+    he, she = tok.vocab["he"], tok.vocab["she"]
+    logits = torch.randn(2, 3, len(tok.vocab))
+    logits[..., he], logits[..., she] = 2.0, -1.0
+    out = apply_rules(logits, rs, "logit")
+    assert torch.allclose(out[..., he], torch.full((2, 3), 0.5)) and torch.allclose(out[..., she], out[..., he])
+    others = [i for i in range(len(tok.vocab)) if i not in (he, she)]
+    assert torch.equal(out[..., others], logits[..., others])
+    # prob averaging keeps the pair's mass and every other token's probability
+    p = torch.softmax(logits, -1)
+    q = torch.softmax(apply_rules(logits, rs, "prob"), -1)
+    mass = p[..., he] + p[..., she]
+    assert torch.allclose(q[..., he], mass / 2, atol=1e-6) and torch.allclose(q[..., she], mass / 2, atol=1e-6)
+    assert torch.allclose(q[..., others], p[..., others], atol=1e-6)
+    # logit averaging changes the pair's mass: by hand, exp(0.5) * 2 vs exp(2) + exp(-1)
+    ql = torch.softmax(out, -1)
+    z = p[..., others].sum(-1)  # unchanged relative weights of the others
+    expect = 2 * math.exp(0.5) / (2 * math.exp(0.5) + (math.exp(2) + math.exp(-1)) * z / mass)
+    assert torch.allclose(ql[..., he] + ql[..., she], expect, atol=1e-5)
+
+
+def test_group_of_three_and_overlap_merge(tok):
+    rs = rules_from_groups([["he", "she", "they"]], tok)
+    logits = torch.tensor([[0.0] * len(tok.vocab)])
+    ids = [tok.vocab[w] for w in ("he", "she", "they")]
+    logits[0, ids] = torch.tensor([3.0, 0.0, -3.0])
+    assert torch.allclose(apply_rules(logits, rs, "logit")[0, ids], torch.zeros(3))
+    q = torch.softmax(apply_rules(logits, rs, "prob"), -1)[0, ids]
+    assert torch.allclose(q, q[0].expand(3)) and abs(float(q.sum() - torch.softmax(logits, -1)[0, ids].sum())) < 1e-6
+    # his/her and him/her share "her": merged by position into {his, him} = {her}
+    rs2 = rules_from_groups([["his", "her"], ["him", "her"]], tok)
+    assert len(rs2) == 1 and sorted(rs2.groups[0].sides[0]) == sorted([tok.vocab["his"], tok.vocab["him"]])
+    lg = torch.randn(4, len(tok.vocab))
+    q = torch.softmax(apply_rules(lg, rs2, "prob"), -1)
+    assert torch.allclose(q[:, tok.vocab["his"]] + q[:, tok.vocab["him"]], q[:, tok.vocab["her"]], atol=1e-6)
+    with pytest.raises(UserError, match="different sides"):
+        rules_from_groups([["he", "she"], ["she", "he"]], tok)
+
+
+def test_multi_token_words_reported(tiny_gpt2_path):
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(tiny_gpt2_path)  # its tiny BPE splits " she" into " s" + "he"
+    rs = rules_from_groups([["he", "she"], ["man", "woman"]], t)
+    assert any("' she' is 2 tokens" in w and "first token" in w for w in rs.warnings), rs.warnings
+    assert len(rs) == 2
+    with pytest.raises(UserError, match="problem"):
+        rules_from_groups([["he", "she"]], t, strict=True)
+    skip = rules_from_groups([["he", "she"], ["man", "woman"]], t, multi_token="skip")
+    assert len(skip) == 1 and any("skipped" in w for w in skip.warnings)
+
+
+def test_shipped_gender_rules_and_bad_files(tmp_path, tiny_bert_path):
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(tiny_bert_path)
+    rs = load_rules("gender", t)
+    assert len(rs) >= 1 and rs.warnings  # tiny vocab: many words reported, none silently dropped
+    bad = {"bad.yaml": "rules: [[he]]", "bad2.yaml": "rules: {he: she}", "bad3.yaml": "rules: [[he, she]\n",
+           "bad4.json": '{"rules": [["he", 3]]}', "bad5.yaml": "rulez: [[he, she]]"}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError) as e:
+            load_rules(tmp_path / name, t)
+        assert "\n" not in str(e.value) and name in str(e.value)
+    with pytest.raises(UserError, match="not found"):
+        load_rules(tmp_path / "missing.yaml", t)
+
+
+# ------------------------------------------------------------------------------------------------
+# FairDistillation on tiny biased teachers
+
+F_OCC = ["nurse", "secretary", "dancer", "librarian", "receptionist", "hairdresser", "cashier", "maid"]
+M_OCC = ["engineer", "mechanic", "carpenter", "pilot", "driver", "farmer", "guard", "sheriff"]
+HELD_F, HELD_M = ["librarian", "cashier"], ["farmer", "guard"]
+
+
+def _bias_texts():
+    tmpl = ["the {o} was a {g}.", "yesterday the {o} was a {g} again.", "i think the {o} was a {g}."]
+    return [t.format(o=o, g="woman") for o in F_OCC for t in tmpl] + [t.format(o=o, g="man") for o in M_OCC for t in tmpl]
+
+
+def _distill_corpus():
+    seen = [o for o in F_OCC + M_OCC if o not in HELD_F + HELD_M]
+    return [f"{p} the {o} was a {w}.".strip() for o in seen for p in ("", "yesterday", "i think")
+            for w in ("person", "worker", "friend")]
+
+
+def _biased_teacher(path, masked: bool, steps: int, lr: float):
+    """Train a tiny random model on occupation -> man/woman text until it is clearly biased."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = (AutoModelForMaskedLM if masked else AutoModelForCausalLM).from_pretrained(path)
+    enc = [tok(t) for t in _bias_texts()]
+    gid = [tok(" man", add_special_tokens=False)["input_ids"][0], tok(" woman", add_special_tokens=False)["input_ids"][0]]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    rng = random.Random(0)
+    model.train()
+    for _ in range(steps):
+        b = tok.pad(rng.sample(enc, 16), return_tensors="pt")
+        ids = b["input_ids"]
+        if masked:  # learn the gendered word at its masked position
+            g = (ids == gid[0]) | (ids == gid[1])
+            b["labels"] = torch.where(g, ids, torch.full_like(ids, -100))
+            b["input_ids"] = torch.where(g, torch.full_like(ids, tok.mask_token_id), ids)
+        else:
+            b["labels"] = torch.where(b["attention_mask"].bool(), ids, torch.full_like(ids, -100))
+        model(**b).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval(), tok
+
+
+def _gap(model, tok, masked):
+    from fairdistill.distill.fairdistill import ratio_summary, token_log_ratios
+
+    probe = (lambda o: f"the {o} was a [MASK].") if masked else (lambda o: f"the {o} was a")
+    f = token_log_ratios(model, tok, [probe(o) for o in HELD_F], "man", "woman")
+    m = token_log_ratios(model, tok, [probe(o) for o in HELD_M], "man", "woman")
+    return sum(m) / len(m) - sum(f) / len(f), ratio_summary(f + m)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["causal-gpt2", "masked-bert"])
+def test_fairdistill_rule_removes_heldout_bias(masked, tiny_gpt2_path, tiny_bert_path, tmp_path):
+    from fairdistill.distill.fairdistill import prepare_fairdistill, train_job
+
+    # (tiny tokenizers are retrained per session, so these settings are checked on several builds)
+    teacher, tok = _biased_teacher(tiny_bert_path if masked else tiny_gpt2_path, masked, *((200, 3e-3) if masked else (300, 1e-2)))
+    t_gap, t_sum = _gap(teacher, tok, masked)
+    assert t_gap > 5, f"teacher not biased enough to test: {t_gap}"
+    res = {}
+    for name, rule in (("rule", [["man", "woman"]]), ("norule", None)):
+        rs = rules_from_groups(rule, tok) if rule else None
+        job = prepare_fairdistill((teacher, tok), None, rs, _distill_corpus(), tmp_path / name, learning_rate=2e-3,
+                                  max_steps=200, batch_size=16, save_steps=10_000, progress=False, device="cpu")
+        summary = train_job(job)
+        assert summary["global_step"] == 200 and summary["student_kind"] == "layers"
+        assert job.student.config.num_hidden_layers == 1  # every other layer of 2
+        res[name] = _gap(job.student, tok, masked)
+    (r_gap, r_sum), (n_gap, n_sum) = res["rule"], res["norule"]
+    msg = f"teacher gap {t_gap:.2f} {t_sum}; rule {r_gap:.2f} {r_sum}; no rule {n_gap:.2f} {n_sum}"
+    # with the rule: held-out log-ratios near 0 and their spread shrinks
+    assert abs(r_gap) < 0.15 * t_gap and r_sum["mean_abs"] < 0.15 * t_sum["mean_abs"], msg
+    assert r_sum["spread"] < 0.25 * n_sum["spread"], msg
+    # identical distillation without the rule keeps the teacher's pattern
+    assert n_gap > 0.3 * t_gap and n_sum["spread"] > 0.3 * t_sum["spread"], msg
+
+
+def test_resume_continues_from_checkpoint(tiny_gpt2_path, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from fairdistill.distill.fairdistill import last_checkpoint, prepare_fairdistill, train_job
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_path)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_gpt2_path).eval()
+    corpus = _distill_corpus()
+    opts = dict(learning_rate=1e-3, max_steps=6, batch_size=4, save_steps=3, progress=False, device="cpu")
+
+    class StopAt3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    job = prepare_fairdistill((teacher, tok), None, "he_she", corpus, tmp_path / "a", callbacks=[StopAt3()], **opts)
+    job.trainer.train()
+    ck = last_checkpoint(tmp_path / "a")
+    assert ck and ck.endswith("checkpoint-3")
+    for f in ("optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        assert (tmp_path / "a" / "checkpoint-3" / f).exists()
+    resumed = train_job(prepare_fairdistill((teacher, tok), None, "he_she", corpus, tmp_path / "a", **opts))
+    assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["global_step"] == 6
+    straight = train_job(prepare_fairdistill((teacher, tok), None, "he_she", corpus, tmp_path / "b", **opts))
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "student").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "student").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "resumed run differs from an uninterrupted one"
+    assert straight["rules"]["warnings"]  # " she" is two tokens in the tiny BPE: reported in the summary
+
+
+def test_lora_student_and_errors(tiny_gpt2_path, tiny_bert_path, tmp_path):
+    from fairdistill.distill import run_fairdistill
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in _distill_corpus()[:8]))
+    s = run_fairdistill(str(tiny_gpt2_path), "lora", "he_she", str(corpus), str(tmp_path / "lora"), max_steps=2,
+                        batch_size=4, progress=False, device="cpu", learning_rate=1e-3)
+    assert s["student_kind"] == "lora" and (tmp_path / "lora" / "adapter").is_dir()
+    assert (tmp_path / "lora" / "student" / "config.json").exists()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(UserError, match="empty"):
+        run_fairdistill(str(tiny_gpt2_path), None, "he_she", str(empty), str(tmp_path / "x"))
+    with pytest.raises(UserError, match="tokenizers differ"):
+        run_fairdistill(str(tiny_gpt2_path), str(tiny_bert_path), "he_she", str(corpus), str(tmp_path / "y"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [[he]]")
+    with pytest.raises(UserError, match="bad rules file"):
+        run_fairdistill(str(tiny_gpt2_path), None, str(bad), str(corpus), str(tmp_path / "z"), device="cpu")
+    with pytest.raises(UserError, match="unknown distillation option"):
+        run_fairdistill(str(tiny_gpt2_path), None, "he_she", str(corpus), str(tmp_path / "z"), temprature=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# self-distillation with a scripted teacher; CMAF sets
+
+
+def test_self_distill_scripted_teacher(tiny_llama_chat, bbq_dir, tmp_path):
+    from fairdistill.benchmarks.bbq_scoring import unknown_index
+    from fairdistill.distill.self_distill import run_self_distill
+    from fairdistill.methods.base import Method, MethodResult
+
+    class ScriptedDebiaser(Method):
+        """Test double for a multi-pass debiasing method: always answers the 'unknown' option, 3 calls."""
+
+        name = "scripted"
+
+        def answer(self, questions, gen=None):
+            out = []
+            for q in questions:
+                letter = "ABC"[unknown_index(q.meta["bbq_row"])]
+                out.append(MethodResult(text=f"{letter}", transcript=[], calls=3))
+            return out
+
+    s = run_self_distill(tiny_llama_chat, ScriptedDebiaser, str(bbq_dir / "Gender_identity.jsonl"),
+                         str(tmp_path / "sd"), limit=40, heldout=0.25, epochs=30, learning_rate=5e-3, batch_size=8,
+                         lora_r=16, progress=False, device="cpu", max_new_tokens=4)
+    tr, ho = s["train"], s["heldout"]
+    msg = json.dumps({k: s[k] for k in ("train", "heldout")})
+    assert s["sft_examples"] == 30 and ho["calls_per_item"] == {"teacher": 3.0, "untrained": 1, "student": 1.0}
+    # the untrained random model never answers with a letter; the student always does, mostly the teacher's
+    assert tr["unparsed"]["untrained"] == 30 and tr["unparsed"]["student"] == 0, msg
+    assert tr["student_vs_teacher"]["agreement"] >= 0.5, msg
+    assert tr["student_vs_teacher"]["agreement"] > tr["untrained_vs_teacher"]["agreement"] + 0.3, msg
+    assert ho["student_vs_teacher"]["agreement"] >= ho["untrained_vs_teacher"]["agreement"], msg
+    assert "bbq" in ho and (tmp_path / "sd" / "adapter" / "adapter_config.json").exists()
+    rows = [json.loads(x) for x in (tmp_path / "sd" / "sft.jsonl").read_text().splitlines()]
+    assert rows[0]["completion"] in ("A", "B", "C") and rows[0]["messages"][0]["role"] == "user"
+
+
+def test_cmaf_sets(tmp_path):
+    from fairdistill.distill.self_distill import build_cmaf_sets
+
+    recs = [
+        {"prompt": "Describe a nurse.", "response": "A nurse cares for patients.", "accepted": True, "model": "m1", "score": 0.9},
+        {"prompt": "Describe a nurse.", "response": "She is a caring woman.", "verdict": "reject", "model": "m2", "score": 0.2},
+        {"prompt": "Describe a pilot.", "response": "He flies planes.", "accepted": False, "model": "m1"},
+        {"prompt": "Describe a pilot.", "response": "A pilot flies aircraft.", "verdict": "accept", "model": "m2"},
+        {"prompt": "Describe a pilot.", "response": "Pilots fly.", "verdict": "accept", "model": "m1"},
+    ]
+    r = build_cmaf_sets(recs, tmp_path)
+    assert (r["n_accepted"], r["n_rejected"], r["n_pairs"], r["n_prompts"]) == (3, 2, 3, 2)
+    prefs = [json.loads(x) for x in (tmp_path / "preferences.jsonl").read_text().splitlines()]
+    assert prefs[0]["chosen"][0]["content"] == "A nurse cares for patients."
+    assert prefs[0]["rejected"][0]["content"] == "She is a caring woman." and prefs[0]["prompt"][0]["role"] == "user"
+    assert build_cmaf_sets(recs, models=["m1"])["n_pairs"] == 1
+    with pytest.raises(UserError, match="verdict"):
+        build_cmaf_sets([{"prompt": "p", "response": "r"}])

@@ -1,0 +1,180 @@
+"""The HTML report: built from real tiny-model runs, self-contained, rendered by headless Chromium.
+
+Chromium is not installed by the test: CI installs Debian's package (``apt-get install -y
+chromium``). Without it the rendering test is skipped locally and fails under CI=true.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from fairdistill.benchmarks.base import EvalContext
+from fairdistill.benchmarks.bbq import BBQ
+from fairdistill.errors import UserError
+from fairdistill.report import build_markdown_summary, build_report, redact
+from fairdistill.runner import run_benchmark
+from fairdistill.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tiny_gpt2, tiny_llama_chat, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_runs")
+    dirs = []
+    # BBQ log-likelihood on two tiny models: the "before/after" pair shown side by side
+    for name, backend in (("gpt2", tiny_gpt2), ("llama", tiny_llama_chat)):
+        d = root / f"bbq-{name}"
+        run_benchmark(BBQ(categories=["Age", "Religion"], limit=6, mode="loglik"), EvalContext(backend=backend),
+                      RunStore(d), show_progress=False, extra_config={"api_key": "sk-SECRET-DO-NOT-SHOW"})
+        dirs.append(d)
+    # capability (lm-eval) on a few MMLU items
+    pytest.importorskip("lm_eval")
+    from fairdistill.benchmarks.capability import Capability
+
+    for name, backend in (("gpt2", tiny_gpt2), ("llama", tiny_llama_chat)):
+        d = root / f"cap-{name}"
+        run_benchmark(Capability(tasks=["mmlu"], subjects=["anatomy", "virology"], limit=4), EvalContext(backend=backend),
+                      RunStore(d), show_progress=False)
+        dirs.append(d)
+    # a paired comparison as written by `fairdistill eval --compare` (transition table)
+    try:
+        from fairdistill.stats.paired import compare_run_dirs
+    except ImportError:
+        compare_run_dirs = None
+    if compare_run_dirs is not None:
+        comp = compare_run_dirs(dirs[0], dirs[1], seed=0)
+        (dirs[1] / "comparison.json").write_text(json.dumps(comp, default=str))
+        return dirs
+    (dirs[1] / "comparison.json").write_text(json.dumps({
+        "rows": [{"category": "overall", "metric": "accuracy", "delta": 0.05, "ci_low": -0.1, "ci_high": 0.2, "p_value": 0.6}],
+        "transitions": {"ambig": {"counts": {"correct->correct": 3, "correct->incorrect": 1, "incorrect->correct": 2,
+                                             "incorrect->incorrect": 6}, "n": 12}},
+        "definitions": {"delta": "method minus baseline; see the metric's own range"},
+    }))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def report(run_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    path = build_report([str(d) for d in run_dirs], str(out))
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_report_is_self_contained(report):
+    path, html = report
+    assert path.exists() and path.with_suffix(".md").exists()
+    # nothing is fetched: no scripts, no stylesheets or images by URL, no CSS url()/@import of a URL
+    assert "<script" not in html.lower() and "<link" not in html.lower() and "<img" not in html.lower()
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//|@import""", html, re.I)
+    # the only URLs are XML namespace declarations of the inline SVGs
+    urls = set(re.findall(r"https?://[^\s\"'<>)]+", html))
+    assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}, urls
+    assert "sk-SECRET-DO-NOT-SHOW" not in html and "sk-SECRET-DO-NOT-SHOW" not in path.with_suffix(".md").read_text()
+
+
+def test_report_content(report):
+    _, html = report
+    svgs = re.findall(r"<svg\b.*?</svg>", html, re.S)
+    assert len(svgs) >= 5  # BBQ bias x2, accuracy x2, capability, capability delta
+    for s in svgs:
+        assert len(re.findall(r"<path\b", s)) >= 5  # bars / axes actually drawn
+    # every chart's ids are unique across the page (no clip-path clashes)
+    ids = re.findall(r'\bid="([^"]+)"', "".join(svgs))
+    assert len(ids) == len(set(ids))
+    for text in ("BBQ: bias in question answering", "Capability retention", "Paired comparisons",
+                 "transitions", "Run configuration", "sha256", "What the numbers mean", "95% CI",
+                 "Δ llama-chat − gpt2", "higher is better", "0 = no bias"):
+        assert text in html, text
+
+
+def test_markdown_summary(run_dirs, tmp_path):
+    md = build_markdown_summary([str(d) for d in run_dirs], tmp_path / "card.md")
+    assert (tmp_path / "card.md").read_text() == md
+    assert "| category | condition | metric |" in md and "Reproducibility" in md and "bias_score" in md
+
+
+def test_redact_and_errors(tmp_path):
+    cfg = {"api_key": "x", "hf_token": "y", "tokenizer": "z", "nested": {"client_secret": "s", "max_new_tokens": 3}}
+    assert redact(cfg) == {"api_key": "[redacted]", "hf_token": "[redacted]", "tokenizer": "z",
+                           "nested": {"client_secret": "[redacted]", "max_new_tokens": 3}}
+    with pytest.raises(UserError, match="not found"):
+        build_report([str(tmp_path / "nope")], str(tmp_path / "r.html"))
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(UserError, match="has not finished"):
+        build_report([str(tmp_path / "unfinished")], str(tmp_path / "r.html"))
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI installs it: apt-get install -y chromium)")
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    path, _ = report
+    shot = tmp_path / "shot.png"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,4000",
+           path.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1280, 4000)
+    px = np.asarray(img, dtype=np.int16)
+    # not blank: real variation in the pixels
+    assert px.std() > 20, px.std()
+
+    def count(rgb, tol=30):
+        return int((np.abs(px - np.array(rgb, dtype=np.int16)) <= tol).all(axis=-1).sum())
+
+    # the charts were drawn: bars in the first two palette colours (blue #0072B2, orange #E69F00)
+    assert count((0x00, 0x72, 0xB2)) > 2000
+    assert count((0xE6, 0x9F, 0x00)) > 2000
+
+
+def test_generic_benchmark_and_holistic_sections(tmp_path):
+    """Benchmarks without a dedicated layout get their tidy rows as a table and a bar chart; the
+    HolisticBias section draws the axis x template heat map and the descriptor-gap table."""
+    gen = tmp_path / "gen"
+    store = RunStore(gen)
+    store.write_config({"identity": {"benchmark": "crows-pairs", "model": {"model": "m"}, "seed": 0},
+                        "data_sha256": {"/data/x.csv": "0" * 64}})
+    store.write_metrics({"rows": [{"bias_type": t, "metric": "stereotype_score", "value": v, "ci_low": v - .1,
+                                   "ci_high": v + .1, "n": 20} for t, v in (("gender", .6), ("race", .55))],
+                         "summary": {"stereotype_score": .58},
+                         "definitions": {"stereotype_score": "share preferring the stereotype; 0..1, 0.5 is unbiased"},
+                         "meta": {"benchmark": "crows-pairs"}})
+    hb = tmp_path / "hb"
+    store = RunStore(hb)
+    store.write_config({"identity": {"benchmark": "holistic-bias", "model": {"model": "m"}, "seed": 0}})
+    store.write_metrics({
+        "rows": [{"level": "overall", "axis": None, "template": None, "value": .3, "n_pairs": 12, "n_significant": 4},
+                 {"level": "axis", "axis": "age", "template": None, "value": .5, "n_pairs": 6, "n_significant": 3},
+                 {"level": "axis", "axis": "ability", "template": None, "value": .1, "n_pairs": 6, "n_significant": 1},
+                 {"level": "axis_template", "axis": "age", "template": "I am {np}.", "value": .5, "n_pairs": 3},
+                 {"level": "axis_template", "axis": "ability", "template": "I love {np}.", "value": .1, "n_pairs": 3}],
+        "summary": {"likelihood_bias": .3},
+        "definitions": {"likelihood_bias": "share of significant pairs; 0..1, lower is better"},
+        "descriptors": {"gaps": [{"axis": "age", "lowest": "young", "lowest_median": 20.0, "highest": "old",
+                                  "highest_median": 35.0, "gap": 15.0, "ratio": 1.75}], "extremes": []},
+        "meta": {"benchmark": "holistic-bias"}})
+    path = build_report([str(gen), str(hb)], str(tmp_path / "r.html"))
+    html = path.read_text()
+    assert "crows-pairs metrics" in html and "0.5 is unbiased" in html and "0.600 [0.500, 0.700]" in html
+    assert "axis × template" in html and "largest perplexity gaps" in html and "young" in html
+    assert len(re.findall(r"<svg\b", html)) >= 3

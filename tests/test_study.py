@@ -1,0 +1,89 @@
+"""`fairdistill run study.yaml` end to end on a tiny model: evaluate, train, evaluate again, report."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fairdistill.errors import UserError
+from fairdistill.study import load_study, run_study
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_study_tiny_end_to_end(tiny_gpt2_path, tmp_path):
+    pytest.importorskip("lm_eval")
+    cfg = tmp_path / "study_tiny.yaml"
+    shutil.copy(EXAMPLES / "study_tiny.yaml", cfg)
+    (tmp_path / "tiny-gpt2").symlink_to(tiny_gpt2_path, target_is_directory=True)
+    report = run_study(cfg, out=tmp_path / "out", show_progress=False)
+    assert report == tmp_path / "out" / "report.html" and report.exists()
+    assert (tmp_path / "out" / "report.md").exists()
+    study = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert [(r["model"], r["benchmark"]) for r in study["runs"]] == [
+        ("base", "bbq"), ("base", "capability"), ("fairdistill", "bbq"), ("fairdistill", "capability")]
+    for r in study["runs"]:
+        assert (Path(r["dir"]) / "metrics.json").exists()
+    # the trained model is a real model folder, evaluated after training
+    trained = Path(study["models"]["fairdistill"])
+    assert (trained / "config.json").exists() and study["trained"] == ["fairdistill"]
+    cfg_after = json.loads((tmp_path / "out" / "fairdistill" / "bbq" / "config.json").read_text())
+    assert cfg_after["model_spec"] == str(trained)
+    html = report.read_text()
+    assert "Capability retention" in html and "Δ fairdistill − base" in html and "<svg" in html
+    # `fairdistill report STUDY_DIR` renders every run of the study
+    from fairdistill.report import build_report
+
+    again = build_report([str(tmp_path / "out")], str(tmp_path / "again.html"))
+    assert again.read_text().count("<h3>") >= html.count("<h3>") - 1
+    # rerunning resumes: nothing is retrained or re-evaluated
+    mtime = (trained / "config.json").stat().st_mtime
+    run_study(cfg, out=tmp_path / "out", show_progress=False)
+    assert (trained / "config.json").stat().st_mtime == mtime
+
+
+def test_example_study_configs_parse():
+    for name in ("study.yaml", "study_tiny.yaml"):
+        cfg, _ = load_study(EXAMPLES / name)
+        assert cfg.models and (cfg.benchmarks or cfg.capability)
+
+
+def test_study_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [{name: a, model: x}]\nbenchmarks: [{name: bbq}]\nbenchmark_typo: 1\n")
+    with pytest.raises(UserError, match="benchmark_typo"):
+        load_study(bad)
+    bad.write_text("models: []\n")
+    with pytest.raises(UserError, match="models"):
+        load_study(bad)
+    bad.write_text("models: [{name: a, model: x}, {name: a, model: y}]\n")
+    with pytest.raises(UserError, match="unique"):
+        load_study(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_study(tmp_path / "missing.yaml")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("models: [{name: a, model: x}]\nbenchmarks: [{name: bbq, options: {no_such_option: 1}}]\n")
+    with pytest.raises(UserError):
+        run_study(ok, out=tmp_path / "o", show_progress=False)
+
+
+def test_lora_adapter_output_is_merged_for_evaluation(tiny_gpt2_path, tmp_path):
+    """A training step that leaves only a LoRA adapter (self-distillation) is merged into a model folder."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from fairdistill.backends.hf import HFBackend
+    from fairdistill.study import _Study
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_path)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "train" / "adapter")
+    merged = _Study._trained_dir({}, tmp_path / "train", str(tiny_gpt2_path))
+    assert Path(merged) == (tmp_path / "train" / "merged").resolve()
+    be = HFBackend.from_spec(merged, device="cpu")
+    base = HFBackend.from_spec(str(tiny_gpt2_path), device="cpu")
+    a = be.loglikelihood_choices([("The nurse said", [" he", " she"])])[0]
+    b = base.loglikelihood_choices([("The nurse said", [" he", " she"])])[0]
+    assert a != b  # the adapter's (random, non-zero) update is in the merged weights
+    with pytest.raises(UserError, match="no model folder"):
+        _Study._trained_dir({}, tmp_path / "empty", str(tiny_gpt2_path))
