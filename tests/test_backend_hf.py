@@ -50,3 +50,23 @@ def test_generate_greedy_is_deterministic_and_batched(tiny_llama_chat):
 def test_capabilities(tiny_gpt2, tiny_llama_chat, tiny_bert):
     assert tiny_llama_chat.can_chat and not tiny_gpt2.can_chat and not tiny_bert.can_chat
     assert tiny_bert.model_type == "masked" and tiny_gpt2.model_type == "causal"
+
+
+def test_masked_choice_scores_the_whole_continuation(tiny_bert):
+    whole, pos = tiny_bert._masked_span("the man is", " a nurse")
+    tok = tiny_bert.tokenizer
+    assert tok.decode([whole[p] for p in pos]).replace(" ", "") == "anurse"
+    assert whole[-1] == tok.sep_token_id and len(whole) - 1 not in pos
+    (score,), = tiny_bert.loglikelihood_choices([("the man is", [" a nurse"])])
+    (direct, n), = tiny_bert.pll_positions([whole], [pos])
+    assert abs(score - direct) < 1e-5 and n == len(pos)
+
+
+def test_next_token_logprobs_agree_with_choice_scores(tiny_gpt2):
+    for ctx in ("The nurse said that", "Answer: "):
+        nt = tiny_gpt2.next_token_logprobs([ctx], [["A", " B"]])[0]
+        first_tokens = [tiny_gpt2._encode_pair(ctx, c)[1] for c in ("A", " B")]
+        for c, v, ft in zip(("A", " B"), nt, first_tokens):
+            if len(ft) == 1:
+                (ll,), = tiny_gpt2.loglikelihood_choices([(ctx, [c])])
+                assert abs(ll - v) < 1e-4

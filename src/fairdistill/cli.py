@@ -108,6 +108,8 @@ def eval_cmd(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps"),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
     batch_size: int = typer.Option(16, help="model batch size"),
+    backend_option: list[str] = typer.Option([], "--backend-option", help="backend option key=value, e.g. concurrency=16 (repeatable)"),
+    cache: Optional[Path] = typer.Option(None, help="sqlite response cache: reruns do not re-query the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable."""
@@ -121,8 +123,13 @@ def eval_cmd(
         if v is not None:
             opts[k] = v
     bench = build_benchmark(benchmark, data=data, limit=limit, seed=seed, **opts)
+    bench.load_items()  # a missing or malformed dataset fails before a model is loaded
     mopts = parse_options(method_option)
-    backend = load_backend(model, device=device, dtype=dtype, batch_size=batch_size)
+    backend = load_backend(model, device=device, dtype=dtype, batch_size=batch_size, **parse_options(backend_option))
+    if cache is not None:
+        from .backends.cache import CachingBackend
+
+        backend = CachingBackend(backend, cache)
     runs = [method] if method else [None]
     if compare:
         runs = [None if compare == "none" else compare] + [method or "baseline"]
@@ -130,10 +137,10 @@ def eval_cmd(
     for m in runs:
         from .methods.base import get_method
 
-        meth = get_method(m, backend, **mopts) if m else None
+        meth = get_method(m, backend, **(mopts if m == (method or "baseline") else {})) if m else None
         if meth is not None and m == "baseline" and not method and not compare:
             meth = None
-        ident = {"bench": bench.identity(), "model": model, "method": m, "mopts": mopts if m else {}}
+        ident = {"bench": bench.identity(), "model": model, "method": m, "mopts": mopts if m == (method or "baseline") else {}}
         run_dir = out if (out and len(runs) == 1) else (out / (m or "plain") if out else default_out(benchmark, model, m, ident))
         store = RunStore(run_dir)
         console.print(f"[bold]{benchmark}[/bold] on [bold]{model}[/bold]" + (f" with method [bold]{m}[/bold]" if m else "") + f" -> {run_dir}")
@@ -182,6 +189,64 @@ def score_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, default=str))
         console.print(f"metrics: {out}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="run directories or a study folder; runs of one benchmark are shown side by side in this order (deltas vs the first)"),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (a Markdown summary for model cards is written beside it)"),
+    label: list[str] = typer.Option([], "--label", help="label per run directory, in order (default: model [+ method])"),
+    title: str = typer.Option("fairdistill report", help="report title"),
+    markdown: bool = typer.Option(True, help="also write <out>.md"),
+):
+    """Write a self-contained HTML report (inline SVG charts, opens offline) of finished runs."""
+    from .report import build_report
+
+    path = build_report([str(d) for d in run_dirs], out, labels=label or None, title=title, markdown=markdown)
+    console.print(f"report: {path}" + (f"  summary: {Path(path).with_suffix('.md')}" if markdown else ""))
+
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="study YAML (see examples/study.yaml)"),
+    out: Optional[Path] = typer.Option(None, help="study folder (default: the config's `out`, else runs/<name>)"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Run a whole study from a YAML file: models x benchmarks x methods, training, capability before/after, report. Resumable."""
+    from .study import run_study
+
+    console.print(f"report: {run_study(config, out=out, show_progress=progress)}")
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: str = typer.Option(..., help="teacher model (built-in name, directory, hub id)"),
+    student: str = typer.Option("every_other", help="every_other, first_half, layers:0,2,5, lora, or a model with the same tokenizer"),
+    rules: Optional[str] = typer.Option("gender", help="rules file (YAML/JSON) or shipped set (gender, he_she); 'none' for the no-rule control"),
+    data: Path = typer.Option(..., help="corpus: plain text (one example per line) or jsonl with a 'text' field"),
+    out: Path = typer.Option(..., help="output folder (rerun with the same folder to resume)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="training option key=value, e.g. max_steps=200 learning_rate=2e-5 temperature=2 rule_mode=prob"),
+):
+    """FairDistillation: teacher -> student through rule-equalised distributions (e.g. P(he)=P(she))."""
+    from .distill import run_fairdistill
+
+    res = run_fairdistill(teacher, student, None if rules == "none" else rules, str(data), str(out), **parse_options(option))
+    console.print_json(json.dumps(res, default=str))
+
+
+@app.command("self-distill")
+def self_distill_cmd(
+    model: str = typer.Option("smollm2", "--model", "-m", help="chat model to debias"),
+    method: str = typer.Option("reprompting", help="the teacher: an inference-time method wrapping the model"),
+    prompts: str = typer.Option("bbq", help="'bbq', a BBQ folder/file, or a jsonl of {prompt, ...} rows"),
+    out: Path = typer.Option(..., help="output folder (teacher answers are reused on a rerun)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="option key=value, e.g. limit=200 epochs=2 condition=ambig"),
+):
+    """Distil a self-debiased teacher (multi-call method) into a LoRA adapter that answers in one call."""
+    from .distill import run_self_distill
+
+    res = run_self_distill(model, method, prompts, str(out), **parse_options(option))
+    console.print_json(json.dumps(res, default=str))
 
 
 @app.command("list")

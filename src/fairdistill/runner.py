@@ -54,7 +54,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Evaluate every item not yet in ``store``; return (and write) the final metrics."""
     benchmark.check(ctx)
-    items = benchmark.items()
+    items = benchmark.load_items()
     identity = {
         **benchmark.identity(),
         "model": ctx.backend.describe(),

@@ -92,6 +92,22 @@ class Backend:
             raise CapabilityError(f"{what} needs log-likelihoods, which {self.name} cannot provide")
 
 
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) as lm-evaluation-harness splits them.
+
+    Trailing context whitespace belongs to the continuation (the usual " answer" token); the
+    continuation's ids are the tail of the joint encoding, so merges across the boundary count.
+    The tokenizer's own default decides BOS (Gemma/Llama add it, GPT-2 style ones do not).
+    """
+    n_space = len(context) - len(context.rstrip())
+    if n_space:
+        continuation = context[-n_space:] + continuation
+        context = context[:-n_space]
+    whole = tokenizer(context + continuation, add_special_tokens=True)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+    return ctx, whole[len(ctx):]
+
+
 def parse_model_spec(spec: str) -> tuple[str, str]:
     """Split ``kind:target`` (``hf:PATH``, ``openai:URL#MODEL``, ``vllm:PATH``); default kind ``hf``."""
     for kind in ("hf", "openai", "vllm"):

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..errors import CapabilityError, UserError
 from ..registry import BACKENDS
-from .base import Backend, GenerationRequest, GenerationResult
+from .base import Backend, GenerationRequest, GenerationResult, encode_pair
 
 
 def _resolve_device(device: str) -> str:
@@ -126,14 +126,7 @@ class HFBackend(Backend):
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        # Trailing context whitespace belongs to the continuation (the usual " answer" token).
-        n_space = len(context) - len(context.rstrip())
-        if n_space:
-            continuation = context[-n_space:] + continuation
-            context = context[:-n_space]
-        whole = self._encode(context + continuation)
-        ctx = self._encode(context)
-        return ctx, whole[len(ctx):]
+        return encode_pair(self.tokenizer, context, continuation)
 
     # -- log-likelihood -------------------------------------------------------------------------
     def loglikelihood_choices(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
@@ -146,8 +139,20 @@ class HFBackend(Backend):
                 flat.append((i, j, ctx, cont))
         out = [[0.0] * len(conts) for _, conts in requests]
         if self.model_type == "masked":
-            for (i, j, ctx, cont), v in zip(flat, self._pll_spans([(ctx, cont) for _, _, ctx, cont in flat])):
-                out[i][j] = v
+            # The tokenizer wraps text in [CLS] ... [SEP]: score the continuation's own tokens,
+            # with the closing special tokens present but unscored.
+            seqs, positions = [], []
+            for context, conts in requests:
+                for c in conts:
+                    whole, pos = self._masked_span(context, c)
+                    seqs.append(whole)
+                    positions.append(pos)
+            scores = self._pll_positions(seqs, positions)
+            k = 0
+            for i, (_, conts) in enumerate(requests):
+                for j in range(len(conts)):
+                    out[i][j] = scores[k][0]
+                    k += 1
             return out
         if self.shared_prefix:
             grouped: list[tuple[list[int], list[list[int]]]] = [([], []) for _ in requests]
@@ -222,7 +227,25 @@ class HFBackend(Backend):
         return res
 
     def continuation_lengths(self, requests):
+        if self.model_type == "masked":
+            return [[len(self._masked_span(ctx, c)[1]) for c in conts] for ctx, conts in requests]
         return [[len(self._encode_pair(ctx, c)[1]) for c in conts] for ctx, conts in requests]
+
+    def _masked_span(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Masked LM: token ids of context+continuation and the continuation's positions.
+
+        The tokenizer wraps text in [CLS] ... [SEP]; the continuation's own tokens are scored,
+        the closing special tokens stay in the input unscored.
+        """
+        special = set(self.tokenizer.all_special_ids)
+        ctx = self._encode(context.rstrip())
+        while ctx and ctx[-1] in special:
+            ctx = ctx[:-1]
+        whole = self._encode(context + continuation)
+        end = len(whole)
+        while end > len(ctx) and whole[end - 1] in special:
+            end -= 1
+        return whole, list(range(len(ctx), end))
 
     def _batches(self, lengths: list[int]):
         """Length-sorted batches bounded by batch size and padded token count."""
@@ -265,32 +288,6 @@ class HFBackend(Backend):
                     lp = torch.log_softmax(logits[r, pos].float(), dim=-1)
                     tgt = torch.tensor(full[nctx:], device=lp.device)
                     res[k] = float(lp.gather(1, tgt[:, None]).sum())
-        return res
-
-    def _pll_spans(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-        """Masked LM: pseudo-log-likelihood of the span tokens, masking one at a time."""
-        torch = self._torch
-        tok = self.tokenizer
-        jobs = []  # (pair index, full ids, position, target)
-        for p, (ctx, cont) in enumerate(pairs):
-            full = ctx + cont
-            for k in range(len(ctx), len(full)):
-                jobs.append((p, full, k, full[k]))
-        res = [0.0] * len(pairs)
-        with torch.inference_mode():
-            for batch in self._batches([len(j[1]) for j in jobs]):
-                maxlen = max(len(jobs[b][1]) for b in batch)
-                ids = torch.full((len(batch), maxlen), tok.pad_token_id, dtype=torch.long)
-                att = torch.zeros_like(ids)
-                for r, b in enumerate(batch):
-                    _, full, k, _ = jobs[b]
-                    ids[r, : len(full)] = torch.tensor(full)
-                    ids[r, k] = tok.mask_token_id
-                    att[r, : len(full)] = 1
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
-                for r, b in enumerate(batch):
-                    p, _, k, t = jobs[b]
-                    res[p] += float(torch.log_softmax(logits[r, k].float(), -1)[t])
         return res
 
     def sequence_logprob(self, texts: Sequence[str]) -> list[tuple[float, int]]:
@@ -346,7 +343,8 @@ class HFBackend(Backend):
             raise CapabilityError(f"{self.name} is a masked LM; next-token probabilities need a causal LM")
         torch = self._torch
         out: list[list[float]] = []
-        encs = [self._encode(c) for c in contexts]
+        # trailing whitespace belongs to the candidate, exactly as in loglikelihood_choices
+        encs = [self._encode(c.rstrip() if c.strip() else c) for c in contexts]
         res: dict[int, list[float]] = {}
         with torch.inference_mode():
             for batch in self._batches([len(e) for e in encs]):

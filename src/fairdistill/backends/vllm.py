@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from ..errors import CapabilityError, UserError
 from ..registry import BACKENDS
-from .base import Backend, GenerationRequest, GenerationResult
+from .base import Backend, GenerationRequest, GenerationResult, encode_pair
 
 ENGINE_KEYS = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "gpu_memory_utilization",
                "max_model_len", "quantization", "enforce_eager", "seed", "trust_remote_code",
@@ -96,13 +96,7 @@ class VLLMBackend(Backend):
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        n_space = len(context) - len(context.rstrip())
-        if n_space:
-            continuation = context[-n_space:] + continuation
-            context = context[:-n_space]
-        whole = self._encode(context + continuation)
-        ctx = self._encode(context)
-        return ctx, whole[len(ctx):]
+        return encode_pair(self.tokenizer, context, continuation)
 
     def _prompt_logprobs(self, seqs: list[list[int]]) -> list[list[float | None]]:
         from vllm import SamplingParams

@@ -48,6 +48,12 @@ class Benchmark:
     def items(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def load_items(self) -> list[dict[str, Any]]:
+        """``items()`` computed once; the CLI calls it before loading a model so bad data fails fast."""
+        if getattr(self, "_items_memo", None) is None:
+            self._items_memo = self.items()
+        return self._items_memo
+
     def check(self, ctx: EvalContext) -> None:
         """Raise CapabilityError early if the backend cannot serve this benchmark."""
 

@@ -225,7 +225,7 @@ class BBQ(Benchmark):
 
     @staticmethod
     def score_file(predictions: str, column: str, data: str | None = None, **_: Any) -> dict[str, Any]:
-        return bbq_scoring.score_predictions_file(predictions, column)
+        return bbq_scoring.score_predictions_file(predictions, column, data_dir=data)
 
 
 _KEEP = ("id", "example_id", "category", "question_index", "question_polarity", "context_condition",

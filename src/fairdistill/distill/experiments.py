@@ -44,9 +44,22 @@ def occupations() -> tuple[list[str], list[str]]:
 
 
 def occupation_corpus() -> tuple[list[str], list[str], list[str]]:
+    """Training sentences over WinoBias's and the occupation probe's occupations, minus held-out ones.
+
+    An occupation that contains a held-out word ("aircraft mechanic") is dropped too, so the
+    held-out probes measure generalisation, not memorisation.
+    """
+    import csv
+
     f, m = occupations()
-    held = set(HELD_F + HELD_M)
-    train = [o for o in f + m if o not in held]
+    table = Path(__file__).resolve().parent.parent / "benchmarks" / "occupations.csv"
+    rows = [ln for ln in table.read_text().splitlines() if ln and not ln.startswith("#")]
+    probe = [r["occupation"] for r in csv.DictReader(rows)]
+    held = HELD_F + HELD_M
+    train: list[str] = []
+    for o in f + m + probe:
+        if o not in train and not any(h in o.split() for h in held):
+            train.append(o)
     texts = [t.format(o=o) for o in train for t in CORPUS_TEMPLATES]
     return texts, train, HELD_F + HELD_M
 
