@@ -82,6 +82,25 @@ def test_bbq_generation_over_http_equals_in_process(server, bbq_dir, bbq_inproce
 
 
 @pytest.mark.slow
+def test_reprompting_method_over_http_equals_in_process(server, smollm2, bbq_dir):
+    """A two-call method runs through the HTTP backend turn for turn as it does in-process."""
+    from fairdistill.benchmarks.base import EvalContext
+    from fairdistill.methods.base import get_method
+
+    bench = _bbq(data=str(bbq_dir), condition="ambig")
+    items = bench.items()
+    runs = {}
+    for name, be in (("http", http_backend(server.url, server.model_dir)), ("local", smollm2)):
+        runs[name] = {r["id"]: r for r in bench.evaluate(items, EvalContext(backend=be, method=get_method("reprompting", be)))}
+    assert len(runs["http"]) == len(items) >= 2
+    for k, r in runs["http"].items():
+        ref = runs["local"][k]
+        assert r["calls"] == 2 and [m["role"] for m in r["transcript"]] == ["user", "assistant", "user", "assistant"]
+        assert r["transcript"] == ref["transcript"], k
+        assert (r["pred"], r["status"]) == (ref["pred"], ref["status"])
+
+
+@pytest.mark.slow
 def test_multi_turn_conversation_over_http_equals_in_process(server, smollm2):
     backend = http_backend(server.url, server.model_dir)
     reqs = [GenerationRequest(messages=CONVERSATION, max_new_tokens=20),

@@ -298,7 +298,7 @@ def test_prompts_override_file(tmp_path):
 @pytest.mark.parametrize("text,msg", [
     ("reprompting:\n  typo: x\n", "unknown key 'reprompting.typo'"),
     ("reprompting:\n  reprompt: 'again {nope}'\n", "unknown placeholder(s) nope"),
-    ("- a\n- b\n", "must be a mapping"),
+    ("- a\n- b\n", "expected a mapping"),
 ])
 def test_prompts_override_errors_are_one_line(tmp_path, text, msg):
     f = tmp_path / "p.yaml"

@@ -60,6 +60,12 @@ def find_dataset(name: str, path: str | os.PathLike | None = None, must_exist: b
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield rows of a jsonl file; a malformed line is a UserError naming file and line number."""
+    for _, row in read_jsonl_numbered(path):
+        yield row
+
+
+def read_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` pairs, so callers can name the line of a row they reject."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"file not found: {p}")
@@ -73,7 +79,23 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 raise UserError(f"{p}:{lineno}: malformed JSON line ({e.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield lineno, row
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); other content is a one-line UserError."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what} not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: expected a mapping at the top level")
+    return raw
 
 
 def file_sha256(path: str | os.PathLike) -> str:

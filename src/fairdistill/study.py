@@ -125,17 +125,10 @@ def _data_root(explicit: str | None) -> str:
 
 def load_study(config_path: str | os.PathLike) -> tuple[StudyConfig, Path]:
     """Parse and validate a study YAML; errors are one-line UserErrors naming the field."""
-    import yaml
+    from .data import read_yaml_mapping
 
     p = Path(config_path)
-    if not p.is_file():
-        raise UserError(f"study config not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{p}: expected a mapping at the top level")
+    raw = read_yaml_mapping(p, "study config")
     cfg_dir = p.resolve().parent
     subst = {"config_dir": str(cfg_dir)}
     explicit = _expand(raw.get("data"), subst) if raw.get("data") else None

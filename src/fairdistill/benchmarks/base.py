@@ -7,10 +7,12 @@ benchmark gets incremental writing and resume for free.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
+from ..errors import CapabilityError
 
 
 @dataclass
@@ -66,3 +68,30 @@ class Benchmark:
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows for the terminal table; default: the tidy ``rows`` of the metrics."""
         return metrics.get("rows", [])
+
+
+def seeded_subset(rows: list[Any], limit: int | None, key: str) -> list[Any]:
+    """``limit`` rows drawn by a fixed seed string, kept in file order; all rows if fewer."""
+    if limit is None or limit >= len(rows):
+        return rows
+    keep = sorted(random.Random(key).sample(range(len(rows)), limit))
+    return [rows[k] for k in keep]
+
+
+def require_sentence_scores(ctx: EvalContext, what: str) -> None:
+    """Sentence-scoring benchmarks: token-level PLL on a masked LM, sequence log-likelihood otherwise."""
+    be = ctx.backend
+    if be.model_type == "masked":
+        if not hasattr(be, "pll_positions") or getattr(be, "tokenizer", None) is None:
+            raise CapabilityError(f"{what} on a masked LM needs token-level PLL, which {be.name} cannot do")
+    else:
+        be.require(score=True, what=what)
+
+
+def option_list(value: Any) -> list[str] | None:
+    """A list option given as "a,b" on the command line or as a list in a config; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [x.strip() for x in value.split(",") if x.strip()]
+    return [str(x).strip() for x in value]

@@ -17,7 +17,6 @@ Metrics (accuracy, s_DIS, s_AMB per category and overall, bootstrap 95% CIs) com
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from ..data import download, find_dataset, read_jsonl
 from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext
+from .base import Benchmark, EvalContext, option_list, seeded_subset
 from . import bbq_scoring
 
 CATEGORIES = [
@@ -97,8 +96,7 @@ class BBQ(Benchmark):
         max_new_tokens: int = 16,
         download_missing: bool = False,
     ):
-        if isinstance(categories, str):
-            categories = [c for c in categories.split(",") if c]
+        categories = option_list(categories)
         if mode not in ("auto", "loglik", "generate"):
             raise UserError(f"unknown BBQ mode {mode!r}; use auto, loglik or generate")
         if options not in ("dataset", "helm"):
@@ -144,9 +142,7 @@ class BBQ(Benchmark):
             self._files.append(str(folder / f"{c}.jsonl"))
             if self.condition != "both":
                 rows = [r for r in rows if r["context_condition"] == self.condition]
-            if self.limit is not None and self.limit < len(rows):
-                keep = sorted(random.Random(f"{self.seed}-{c}").sample(range(len(rows)), self.limit))
-                rows = [rows[k] for k in keep]
+            rows = seeded_subset(rows, self.limit, f"{self.seed}-{c}")
             for r in rows:
                 r["id"] = f"{c}-{r['example_id']}"
                 out.append(r)

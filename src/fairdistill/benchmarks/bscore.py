@@ -34,7 +34,7 @@ from ..data import find_dataset
 from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext
+from .base import Benchmark, EvalContext, option_list
 
 TOPICS = ["number", "gender", "politics", "country", "math", "name", "profession", "race", "sport"]
 #: paper category -> file suffix
@@ -173,14 +173,6 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
-def _split_list(v: Any) -> list[str] | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    return [str(x).strip() for x in v]
-
-
 # -- benchmark ----------------------------------------------------------------------------------
 @BENCHMARKS.register("b-score")
 class BScore(Benchmark):
@@ -213,8 +205,8 @@ class BScore(Benchmark):
         parse: str = "strict",
     ):
         _check_parse(parse)
-        topics = _split_list(topics)
-        cats = _split_list(categories)
+        topics = option_list(topics)
+        cats = option_list(categories)
         for t in topics or []:
             if t not in TOPICS:
                 raise UserError(f"unknown B-score topic {t!r}; known: {', '.join(TOPICS)}")

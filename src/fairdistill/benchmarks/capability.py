@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext
+from .base import Benchmark, EvalContext, option_list
 from . import lm_eval_tasks as lt
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,6 @@ DEFINITIONS = {
     "delta": "in comparisons: after minus before, same task and metric; for accuracies, "
              "negative means capability was lost",
 }
-
-
-def _split(v: Any) -> list[str]:
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [t.strip() for t in v.split(",") if t.strip()]
-    return [str(t) for t in v]
 
 
 def _jsonable(o: Any) -> Any:
@@ -112,8 +104,8 @@ class Capability(Benchmark):
         apply_chat_template: bool = False,
         include_path: str | None = None,
     ):
-        tasks_l = _split(tasks) or ["mmlu"]
-        subjects_l = _split(subjects) or None
+        tasks_l = option_list(tasks) or ["mmlu"]
+        subjects_l = option_list(subjects) or None
         super().__init__(data=data, limit=limit, seed=seed, tasks=tasks_l, subjects=subjects_l,
                          num_fewshot=num_fewshot, local=local, bootstrap_iters=bootstrap_iters,
                          max_gen_toks=max_gen_toks, apply_chat_template=apply_chat_template)

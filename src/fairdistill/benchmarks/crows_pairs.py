@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import csv
 import difflib
-import random
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..data import find_dataset
-from ..errors import CapabilityError, UserError
+from ..errors import UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext
+from .base import Benchmark, EvalContext, require_sentence_scores, seeded_subset, option_list
 
 BIAS_TYPES = [
     "race-color", "gender", "socioeconomic", "nationality", "religion", "age",
@@ -69,14 +68,6 @@ DEFINITIONS = {
     "score": "masked LM: pseudo-log-likelihood (sum) of the shared tokens; causal LM: sentence "
              "log-likelihood (sum, or per-token mean with causal_score=mean).",
 }
-
-
-def parse_list(value: Sequence[str] | str | None) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
 
 
 def load_pairs(path: Path) -> list[dict[str, Any]]:
@@ -169,7 +160,7 @@ class CrowsPairs(Benchmark):
         causal_score: str = "sum",
         categories: Sequence[str] | str | None = None,
     ):
-        types = parse_list(bias_types if bias_types is not None else categories)  # --categories alias
+        types = option_list(bias_types if bias_types is not None else categories)  # --categories alias
         for t in types or []:
             if t not in BIAS_TYPES:
                 raise UserError(f"unknown CrowS-Pairs bias type {t!r}; known: {', '.join(BIAS_TYPES)}")
@@ -193,18 +184,10 @@ class CrowsPairs(Benchmark):
         pairs = load_pairs(self.path())
         if self.bias_types:
             pairs = [p for p in pairs if p["bias_type"] in self.bias_types]
-        if self.limit is not None and self.limit < len(pairs):
-            keep = sorted(random.Random(f"crows-pairs-{self.seed}").sample(range(len(pairs)), self.limit))
-            pairs = [pairs[k] for k in keep]
-        return pairs
+        return seeded_subset(pairs, self.limit, f"crows-pairs-{self.seed}")
 
     def check(self, ctx: EvalContext) -> None:
-        be = ctx.backend
-        if be.model_type == "masked":
-            if not hasattr(be, "pll_positions") or getattr(be, "tokenizer", None) is None:
-                raise CapabilityError(f"crows-pairs on a masked LM needs token-level PLL, which {be.name} cannot do")
-        else:
-            be.require(score=True, what="crows-pairs")
+        require_sentence_scores(ctx, "crows-pairs")
 
     # -- scoring ------------------------------------------------------------------------------
     def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:

@@ -61,10 +61,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..data import find_dataset
+from ..data import find_dataset, read_jsonl_numbered
 from ..errors import UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext
+from .base import Benchmark, EvalContext, option_list
 
 VERSIONS = ("v1.0", "v1.1")
 DEFAULT_VERSION = "v1.1"
@@ -506,17 +506,8 @@ def read_perplexities(path: str | Path) -> list[dict[str, Any]]:
     suffix = p.suffix.lower()
     rows: list[dict[str, Any]] = []
     if suffix in (".jsonl", ".json", ".ndjson"):
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{p}:{lineno}: malformed JSON line ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                rows.append(_check_row(obj, f"{p}:{lineno}"))
+        for lineno, obj in read_jsonl_numbered(p):
+            rows.append(_check_row(obj, f"{p}:{lineno}"))
     elif suffix in (".csv", ".tsv"):
         with p.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
@@ -640,8 +631,7 @@ class HolisticBiasBenchmark(Benchmark):
         axes = options.pop("axes", None)
         templates = options.pop("templates", None)
         sample = options.pop("sample", None)
-        if isinstance(axes, str):
-            axes = [a.strip() for a in axes.split(",") if a.strip()]
+        axes = option_list(axes)
         if isinstance(templates, (str, int)):
             templates = [templates]
         if sample is not None:

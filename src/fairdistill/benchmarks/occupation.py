@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext
+from .base import Benchmark, EvalContext, option_list
 
 TABLE = Path(__file__).with_name("occupations.csv")
 GROUPS = ["female-dominated", "male-dominated"]
@@ -83,14 +83,6 @@ def load_occupations(path: str | Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _list(v: Any) -> list[str] | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    return [str(x).strip() for x in v]
-
-
 @BENCHMARKS.register("occupation-gender")
 class OccupationGender(Benchmark):
     """Occupational gender probe. Options: probes (explicit,implicit), format (auto|chat|plain),
@@ -112,13 +104,13 @@ class OccupationGender(Benchmark):
         preamble: str = "",
         table: str | None = None,
     ):
-        probes = _list(probes) or list(PROBES)
+        probes = option_list(probes) or list(PROBES)
         for p in probes:
             if p not in PROBES:
                 raise UserError(f"unknown occupation probe {p!r}; known: {', '.join(PROBES)}")
         if format not in ("auto", "chat", "plain"):
             raise UserError(f"unknown prompt format {format!r}; use auto, chat or plain")
-        occs = _list(occupations)
+        occs = option_list(occupations)
         table = table or data
         super().__init__(data=data, limit=limit, seed=seed, probes=probes, format=format,
                          occupations=occs, preamble=preamble, table=str(table) if table else None)

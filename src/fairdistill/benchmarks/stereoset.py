@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import string
 from collections import defaultdict
 from pathlib import Path
@@ -60,7 +59,7 @@ from typing import Any, Sequence
 from ..data import find_dataset
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext
+from .base import Benchmark, EvalContext, require_sentence_scores, seeded_subset, option_list
 
 TASKS = ("intrasentence", "intersentence")
 BIAS_TYPES = ["gender", "profession", "race", "religion"]
@@ -82,14 +81,6 @@ DEFINITIONS = {
              "mean probability of the template word's tokens; intersentence = mean log-prob "
              "(PLL for masked LMs) per token of the candidate given the context.",
 }
-
-
-def parse_list(value: Sequence[str] | str | None) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -230,7 +221,7 @@ class StereoSet(Benchmark):
     ):
         if task not in ("intrasentence", "intersentence", "both"):
             raise UserError(f"unknown StereoSet task {task!r}; use intrasentence, intersentence or both")
-        types = parse_list(bias_types if bias_types is not None else categories)  # --categories alias
+        types = option_list(bias_types if bias_types is not None else categories)  # --categories alias
         for t in types or []:
             if t not in BIAS_TYPES:
                 raise UserError(f"unknown StereoSet bias type {t!r}; known: {', '.join(BIAS_TYPES)}")
@@ -267,19 +258,11 @@ class StereoSet(Benchmark):
             rows = data[task]
             if self.bias_types:
                 rows = [r for r in rows if r["bias_type"] in self.bias_types]
-            if self.limit is not None and self.limit < len(rows):
-                keep = sorted(random.Random(f"stereoset-{task}-{self.seed}").sample(range(len(rows)), self.limit))
-                rows = [rows[k] for k in keep]
-            out += rows
+            out += seeded_subset(rows, self.limit, f"stereoset-{task}-{self.seed}")
         return out
 
     def check(self, ctx: EvalContext) -> None:
-        be = ctx.backend
-        if be.model_type == "masked":
-            if not hasattr(be, "pll_positions") or getattr(be, "tokenizer", None) is None:
-                raise CapabilityError(f"stereoset on a masked LM needs token-level PLL, which {be.name} cannot do")
-        else:
-            be.require(score=True, what="stereoset")
+        require_sentence_scores(ctx, "stereoset")
 
     # -- scoring ------------------------------------------------------------------------------
     def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:

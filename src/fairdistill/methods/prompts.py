@@ -73,17 +73,9 @@ def load_prompts(path: str | Path | None = None) -> dict[str, Any]:
     """Default templates, with the YAML file ``path`` (if given) merged over them."""
     prompts = copy.deepcopy(_defaults())
     if path:
-        import yaml
+        from ..data import read_yaml_mapping
 
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise UserError(f"prompts file not found: {p}")
-        try:
-            over = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"prompts file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(over, dict):
-            raise UserError(f"prompts file {p} must be a mapping of method -> templates")
+        over = read_yaml_mapping(path, "prompts file")
         # prefix levels and intent-aware aspects may be added, not only replaced
         prompts = _merge(prompts, over, "", open_keys=("levels", "aspects"))
     _check_fields(prompts)
