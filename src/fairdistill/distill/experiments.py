@@ -43,8 +43,8 @@ def occupations() -> tuple[list[str], list[str]]:
     return f, m
 
 
-def occupation_corpus() -> tuple[list[str], list[str], list[str]]:
-    """Training sentences over WinoBias's and the occupation probe's occupations, minus held-out ones.
+def occupation_corpus(wide: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """Training sentences over WinoBias's occupations (``wide``: also the occupation probe's), minus held-out ones.
 
     An occupation that contains a held-out word ("aircraft mechanic") is dropped too, so the
     held-out probes measure generalisation, not memorisation.
@@ -54,7 +54,7 @@ def occupation_corpus() -> tuple[list[str], list[str], list[str]]:
     f, m = occupations()
     table = Path(__file__).resolve().parent.parent / "benchmarks" / "occupations.csv"
     rows = [ln for ln in table.read_text().splitlines() if ln and not ln.startswith("#")]
-    probe = [r["occupation"] for r in csv.DictReader(rows)]
+    probe = [r["occupation"] for r in csv.DictReader(rows)] if wide else []
     held = HELD_F + HELD_M
     train: list[str] = []
     for o in f + m + probe:
@@ -86,10 +86,10 @@ def _group_stats(r: dict[str, float]) -> dict[str, Any]:
 
 
 def measure_fairdistill(model: str, student: str, steps: int, out: str, only: str | None = None,
-                        **cfg: Any) -> dict[str, Any]:
+                        wide: bool = False, **cfg: Any) -> dict[str, Any]:
     from .fairdistill import load_teacher, prepare_fairdistill, token_log_ratios, train_job
 
-    texts, train_occ, held = occupation_corpus()
+    texts, train_occ, held = occupation_corpus(wide)
     t_model, tok = load_teacher(model, device=cfg.get("device", "cpu"))
     res: dict[str, Any] = {"model": model, "student": student, "steps": steps, "corpus_sentences": len(texts),
                            "train_occupations": train_occ, "heldout_occupations": held, "probe_frames": PROBE_FRAMES}
@@ -127,6 +127,7 @@ def main() -> None:
     a.add_argument("--rule-mode", default="logit")
     a.add_argument("--only", default=None, choices=["with_rule", "without_rule"], help="run one of the two students")
     a.add_argument("--out", default="runs/fairdistill")
+    a.add_argument("--wide-corpus", action="store_true", help="also train on the occupation probe's 40 occupations")
     b = sub.add_parser("self-distill")
     b.add_argument("--model", default="smollm2")
     b.add_argument("--method", default="reprompting")
@@ -139,7 +140,8 @@ def main() -> None:
     b.add_argument("--out", default="runs/self_distill")
     args = ap.parse_args()
     if args.cmd == "fairdistill":
-        res = measure_fairdistill(args.model, args.student, args.steps, args.out, only=args.only, learning_rate=args.lr,
+        res = measure_fairdistill(args.model, args.student, args.steps, args.out, only=args.only, wide=args.wide_corpus,
+                                  learning_rate=args.lr,
                                   batch_size=args.batch, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                                   rule_mode=args.rule_mode, device="cpu", max_length=32, logging_steps=10)
         print(json.dumps({k: res[k]["summary"] for k in ("teacher", "with_rule", "without_rule") if k in res}, indent=2))
