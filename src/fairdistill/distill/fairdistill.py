@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, reject_unknown_options
 from .rules import RuleSet, apply_rules, load_rules
 
 
@@ -69,10 +69,7 @@ class FairDistillConfig:
 
     @classmethod
     def from_kwargs(cls, **kw: Any) -> "FairDistillConfig":
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(kw) - names)
-        if bad:
-            raise UserError(f"unknown distillation option(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+        reject_unknown_options(kw, (f.name for f in fields(cls)), "distillation")
         cfg = cls(**kw)
         cfg.validate()
         return cfg

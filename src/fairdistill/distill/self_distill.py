@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, reject_unknown_options
 from ..methods.base import GenerationConfig, Method, MethodResult, Question, user_turn
 
 LETTERS = "ABCDEFGHIJ"
@@ -77,10 +77,7 @@ class SelfDistillConfig:
 
     @classmethod
     def from_kwargs(cls, **kw: Any) -> "SelfDistillConfig":
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(kw) - names)
-        if bad:
-            raise UserError(f"unknown self-distillation option(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+        reject_unknown_options(kw, (f.name for f in fields(cls)), "self-distillation")
         cfg = cls(**kw)
         if cfg.target not in ("letter", "text"):
             raise UserError(f"unknown target {cfg.target!r}; use letter or text")
