@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from fairdistill.distill.rules import apply_rules, load_rules, rules_from_groups
+from fairdistill.distill.rules import apply_rules, load_rules, rule_balance_loss, rules_from_groups
 from fairdistill.errors import UserError
 
 # ------------------------------------------------------------------------------------------------
@@ -61,6 +61,36 @@ def test_logit_vs_prob_averaging_by_hand(tok):
     z = p[..., others].sum(-1)  # unchanged relative weights of the others
     expect = 2 * math.exp(0.5) / (2 * math.exp(0.5) + (math.exp(2) + math.exp(-1)) * z / mass)
     assert torch.allclose(ql[..., he] + ql[..., she], expect, atol=1e-5)
+
+
+def test_rule_balance_loss_by_hand(tok):
+    rs = rules_from_groups([["he", "she"]], tok)
+    he, she, x = tok.vocab["he"], tok.vocab["she"], tok.vocab["x"]
+    v = len(tok.vocab)
+    # student: P(he | he or she) = 0.2 at position 0, balanced at position 1
+    student = torch.zeros(2, v)
+    student[0, he], student[0, she] = math.log(0.2), math.log(0.8)
+    # teacher: the pair holds mass 0.6 at position 0 and ~0 at position 1
+    teacher = torch.full((2, v), -30.0)
+    teacher[0, he], teacher[0, she], teacher[0, x] = math.log(0.1), math.log(0.5), math.log(0.4)
+    teacher[1, x] = 0.0
+    kl = -math.log(2) - 0.5 * (math.log(0.2) + math.log(0.8))  # KL(uniform || (0.2, 0.8))
+    # mass-weighted: total weight 0.6 (< 1, so not normalised up)
+    assert torch.isclose(rule_balance_loss(student, teacher, rs), torch.tensor(0.6 * kl), atol=1e-5)
+    # two such positions and one implausible one: weights 0.6 + 0.6 + ~0 -> the weighted mean is kl
+    three = [0, 0, 1]
+    assert torch.isclose(rule_balance_loss(student[three], teacher[three], rs), torch.tensor(kl), atol=1e-5)
+    # the teacher's own he/she preference is not the target (the rewritten one is): same value
+    teacher[0, he], teacher[0, she] = math.log(0.5), math.log(0.1)
+    assert torch.isclose(rule_balance_loss(student[three], teacher[three], rs), torch.tensor(kl), atol=1e-5)
+    # where the pair is implausible for the teacher, an unbalanced student costs nothing
+    assert rule_balance_loss(student[1:].clone().index_fill_(-1, torch.tensor([he]), 3.0), teacher[1:], rs) < 1e-6
+    # a balanced student costs nothing; the loss is differentiable in the student's logits
+    s = student.clone().requires_grad_(True)
+    rule_balance_loss(s, teacher, rs).backward()
+    assert s.grad[0, he] < 0 < s.grad[0, she]  # raise he, lower she
+    student[0, he] = student[0, she]
+    assert rule_balance_loss(student, teacher, rs) < 1e-6
 
 
 def test_group_of_three_and_overlap_merge(tok):
@@ -231,6 +261,11 @@ def test_lora_student_and_errors(tiny_gpt2_path, tiny_bert_path, tmp_path):
                         batch_size=4, progress=False, device="cpu", learning_rate=1e-3)
     assert s["student_kind"] == "lora" and (tmp_path / "lora" / "adapter").is_dir()
     assert (tmp_path / "lora" / "student" / "config.json").exists()
+    # the rule-balance extension is logged as its own loss part, and is absent without rules
+    kw = dict(max_steps=2, batch_size=4, progress=False, device="cpu", alpha_rule=5.0, logging_steps=1)
+    r = run_fairdistill(str(tiny_gpt2_path), "lora", "he_she", str(corpus), str(tmp_path / "ar"), **kw)
+    n = run_fairdistill(str(tiny_gpt2_path), "lora", None, str(corpus), str(tmp_path / "an"), **kw)
+    assert r["last_log"]["rule"] > 0 and "rule" not in n["last_log"], (r["last_log"], n["last_log"])
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     with pytest.raises(UserError, match="empty"):
@@ -277,21 +312,68 @@ def test_self_distill_scripted_teacher(tiny_llama_chat, bbq_dir, tmp_path):
     assert tr["student_vs_teacher"]["agreement"] >= 0.5, msg
     assert tr["student_vs_teacher"]["agreement"] > tr["untrained_vs_teacher"]["agreement"] + 0.3, msg
     assert ho["student_vs_teacher"]["agreement"] >= ho["untrained_vs_teacher"]["agreement"], msg
+    # every training item is one the teacher "changed" (the untrained model's answer never parses)
+    ch = tr["where_teacher_changed_answer"]
+    assert ch["n"] == 30 and ch["student_matches_teacher"] == round(tr["student_vs_teacher"]["agreement"] * 30), msg
+    assert ch["agreement_mcnemar"]["gained"] == ch["student_matches_teacher"] and ch["agreement_mcnemar"]["lost"] == 0
+    assert ch["agreement_mcnemar"]["p_value"] < 0.01, msg
     assert "bbq" in ho and (tmp_path / "sd" / "adapter" / "adapter_config.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "sd" / "sft.jsonl").read_text().splitlines()]
     assert rows[0]["completion"] in ("A", "B", "C") and rows[0]["messages"][0]["role"] == "user"
 
 
+def test_self_distill_teacher_answers_resume(tiny_llama_chat, bbq_dir, tmp_path):
+    """Teacher answers are stored batch by batch; a rerun answers only what is missing, also after a cut-off line."""
+    from fairdistill.distill.self_distill import run_self_distill
+    from fairdistill.methods.base import Method, MethodResult
+
+    asked = []
+
+    class Counting(Method):
+        name = "counting"
+
+        def answer(self, questions, gen=None):
+            asked.extend(q.meta["id"] for q in questions)
+            return [MethodResult(text="A", transcript=[], calls=2) for _ in questions]
+
+    kw = dict(limit=20, heldout=0.25, max_steps=1, evaluate=False, progress=False, device="cpu")
+    out = tmp_path / "sd"
+    run_self_distill(tiny_llama_chat, Counting, str(bbq_dir / "Age.jsonl"), str(out), **kw)
+    t_path = out / "teacher.jsonl"
+    lines = t_path.read_text().splitlines()
+    assert len(lines) == 20 and len(asked) == 20
+    # lose the last two answers, one of them cut mid-line as by a kill during the write
+    t_path.write_text("\n".join(lines[:18]) + "\n" + lines[18][:25])
+    lost = {json.loads(x)["id"] for x in lines[18:]}
+    asked.clear()
+    run_self_distill(tiny_llama_chat, Counting, str(bbq_dir / "Age.jsonl"), str(out), **kw)
+    assert set(asked) == lost and len(asked) == 2
+    # the caller's backend is handed back without the adapter peft injected into it
+    assert not any("lora_" in n for n, _ in tiny_llama_chat.model.named_modules())
+    assert sorted(json.loads(x)["id"] for x in t_path.read_text().splitlines()) == sorted(json.loads(x)["id"] for x in lines)
+    # a broken line that is not the last one is an error naming the file and line, not silently dropped
+    bad = t_path.read_text().splitlines()
+    bad[3] = "{not json"
+    t_path.write_text("\n".join(bad) + "\n")
+    with pytest.raises(UserError, match="teacher.jsonl:4"):
+        run_self_distill(tiny_llama_chat, Counting, str(bbq_dir / "Age.jsonl"), str(out), **kw)
+
+
+CMAF_RECORDS = [
+    {"prompt": "Describe a nurse.", "response": "A nurse cares for patients.", "accepted": True, "model": "m1",
+     "score": 0.9},
+    {"prompt": "Describe a nurse.", "response": "She is a caring woman.", "verdict": "reject", "model": "m2",
+     "score": 0.2},
+    {"prompt": "Describe a pilot.", "response": "He flies planes.", "accepted": False, "model": "m1"},
+    {"prompt": "Describe a pilot.", "response": "A pilot flies aircraft.", "verdict": "accept", "model": "m2"},
+    {"prompt": "Describe a pilot.", "response": "Pilots fly.", "verdict": "accept", "model": "m1"},
+]
+
+
 def test_cmaf_sets(tmp_path):
     from fairdistill.distill.self_distill import build_cmaf_sets
 
-    recs = [
-        {"prompt": "Describe a nurse.", "response": "A nurse cares for patients.", "accepted": True, "model": "m1", "score": 0.9},
-        {"prompt": "Describe a nurse.", "response": "She is a caring woman.", "verdict": "reject", "model": "m2", "score": 0.2},
-        {"prompt": "Describe a pilot.", "response": "He flies planes.", "accepted": False, "model": "m1"},
-        {"prompt": "Describe a pilot.", "response": "A pilot flies aircraft.", "verdict": "accept", "model": "m2"},
-        {"prompt": "Describe a pilot.", "response": "Pilots fly.", "verdict": "accept", "model": "m1"},
-    ]
+    recs = CMAF_RECORDS
     r = build_cmaf_sets(recs, tmp_path)
     assert (r["n_accepted"], r["n_rejected"], r["n_pairs"], r["n_prompts"]) == (3, 2, 3, 2)
     prefs = [json.loads(x) for x in (tmp_path / "preferences.jsonl").read_text().splitlines()]
@@ -300,3 +382,34 @@ def test_cmaf_sets(tmp_path):
     assert build_cmaf_sets(recs, models=["m1"])["n_pairs"] == 1
     with pytest.raises(UserError, match="verdict"):
         build_cmaf_sets([{"prompt": "p", "response": "r"}])
+
+
+def test_cmaf_finetune_prefers_accepted_answers(tiny_llama_chat_path, tmp_path):
+    """End to end on a tiny chat model: after CMAF fine-tuning the adapter makes the panel's accepted
+    answers likelier than before, and likelier than the rejected ones it never trained on."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fairdistill.distill.self_distill import encode_chat_example, run_cmaf_finetune
+
+    s = run_cmaf_finetune(str(tiny_llama_chat_path), CMAF_RECORDS, str(tmp_path / "cmaf"), epochs=60,
+                          learning_rate=5e-3, batch_size=3, lora_r=16, progress=False, device="cpu")
+    assert s["n_accepted"] == 3 and s["train_examples"] == 3
+    tok = AutoTokenizer.from_pretrained(tiny_llama_chat_path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_chat_path).eval()
+
+    def nll(model, rec):
+        ex = encode_chat_example(tok, [{"role": "user", "content": rec["prompt"]}], rec["response"], 512)
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).loss.item()
+
+    acc = [r for r in CMAF_RECORDS if r.get("accepted") is True or r.get("verdict") == "accept"]
+    rej = [r for r in CMAF_RECORDS if r not in acc]
+    before = ([nll(base, r) for r in acc], [nll(base, r) for r in rej])
+    student = PeftModel.from_pretrained(base, str(tmp_path / "cmaf" / "adapter")).eval()
+    after = ([nll(student, r) for r in acc], [nll(student, r) for r in rej])
+    msg = f"before {before}, after {after}"
+    # (a random tiny model's logits span well under one nat, so the margins are small but clear)
+    assert all(a < b - 0.3 for a, b in zip(after[0], before[0])), msg
+    assert sum(after[0]) / len(acc) + 0.25 < sum(after[1]) / len(rej), msg
+    assert abs(sum(before[0]) / len(acc) - sum(before[1]) / len(rej)) < 0.1, msg

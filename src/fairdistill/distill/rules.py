@@ -364,10 +364,50 @@ def apply_rules(logits, rules: RuleSet | None, mode: str = "logit"):
     return out.to(logits.dtype)
 
 
+def _side_log_probs(logits, t):
+    """log P(side) for every side of every group: log-sum-exp of its tokens' log-probabilities."""
+    import torch
+
+    x = torch.log_softmax(logits.float(), dim=-1).index_select(-1, t["ids"])
+    neg = torch.full(x.shape[:-1] + (1,), float("-inf"), dtype=x.dtype, device=x.device)
+    return torch.logsumexp(torch.cat([x, neg], -1)[..., t["members"]], dim=-1)
+
+
+def rule_balance_loss(student_logits, teacher_logits, rules: RuleSet):
+    """Mass-weighted KL between the rewritten teacher's and the student's choice *within* each group.
+
+    Once a group is rewritten, the teacher's distribution over its sides, given that the next token
+    is one of them, is uniform (both rule modes). This term is KL(uniform || student's conditional
+    side distribution) at every position, weighted by the (unrewritten) teacher's probability of the
+    group there, and averaged with those weights: positions where "he"/"she" are plausible count,
+    the rest do not. The denominator is at least 1, so a batch where the group is plausible nowhere
+    contributes ~0 rather than its noise scaled up. It is the within-group part of the chain-rule
+    decomposition of the full KL, taken at T = 1 and normalised by the group's mass, so a rule is
+    not drowned out by the rest of the vocabulary (see ``FairDistillConfig.alpha_rule``). Returns a
+    scalar tensor.
+    """
+    import torch
+
+    t = rules.tensors(student_logits.device)
+    s_side = _side_log_probs(student_logits, t)  # [P, S]
+    with torch.no_grad():
+        t_side = _side_log_probs(teacher_logits, t)
+    neg = torch.full(s_side.shape[:-1] + (1,), float("-inf"), dtype=s_side.dtype, device=s_side.device)
+    with torch.no_grad():
+        weight = torch.logsumexp(torch.cat([t_side, neg], -1)[..., t["group_sides"]], dim=-1).exp()  # [P, G]
+    s_group = torch.logsumexp(torch.cat([s_side, neg], -1)[..., t["group_sides"]], dim=-1)  # [P, G]
+    s_cond = s_side - s_group.index_select(-1, t["group_of_side"])  # log q(side | group)
+    n_groups = t["n_sides"].shape[0]
+    summed = torch.zeros(s_cond.shape[:-1] + (n_groups,), dtype=s_cond.dtype, device=s_cond.device)
+    summed = summed.index_add(-1, t["group_of_side"], s_cond)
+    kl = -torch.log(t["n_sides"]) - summed / t["n_sides"]  # KL(uniform over k sides || q)
+    return (weight * kl).sum() / weight.sum().clamp_min(1.0)
+
+
 def log_ratio(logprobs_or_logits, a: int, b: int):
     """log P(a) - log P(b) from logits or log-probs (the difference is the same)."""
     return logprobs_or_logits[..., a] - logprobs_or_logits[..., b]
 
 
-__all__ = ["RuleSet", "TokenGroup", "load_rules", "rules_from_groups", "apply_rules", "read_rules_file",
-           "compile_rules", "resolve_rules_path", "word_token_ids", "DEFAULT_RULES_DIR"]
+__all__ = ["RuleSet", "TokenGroup", "load_rules", "rules_from_groups", "apply_rules", "rule_balance_loss",
+           "read_rules_file", "compile_rules", "resolve_rules_path", "word_token_ids", "DEFAULT_RULES_DIR"]

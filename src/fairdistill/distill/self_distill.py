@@ -306,6 +306,30 @@ def _agreement(a: Sequence[dict], b: Sequence[dict]) -> dict[str, Any]:
     return {"agreement": round(agree / len(both), 4) if both else None, "n": len(both)}
 
 
+def _mean_calls(recs: Sequence[dict]) -> float:
+    return round(sum(r["calls"] for r in recs) / max(len(recs), 1), 3)
+
+
+def _changed_items(base: Sequence[dict], student: Sequence[dict], teacher: Sequence[dict]) -> dict[str, Any]:
+    """Agreement where it is informative: items whose teacher answer differs from the untrained model's.
+
+    When the method rarely changes the model's answer, overall agreement is high before any training;
+    the items it does change say whether the student learned the method's behaviour. McNemar's exact
+    test compares the student's and the untrained model's agreement with the teacher, item by item.
+    """
+    from ..stats.paired import mcnemar_exact
+
+    keep = [k for k, t in enumerate(teacher) if t["pred"] is not None]
+    changed = [k for k in keep if base[k]["pred"] != teacher[k]["pred"]]
+    test = mcnemar_exact([base[k]["pred"] == teacher[k]["pred"] for k in keep],
+                         [student[k]["pred"] == teacher[k]["pred"] for k in keep])
+    return {"n": len(changed),
+            "student_matches_teacher": sum(student[k]["pred"] == teacher[k]["pred"] for k in changed),
+            "student_keeps_untrained": sum(student[k]["pred"] == base[k]["pred"] for k in changed),
+            "agreement_mcnemar": {"gained": test["incorrect->correct"], "lost": test["correct->incorrect"],
+                                  "p_value": test["p_value"]}}
+
+
 def _bbq_summary(qs: Sequence[Question], recs: Sequence[dict]) -> dict[str, Any] | None:
     rows = [(q.meta or {}).get("bbq_row") for q in qs]
     if not rows or any(r is None for r in rows):
@@ -324,10 +348,23 @@ def _bbq_summary(qs: Sequence[Question], recs: Sequence[dict]) -> dict[str, Any]
     return out
 
 
-def _answer_all(method: Method, qs: Sequence[Question], gen: GenerationConfig, batch: int = 16) -> list[MethodResult]:
+def _answer_all(method: Method, qs: Sequence[Question], gen: GenerationConfig, batch: int = 16,
+                desc: str | None = None, show: bool = False,
+                on_batch: Callable[[Sequence[Question], list[MethodResult]], None] | None = None,
+                ) -> list[MethodResult]:
+    """Answer ``qs`` in batches; ``on_batch`` sees each finished batch (to store it at once)."""
+    from ..runner import progress_bar
+
     out: list[MethodResult] = []
-    for i in range(0, len(qs), batch):
-        out += method.answer(qs[i:i + batch], gen)
+    with progress_bar(disable=not show) as bar:
+        task = bar.add_task(desc or getattr(method, "name", "answers"), total=len(qs), rate="")
+        for i in range(0, len(qs), batch):
+            chunk = qs[i:i + batch]
+            res = method.answer(chunk, gen)
+            out += res
+            if on_batch is not None:
+                on_batch(chunk, res)
+            bar.update(task, advance=len(chunk))
     return out
 
 
@@ -376,16 +413,33 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
     t_path = outp / "teacher.jsonl"
     cached = {}
     if cfg.resume and t_path.exists():
-        from ..data import read_jsonl
-
-        cached = {r["id"]: r for r in read_jsonl(t_path)}
+        lines = t_path.read_text(encoding="utf-8").splitlines()
+        for k, line in enumerate(lines):
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                if k == len(lines) - 1:  # cut off by an interrupt mid-write: answer that item again
+                    break
+                raise UserError(f"{t_path}:{k + 1}: not a JSON line; delete the file to recompute the teacher")
+            cached[r["id"]] = r
     todo = [q for q in qs if (q.meta or {}).get("id") not in cached]
     t0 = time.perf_counter()
     if todo:
         teacher = make_teacher(method, backend, cfg.method_options)
-        new = _answers_records(todo, _answer_all(teacher, todo, gen))
-        for r in new:
-            cached[r["id"]] = r
+        partial = t_path.open("a", encoding="utf-8")
+
+        def keep(chunk: Sequence[Question], res: list[MethodResult]) -> None:
+            # appended as each batch finishes: an interrupted run resumes from here
+            for r in _answers_records(chunk, res):
+                cached[r["id"]] = r
+                partial.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            partial.flush()
+
+        try:
+            _answer_all(teacher, todo, gen, desc=f"teacher ({getattr(teacher, 'name', 'method')})",
+                        show=cfg.progress, on_batch=keep)
+        finally:
+            partial.close()
         _write_jsonl(t_path, [cached[(q.meta or {}).get("id")] for q in qs])
     teacher_seconds = time.perf_counter() - t0
     t_recs = {q.meta["id"]: cached[q.meta["id"]] for q in qs}
@@ -393,7 +447,8 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
     # 2. untrained model, baseline prompt, one call (before the adapter exists)
     base_method = get_method("baseline", backend)
     eval_q = list(held_q) + (list(train_q) if cfg.eval_train else [])
-    base_recs = _answers_records(eval_q, _answer_all(base_method, eval_q, gen)) if cfg.evaluate else []
+    base_recs = _answers_records(eval_q, _answer_all(base_method, eval_q, gen, desc="untrained model",
+                                                     show=cfg.progress)) if cfg.evaluate else []
 
     # 3. SFT set: baseline prompt -> teacher's final answer
     sft, skipped = [], 0
@@ -409,43 +464,50 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
     # 4. LoRA SFT
     peft_model, train_info = train_lora_sft(backend.model, backend.tokenizer, sft, outp, cfg)
 
-    # 5. evaluation
-    summary: dict[str, Any] = {
-        "model": str(model) if isinstance(model, str) else backend.name,
-        "method": method if isinstance(method, str) else getattr(method, "name", type(method).__name__),
-        "prompts": str(prompts) if isinstance(prompts, (str, os.PathLike)) else "inline",
-        "config": asdict(cfg), "n_prompts": len(qs), "n_train": len(train_q), "n_heldout": len(held_q),
-        "sft_examples": len(sft), "sft_skipped_unparsed_teacher": skipped,
-        "teacher_seconds": round(teacher_seconds, 2), "teacher_cached": len(qs) - len(todo), **train_info,
-    }
-    if cfg.evaluate:
-        student_be = HFBackend(peft_model, backend.tokenizer, name=f"{backend.name}+self-distill",
-                               batch_size=backend.batch_size, device=backend.device)
-        stud_recs = _answers_records(eval_q, _answer_all(get_method("baseline", student_be), eval_q, gen))
-        nh = len(held_q)
-        splits = {"heldout": (held_q, slice(0, nh))}
-        if cfg.eval_train:
-            splits["train"] = (train_q, slice(nh, None))
-        for name, (sq, sl) in splits.items():
-            t_split = [t_recs[q.meta["id"]] for q in sq]
-            b_split, s_split = base_recs[sl], stud_recs[sl]
-            summary[name] = {
-                "untrained_vs_teacher": _agreement(b_split, t_split),
-                "student_vs_teacher": _agreement(s_split, t_split),
-                "calls_per_item": {"teacher": round(sum(r["calls"] for r in t_split) / max(len(t_split), 1), 3),
-                                   "untrained": 1, "student": round(sum(r["calls"] for r in s_split) / max(len(s_split), 1), 3)},
-                "unparsed": {"teacher": sum(r["pred"] is None for r in t_split),
-                             "untrained": sum(r["pred"] is None for r in b_split),
-                             "student": sum(r["pred"] is None for r in s_split)},
-            }
-            bbq = {k: _bbq_summary(sq, v) for k, v in (("teacher", t_split), ("untrained", b_split), ("student", s_split))}
-            if all(v is not None for v in bbq.values()):
-                summary[name]["bbq"] = bbq
-        _write_jsonl(outp / "eval.jsonl", [{"split": "heldout" if k < nh else "train", "id": b["id"],
-                                            "teacher": t_recs[b["id"]]["pred"], "untrained": b["pred"],
-                                            "student": s["pred"], "student_text": s["final_text"]}
-                                           for k, (b, s) in enumerate(zip(base_recs, stud_recs))])
-    (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
+    try:
+        # 5. evaluation
+        summary: dict[str, Any] = {
+            "model": str(model) if isinstance(model, str) else backend.name,
+            "method": method if isinstance(method, str) else getattr(method, "name", type(method).__name__),
+            "prompts": str(prompts) if isinstance(prompts, (str, os.PathLike)) else "inline",
+            "config": asdict(cfg), "n_prompts": len(qs), "n_train": len(train_q), "n_heldout": len(held_q),
+            "sft_examples": len(sft), "sft_skipped_unparsed_teacher": skipped,
+            "teacher_seconds": round(teacher_seconds, 2), "teacher_cached": len(qs) - len(todo), **train_info,
+        }
+        if cfg.evaluate:
+            student_be = HFBackend(peft_model, backend.tokenizer, name=f"{backend.name}+self-distill",
+                                   batch_size=backend.batch_size, device=backend.device)
+            stud_recs = _answers_records(eval_q, _answer_all(get_method("baseline", student_be), eval_q, gen,
+                                                             desc="student", show=cfg.progress))
+            nh = len(held_q)
+            splits = {"heldout": (held_q, slice(0, nh))}
+            if cfg.eval_train:
+                splits["train"] = (train_q, slice(nh, None))
+            for name, (sq, sl) in splits.items():
+                t_split = [t_recs[q.meta["id"]] for q in sq]
+                b_split, s_split = base_recs[sl], stud_recs[sl]
+                summary[name] = {
+                    "untrained_vs_teacher": _agreement(b_split, t_split),
+                    "student_vs_teacher": _agreement(s_split, t_split),
+                    "where_teacher_changed_answer": _changed_items(b_split, s_split, t_split),
+                    "calls_per_item": {"teacher": _mean_calls(t_split), "untrained": 1,
+                                       "student": _mean_calls(s_split)},
+                    "unparsed": {"teacher": sum(r["pred"] is None for r in t_split),
+                                 "untrained": sum(r["pred"] is None for r in b_split),
+                                 "student": sum(r["pred"] is None for r in s_split)},
+                }
+                bbq = {k: _bbq_summary(sq, v)
+                       for k, v in (("teacher", t_split), ("untrained", b_split), ("student", s_split))}
+                if all(v is not None for v in bbq.values()):
+                    summary[name]["bbq"] = bbq
+            _write_jsonl(outp / "eval.jsonl", [{"split": "heldout" if k < nh else "train", "id": b["id"],
+                                                "teacher": t_recs[b["id"]]["pred"], "untrained": b["pred"],
+                                                "student": s["pred"], "student_text": s["final_text"]}
+                                               for k, (b, s) in enumerate(zip(base_recs, stud_recs))])
+        (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
+    finally:
+        if isinstance(model, HFBackend):  # peft injected the adapter into the caller's model: take it out
+            peft_model.unload()
     return summary
 
 
