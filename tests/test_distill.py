@@ -317,6 +317,11 @@ def test_self_distill_scripted_teacher(tiny_llama_chat, bbq_dir, tmp_path):
     assert ch["n"] == 30 and ch["student_matches_teacher"] == round(tr["student_vs_teacher"]["agreement"] * 30), msg
     assert ch["agreement_mcnemar"]["gained"] == ch["student_matches_teacher"] and ch["agreement_mcnemar"]["lost"] == 0
     assert ch["agreement_mcnemar"]["p_value"] < 0.01, msg
+    # the student beats the trivial student that always gives the teacher's commonest answer
+    const = tr["constant_answer_vs_teacher"]
+    assert const["answer"] in "ABC" and const["agreement"] < 0.8, msg
+    assert tr["student_vs_teacher"]["agreement"] > const["agreement"], msg
+    assert sum(tr["answers"]["teacher"].values()) == 30 and tr["answers"]["untrained"] == {"unparsed": 30}, msg
     assert "bbq" in ho and (tmp_path / "sd" / "adapter" / "adapter_config.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "sd" / "sft.jsonl").read_text().splitlines()]
     assert rows[0]["completion"] in ("A", "B", "C") and rows[0]["messages"][0]["role"] == "user"

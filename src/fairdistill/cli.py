@@ -225,7 +225,7 @@ def distill_cmd(
     rules: Optional[str] = typer.Option("gender", help="rules file (YAML/JSON) or shipped set (gender, he_she); 'none' for the no-rule control"),
     data: Path = typer.Option(..., help="corpus: plain text (one example per line) or jsonl with a 'text' field"),
     out: Path = typer.Option(..., help="output folder (rerun with the same folder to resume)"),
-    option: list[str] = typer.Option([], "--option", "-o", help="training option key=value, e.g. max_steps=200 learning_rate=2e-5 temperature=2 rule_mode=prob"),
+    option: list[str] = typer.Option([], "--option", "-o", help="training option key=value, e.g. max_steps=200 learning_rate=2e-5 temperature=2 rule_mode=prob alpha_rule=5"),
 ):
     """FairDistillation: teacher -> student through rule-equalised distributions (e.g. P(he)=P(she))."""
     from .distill import run_fairdistill

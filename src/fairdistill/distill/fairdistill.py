@@ -549,7 +549,8 @@ def run_fairdistill(teacher: str, student: str | None, rules: str | None, data: 
         out: output folder: ``checkpoint-*`` (resume points), ``student/`` (final model + tokenizer,
             loadable with ``--model out/student``), ``adapter/`` (LoRA only), ``fairdistill.json``.
         **config: any :class:`FairDistillConfig` field: temperature (2.0), alpha_kl (5.0), alpha_lm
-            (2.0), alpha_cos (1.0), rule_mode (logit|prob), learning_rate (2e-5), warmup (0.1),
+            (2.0), alpha_cos (1.0), alpha_rule (0.0: the rule-balance extension, off), rule_mode
+            (logit|prob), learning_rate (2e-5), warmup (0.1),
             weight_decay, batch_size (8), grad_accum (1), epochs (1), max_steps, max_length (128),
             max_examples, mlm_probability (0.15), save_steps (500), save_total_limit (2),
             logging_steps, seed, mixed_precision (auto|no|bf16|fp16), resume (True), progress,

@@ -306,6 +306,15 @@ def _agreement(a: Sequence[dict], b: Sequence[dict]) -> dict[str, Any]:
     return {"agreement": round(agree / len(both), 4) if both else None, "n": len(both)}
 
 
+def _letter_counts(recs: Sequence[dict]) -> dict[str, int]:
+    """How often each option letter was answered (a student that collapsed onto one letter shows here)."""
+    counts: dict[str, int] = {}
+    for r in recs:
+        k = LETTERS[r["pred"]] if r["pred"] is not None else "unparsed"
+        counts[k] = counts.get(k, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _mean_calls(recs: Sequence[dict]) -> float:
     return round(sum(r["calls"] for r in recs) / max(len(recs), 1), 3)
 
@@ -390,9 +399,11 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
             evaluate, eval_train.
 
     Returns the summary written to ``out/self_distill.json``: on held-out prompts, agreement of the
-    untrained model's and of the student's one-pass answers with the teacher's answers, calls per
-    item (teacher vs 1), and for BBQ prompts the ambiguous / disambiguated bias score and accuracy
-    of teacher, untrained model and student.
+    untrained model's and of the student's one-pass answers with the teacher's answers, next to the
+    agreement of a constant answer (the teacher's most frequent training answer: what a student that
+    collapsed onto one letter gets) and on the items where the teacher changed the untrained answer;
+    how often each letter was answered; calls per item (teacher vs 1); and for BBQ prompts the
+    ambiguous / disambiguated bias score and accuracy of teacher, untrained model and student.
     """
     from ..backends.hf import HFBackend
     from ..methods.base import get_method
@@ -483,12 +494,18 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
             splits = {"heldout": (held_q, slice(0, nh))}
             if cfg.eval_train:
                 splits["train"] = (train_q, slice(nh, None))
+            # the trivial student: always the teacher's most frequent training answer
+            majority = max(range(len(LETTERS)), key=[t_recs[q.meta["id"]]["pred"] for q in train_q].count)
             for name, (sq, sl) in splits.items():
                 t_split = [t_recs[q.meta["id"]] for q in sq]
                 b_split, s_split = base_recs[sl], stud_recs[sl]
                 summary[name] = {
                     "untrained_vs_teacher": _agreement(b_split, t_split),
                     "student_vs_teacher": _agreement(s_split, t_split),
+                    "constant_answer_vs_teacher": {"answer": LETTERS[majority],
+                                                   **_agreement([{"pred": majority}] * len(t_split), t_split)},
+                    "answers": {k: _letter_counts(v) for k, v in
+                                (("teacher", t_split), ("untrained", b_split), ("student", s_split))},
                     "where_teacher_changed_answer": _changed_items(b_split, s_split, t_split),
                     "calls_per_item": {"teacher": _mean_calls(t_split), "untrained": 1,
                                        "student": _mean_calls(s_split)},
