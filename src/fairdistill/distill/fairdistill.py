@@ -8,18 +8,20 @@ rules (:mod:`fairdistill.distill.rules`) and distilled into a student::
          + alpha_cos * (1 - cos(student last hidden state, teacher last hidden state))  (default 1.0)
 
 AdamW, lr 2e-5, linear warm-up and decay (as published; all configurable in
-:class:`FairDistillConfig`).
+:class:`FairDistillConfig`). The student is the teacher with fewer layers of the same architecture
+(:func:`make_layer_subset_student`, initialised from the kept layers as DistilBERT does), the
+teacher plus a LoRA adapter (peft; the teacher is then the same weights with the adapter
+disabled, so no second copy is held), or any model with the same tokenizer.
 
 One extension, off by default (``alpha_rule=0``): ``+ alpha_rule * rule_balance_loss`` (see
 :func:`fairdistill.distill.rules.rule_balance_loss`). Why: for a masked LM the rule acts at masked
 pronoun slots where he/she hold most of the mass; for a causal LM at T = 2 they hold a tiny share of
 the next-token distribution (SmolLM2 after "The nurse said that": P(" he") = 0.3%, P(" she") = 0.8%
-at T = 2), so the rewrite changes the KL by ~1e-4 per position and the published objective needs
-very long training to move the student. The term measures only the choice *within* each group,
-weighted by where the group is plausible. The student is the teacher with fewer layers of the same architecture
-(:func:`make_layer_subset_student`, initialised from the kept layers as DistilBERT does), the
-teacher plus a LoRA adapter (peft; the teacher is then the same weights with the adapter
-disabled, so no second copy is held), or any model with the same tokenizer.
+at T = 2), so the rewrite moves the teacher there by a KL of ~1e-3 (x T^2), against an LM loss of
+~1 per token, and the published objective needs very long training to move the student. The term
+measures only the choice *within* each group, weighted by where the group is plausible; measured on
+SmolLM2 it takes the held-out he/she log-ratio from -1.08 to -0.07 in 150 LoRA steps, where the
+published objective alone reaches -0.64 (README, "Mitigate by training").
 
 The training loop is transformers' ``Trainer`` (accelerate underneath): gradient accumulation,
 bf16 on CUDA, checkpoints with optimizer / scheduler / RNG state, and resume from the last
