@@ -19,12 +19,63 @@ from typing import Any, Iterable
 from .errors import UserError
 
 
+class JsonlLog:
+    """An append-only jsonl file of records keyed by ``"id"``, flushed per batch, safe to resume.
+
+    ``load`` drops a torn last line (the process died mid-write) and truncates it away so appends
+    start on a clean line; a broken line with more lines after it is not a torn write but a damaged
+    file, and is a one-line UserError naming the file and line rather than silently lost data.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fh = None
+
+    def load(self) -> dict[Any, dict[str, Any]]:
+        """Records by id, in file order (last write wins)."""
+        if not self.path.exists():
+            return {}
+        out: dict[Any, dict] = {}
+        good_bytes = 0
+        with self.path.open("rb") as f:
+            lines = f.readlines()
+        for k, raw in enumerate(lines):
+            try:
+                rec = json.loads(raw) if raw.endswith(b"\n") else None
+            except json.JSONDecodeError:
+                rec = None
+            if rec is None:
+                if k < len(lines) - 1:
+                    raise UserError(f"{self.path}:{k + 1}: damaged line (not JSON); delete the file to start over")
+                break  # torn write at the end of an interrupted run
+            good_bytes += len(raw)
+            out[rec["id"]] = rec
+        if good_bytes < self.path.stat().st_size:
+            with self.path.open("r+b") as f:
+                f.truncate(good_bytes)
+        return out
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+        for rec in records:
+            self._fh.write(json.dumps(rec, default=_jsonable, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
 class RunStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.results_path = self.path / "results.jsonl"
-        self._fh = None
+        self._results = JsonlLog(self.results_path)
 
     # -- config -----------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any], *, check_compatible: bool = True) -> None:
@@ -46,41 +97,16 @@ class RunStore:
 
     # -- results ----------------------------------------------------------------------------
     def load_results(self) -> list[dict[str, Any]]:
-        if not self.results_path.exists():
-            return []
-        out: dict[Any, dict] = {}
-        good_bytes = 0
-        with self.results_path.open("rb") as f:
-            for raw in f:
-                try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError:
-                    break  # torn write at the end of an interrupted run
-                if not raw.endswith(b"\n"):
-                    break
-                good_bytes += len(raw)
-                out[rec["id"]] = rec  # last write wins; ids are unique in practice
-        size = self.results_path.stat().st_size
-        if good_bytes < size:  # drop the torn tail so appends start on a clean line
-            with self.results_path.open("r+b") as f:
-                f.truncate(good_bytes)
-        return list(out.values())
+        return list(self._results.load().values())
 
     def done_ids(self) -> set:
-        return {r["id"] for r in self.load_results()}
+        return set(self._results.load())
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        if self._fh is None:
-            self._fh = self.results_path.open("a", encoding="utf-8")
-        for rec in records:
-            self._fh.write(json.dumps(rec, default=_jsonable, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._results.append(records)
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._results.close()
 
     # -- metrics ----------------------------------------------------------------------------
     def write_metrics(self, metrics: dict[str, Any]) -> None:

@@ -348,15 +348,11 @@ def apply_rules(logits, rules: RuleSet | None, mode: str = "logit"):
                         f"{logits.shape[-1]} logits (compiled for another tokenizer?)")
     base = logits.float() if mode == "logit" else torch.log_softmax(logits.float(), dim=-1)
     x = base.index_select(-1, t["ids"])  # [..., N]
-    neg = torch.full(x.shape[:-1] + (1,), float("-inf"), dtype=x.dtype, device=x.device)
-    side_val = torch.logsumexp(torch.cat([x, neg], -1)[..., t["members"]], dim=-1)  # [..., S]
-    n_groups = t["n_sides"].shape[0]
+    side_val = _pooled(x, t["members"])  # [..., S]
     if mode == "logit":
-        mean = torch.zeros(x.shape[:-1] + (n_groups,), dtype=x.dtype, device=x.device)
-        mean = mean.index_add(-1, t["group_of_side"], side_val) / t["n_sides"]
-        target = mean.index_select(-1, t["group_of_side"])
+        target = (_group_sum(side_val, t) / t["n_sides"]).index_select(-1, t["group_of_side"])
     else:
-        group_mass = torch.logsumexp(torch.cat([side_val, neg], -1)[..., t["group_sides"]], dim=-1)  # [..., G]
+        group_mass = _pooled(side_val, t["group_sides"])  # [..., G]
         target = (group_mass - torch.log(t["n_sides"])).index_select(-1, t["group_of_side"])
     delta = (target - side_val).index_select(-1, t["side_of"])
     out = base.clone()
@@ -364,13 +360,21 @@ def apply_rules(logits, rules: RuleSet | None, mode: str = "logit"):
     return out.to(logits.dtype)
 
 
-def _side_log_probs(logits, t):
-    """log P(side) for every side of every group: log-sum-exp of its tokens' log-probabilities."""
+def _pooled(values, index):
+    """log-sum-exp of ``values`` over each row of ``index`` (padded with ``values.shape[-1]``, read as -inf)."""
     import torch
 
-    x = torch.log_softmax(logits.float(), dim=-1).index_select(-1, t["ids"])
-    neg = torch.full(x.shape[:-1] + (1,), float("-inf"), dtype=x.dtype, device=x.device)
-    return torch.logsumexp(torch.cat([x, neg], -1)[..., t["members"]], dim=-1)
+    neg = torch.full(values.shape[:-1] + (1,), float("-inf"), dtype=values.dtype, device=values.device)
+    return torch.logsumexp(torch.cat([values, neg], -1)[..., index], dim=-1)
+
+
+def _group_sum(side_values, t):
+    """Sum of each group's side values: ``[..., S] -> [..., G]``."""
+    import torch
+
+    out = torch.zeros(side_values.shape[:-1] + (t["n_sides"].shape[0],), dtype=side_values.dtype,
+                      device=side_values.device)
+    return out.index_add(-1, t["group_of_side"], side_values)
 
 
 def rule_balance_loss(student_logits, teacher_logits, rules: RuleSet):
@@ -389,18 +393,15 @@ def rule_balance_loss(student_logits, teacher_logits, rules: RuleSet):
     import torch
 
     t = rules.tensors(student_logits.device)
-    s_side = _side_log_probs(student_logits, t)  # [P, S]
+
+    def side_log_probs(logits):  # log P(side): log-sum-exp of its tokens' log-probabilities, [P, S]
+        return _pooled(torch.log_softmax(logits.float(), dim=-1).index_select(-1, t["ids"]), t["members"])
+
     with torch.no_grad():
-        t_side = _side_log_probs(teacher_logits, t)
-    neg = torch.full(s_side.shape[:-1] + (1,), float("-inf"), dtype=s_side.dtype, device=s_side.device)
-    with torch.no_grad():
-        weight = torch.logsumexp(torch.cat([t_side, neg], -1)[..., t["group_sides"]], dim=-1).exp()  # [P, G]
-    s_group = torch.logsumexp(torch.cat([s_side, neg], -1)[..., t["group_sides"]], dim=-1)  # [P, G]
-    s_cond = s_side - s_group.index_select(-1, t["group_of_side"])  # log q(side | group)
-    n_groups = t["n_sides"].shape[0]
-    summed = torch.zeros(s_cond.shape[:-1] + (n_groups,), dtype=s_cond.dtype, device=s_cond.device)
-    summed = summed.index_add(-1, t["group_of_side"], s_cond)
-    kl = -torch.log(t["n_sides"]) - summed / t["n_sides"]  # KL(uniform over k sides || q)
+        weight = _pooled(side_log_probs(teacher_logits), t["group_sides"]).exp()  # teacher's group mass [P, G]
+    s_side = side_log_probs(student_logits)
+    s_cond = s_side - _pooled(s_side, t["group_sides"]).index_select(-1, t["group_of_side"])  # log q(side | group)
+    kl = -torch.log(t["n_sides"]) - _group_sum(s_cond, t) / t["n_sides"]  # KL(uniform over k sides || q)
     return (weight * kl).sum() / weight.sum().clamp_min(1.0)
 
 

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import UserError, reject_unknown_options
 from ..methods.base import GenerationConfig, Method, MethodResult, Question, user_turn
+from ..store import JsonlLog
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -421,37 +422,25 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
 
     # 1. teacher answers (cached)
-    t_path = outp / "teacher.jsonl"
-    cached = {}
-    if cfg.resume and t_path.exists():
-        lines = t_path.read_text(encoding="utf-8").splitlines()
-        for k, line in enumerate(lines):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                if k == len(lines) - 1:  # cut off by an interrupt mid-write: answer that item again
-                    break
-                raise UserError(f"{t_path}:{k + 1}: not a JSON line; delete the file to recompute the teacher")
-            cached[r["id"]] = r
+    t_log = JsonlLog(outp / "teacher.jsonl")  # appended per batch: an interrupted run resumes from here
+    cached = t_log.load() if cfg.resume else {}
     todo = [q for q in qs if (q.meta or {}).get("id") not in cached]
     t0 = time.perf_counter()
     if todo:
+        if not cfg.resume:
+            t_log.path.unlink(missing_ok=True)
         teacher = make_teacher(method, backend, cfg.method_options)
-        partial = t_path.open("a", encoding="utf-8")
 
         def keep(chunk: Sequence[Question], res: list[MethodResult]) -> None:
-            # appended as each batch finishes: an interrupted run resumes from here
-            for r in _answers_records(chunk, res):
-                cached[r["id"]] = r
-                partial.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-            partial.flush()
+            recs = _answers_records(chunk, res)
+            t_log.append(recs)
+            cached.update((r["id"], r) for r in recs)
 
         try:
             _answer_all(teacher, todo, gen, desc=f"teacher ({getattr(teacher, 'name', 'method')})",
                         show=cfg.progress, on_batch=keep)
         finally:
-            partial.close()
-        _write_jsonl(t_path, [cached[(q.meta or {}).get("id")] for q in qs])
+            t_log.close()
     teacher_seconds = time.perf_counter() - t0
     t_recs = {q.meta["id"]: cached[q.meta["id"]] for q in qs}
 
