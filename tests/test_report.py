@@ -178,3 +178,18 @@ def test_generic_benchmark_and_holistic_sections(tmp_path):
     assert "crows-pairs metrics" in html and "0.5 is unbiased" in html and "0.600 [0.500, 0.700]" in html
     assert "axis × template" in html and "largest perplexity gaps" in html and "young" in html
     assert len(re.findall(r"<svg\b", html)) >= 3
+
+
+def test_position_bias_section_and_warning(tmp_path):
+    """A generation-mode run whose answers pile on one letter: letter table and the warning line in the report."""
+    from test_position import OptionPicker
+
+    bench = BBQ(categories=["Age"], limit=12, mode="generate")
+    labels = [r["label"] for r in bench.load_items()]
+    letter = "ABC"[min(range(3), key=labels.count)]  # the letter least often right: always answering it is skewed
+    assert labels.count("ABC".index(letter)) / len(labels) < 0.5
+    d = tmp_path / "bbq-one-letter"
+    run_benchmark(bench, EvalContext(backend=OptionPicker(letter_prior=letter)), RunStore(d), show_progress=False)
+    html = build_report([str(d)], str(tmp_path / "r.html")).read_text(encoding="utf-8")
+    assert "Answer letters and position bias" in html and "letter_share" in html
+    assert f"position bias: letter {letter} takes 100% of answers" in html and "permute=cyclic" in html

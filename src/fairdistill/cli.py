@@ -83,6 +83,14 @@ def print_rows(rows: list[dict[str, Any]], title: str, max_rows: int = 60) -> No
         console.print(f"... {len(rows) - max_rows} more rows in metrics.json")
 
 
+def print_position(metrics: dict) -> None:
+    """Letter distribution of multiple-choice answers, and one warning line when one letter dominates."""
+    pos = metrics.get("position") or {}
+    print_rows(pos.get("rows", []), title="answer letters (position bias)")
+    if pos.get("warning"):
+        console.print(f"[yellow]warning:[/yellow] {pos['warning']}", highlight=False)
+
+
 def print_definitions(metrics: dict) -> None:
     defs = metrics.get("definitions") or {}
     for k, v in defs.items():
@@ -148,6 +156,7 @@ def eval_cmd(
         metrics = run_benchmark(bench, ctx, store, show_progress=progress,
                                 extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
         print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}" + (f" + {m}" if m else ""))
+        print_position(metrics)
         print_definitions(metrics)
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
         results[m] = run_dir
@@ -167,7 +176,9 @@ def score_cmd(
     predictions: Optional[Path] = typer.Option(None, help="BBQ: jsonl of BBQ rows plus an answer column"),
     column: Optional[str] = typer.Option(None, help="BBQ: the answer column (free text, letter or index)"),
     perplexities: Optional[Path] = typer.Option(None, help="HolisticBias: table with text, axis, template, descriptor, perplexity"),
-    out: Optional[Path] = typer.Option(None, help="write metrics JSON here"),
+    out: Optional[Path] = typer.Option(None, help="write metrics JSON here (a directory gets metrics.json inside)"),
+    unparsed: str = typer.Option("incorrect", help="BBQ: answers matching no option count as 'incorrect' (default) "
+                                 "or are left out of accuracy, 'exclude' (the BBQ paper's protocol)"),
 ):
     """Score predictions or perplexities made outside fairdistill."""
     from .registry import BENCHMARKS
@@ -178,7 +189,7 @@ def score_cmd(
     if benchmark == "bbq":
         if predictions is None or column is None:
             raise UserError("score bbq needs --predictions FILE and --column COL")
-        metrics = cls.score_file(predictions=str(predictions), column=column)
+        metrics = cls.score_file(predictions=str(predictions), column=column, unparsed=unparsed)
     else:
         if perplexities is None:
             raise UserError(f"score {benchmark} needs --perplexities FILE")
@@ -186,6 +197,8 @@ def score_cmd(
     print_rows(metrics.get("rows", []), title=f"{benchmark}: {predictions or perplexities}")
     print_definitions(metrics)
     if out:
+        if out.is_dir():
+            out = out / "metrics.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, default=str))
         console.print(f"metrics: {out}")

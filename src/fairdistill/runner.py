@@ -97,6 +97,7 @@ def run_benchmark(
             "n_items": len(records),
             "new_items_this_session": n_new,
             "seconds_this_session": round(elapsed, 3),
+            **({"backend_stats": ctx.backend.stats()} if ctx.backend.stats() else {}),
         }
     )
     store.write_metrics(metrics)

@@ -82,6 +82,16 @@ class Backend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         raise CapabilityError(f"{self.name} cannot generate chat responses")
 
+    def chat_choice_logprobs(
+        self, conversations: Sequence[list[ChatMessage]], candidates: Sequence[str]
+    ) -> list[list[float]]:
+        """log P(first token of each candidate) as the start of the assistant's reply to each conversation."""
+        raise CapabilityError(f"{self.name} cannot score the first token of a chat reply")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters worth recording with a run (e.g. items re-scored in float32)."""
+        return {}
+
     def close(self) -> None:
         pass
 

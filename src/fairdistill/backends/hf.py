@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import CapabilityError, UserError
@@ -25,16 +27,36 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16; x86 CPUs with AVX512-BF16 or AMX)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
 def _resolve_dtype(dtype: str, device: str):
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise UserError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+#: log-likelihood margin (nats) under which a bf16 argmax is re-checked in float32; chosen from the
+#: bf16-vs-fp32 disagreements measured by speed/model_speed.py (see README "Precision")
+DEFAULT_RESCORE_MARGIN = 0.2
 
 
 @BACKENDS.register("hf")
@@ -51,6 +73,8 @@ class HFBackend(Backend):
         max_batch_tokens: int = 8192,
         device: str | None = None,
         shared_prefix: bool = True,
+        rescore_margin: float = 0.0,
+        weights_dir: str | None = None,
     ):
         import torch
 
@@ -72,6 +96,12 @@ class HFBackend(Backend):
             # Padding id only fills masked positions; any valid id will do.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self._torch = torch
+        # bf16/fp16 models: options whose top-two log-likelihood margin is below this are re-scored
+        # in float32 (see backends/precision.py); 0 turns it off
+        self.rescore_margin = float(rescore_margin) if model.dtype != torch.float32 else 0.0
+        self._weights_dir = weights_dir
+        self._fp32 = None
+        self.n_scored = self.n_rescored = 0
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -83,15 +113,21 @@ class HFBackend(Backend):
         dtype: str = "auto",
         batch_size: int = 16,
         trust_remote_code: bool = False,
+        rescore_margin: float = DEFAULT_RESCORE_MARGIN,
         **_: Any,
     ) -> "HFBackend":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-        from .builtin import BUILTIN_MODELS, resolve_builtin
+        from .builtin import BUILTIN_MODELS, resolve_builtin, resolve_gguf_file
 
-        path = resolve_builtin(target) if target in BUILTIN_MODELS else target
+        if target in BUILTIN_MODELS:
+            path = resolve_builtin(target)
+        elif target.lower().endswith(".gguf") and os.path.isfile(target):
+            path = resolve_gguf_file(target)
+        else:
+            path = target
         if not (os.path.isdir(path) or _looks_like_hub_id(path)):
-            raise UserError(f"cannot load model {target!r}: no such directory, built-in name or hub id")
+            raise UserError(f"cannot load model {target!r}: no such directory, .gguf file, built-in name or hub id")
         dev = _resolve_device(device)
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -104,11 +140,20 @@ class HFBackend(Backend):
         except (OSError, ValueError, KeyError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load model {target!r}: {msg}") from None
-        return cls(model, tok, name=target, batch_size=batch_size, device=dev)
+        return cls(model, tok, name=target, batch_size=batch_size, device=dev, rescore_margin=rescore_margin,
+                   weights_dir=path if os.path.isdir(path) else None)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "hf", "model": self.name, "model_type": self.model_type,
-                "dtype": str(self.model.dtype).replace("torch.", "")}
+        out = {"backend": "hf", "model": self.name, "model_type": self.model_type,
+               "dtype": str(self.model.dtype).replace("torch.", "")}
+        if self.rescore_margin:
+            out["fp32_rescore_margin"] = self.rescore_margin
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        if not self.rescore_margin:
+            return {}
+        return {"loglik_requests": self.n_scored, "rescored_fp32": self.n_rescored}
 
     # -- capabilities ---------------------------------------------------------------------------
     @property
@@ -130,6 +175,23 @@ class HFBackend(Backend):
 
     # -- log-likelihood -------------------------------------------------------------------------
     def loglikelihood_choices(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        out = self._loglikelihood_choices(requests)
+        self.n_scored += len(out)
+        if self.rescore_margin > 0:
+            near = [i for i, row in enumerate(out) if len(row) > 1 and _top2_margin(row) < self.rescore_margin]
+            if near:
+                if self._fp32 is None:
+                    from .precision import Float32Weights
+
+                    self._fp32 = Float32Weights(self.model, self._weights_dir)
+                with self._fp32.active():
+                    fixed = self._loglikelihood_choices([requests[i] for i in near])
+                for i, row in zip(near, fixed):
+                    out[i] = row
+                self.n_rescored += len(near)
+        return out
+
+    def _loglikelihood_choices(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
         flat: list[tuple[int, int, list[int], list[int]]] = []
         for i, (context, conts) in enumerate(requests):
             for j, c in enumerate(conts):
@@ -341,10 +403,21 @@ class HFBackend(Backend):
     def next_token_logprobs(self, contexts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         if self.model_type != "causal":
             raise CapabilityError(f"{self.name} is a masked LM; next-token probabilities need a causal LM")
-        torch = self._torch
-        out: list[list[float]] = []
         # trailing whitespace belongs to the candidate, exactly as in loglikelihood_choices
         encs = [self._encode(c.rstrip() if c.strip() else c) for c in contexts]
+        return self._last_token_logprobs(
+            encs, [[self.first_token_id(ctx, c) for c in cands] for ctx, cands in zip(contexts, candidates)])
+
+    def chat_choice_logprobs(self, conversations, candidates) -> list[list[float]]:
+        tok = self.tokenizer
+        # chat templates already contain BOS where the model wants one
+        encs = [tok(self.apply_chat_template(list(c)), add_special_tokens=False)["input_ids"] for c in conversations]
+        ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
+        return self._last_token_logprobs(encs, [ids] * len(encs))
+
+    def _last_token_logprobs(self, encs: list[list[int]], token_ids: list[list[int]]) -> list[list[float]]:
+        """log P(token | sequence) at the end of each encoded sequence, for the given token ids."""
+        torch = self._torch
         res: dict[int, list[float]] = {}
         with torch.inference_mode():
             for batch in self._batches([len(e) for e in encs]):
@@ -357,10 +430,8 @@ class HFBackend(Backend):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
                 for r, k in enumerate(batch):
                     lp = torch.log_softmax(logits[r, len(encs[k]) - 1].float(), -1)
-                    res[k] = [float(lp[self.first_token_id(contexts[k], c)]) for c in candidates[k]]
-        for k in range(len(contexts)):
-            out.append(res[k])
-        return out
+                    res[k] = [float(lp[t]) for t in token_ids[k]]
+        return [res[k] for k in range(len(encs))]
 
     def first_token_id(self, context: str, candidate: str) -> int:
         _, cont = self._encode_pair(context, candidate)
@@ -412,6 +483,11 @@ class HFBackend(Backend):
                             text = text[: text.index(s)]
                     results[k] = GenerationResult(text=text.strip(), prompt_tokens=len(encs[k]), completion_tokens=n)
         return results  # type: ignore[return-value]
+
+
+def _top2_margin(row: Sequence[float]) -> float:
+    a, b = sorted(row)[-2:]
+    return b - a
 
 
 def _eos_ids(model, tok) -> set[int]:

@@ -26,6 +26,7 @@ from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
 from .base import Benchmark, EvalContext, option_list, seeded_subset
 from . import bbq_scoring
+from . import permute as permute_mod
 
 CATEGORIES = [
     "Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",
@@ -37,22 +38,37 @@ HELM_UNKNOWN = [
     "Not known", "Not enough info", "Not enough information", "Not answerable", "Undetermined",
 ]
 LETTERS = "ABC"
+PERMUTE_NEEDS_GENERATE = "permute reorders lettered options, which exist in generation mode only: use --mode generate"
 
 
 def loglik_prompt(row: dict) -> str:
     return f"{row['context']}\n\nQ: {row['question']}\nA:"
 
 
-def mc_question(row: dict) -> Question:
-    """The lettered multiple-choice prompt used in generation mode and by every method."""
-    opts = [row["ans0"], row["ans1"], row["ans2"]]
+def mc_question(row: dict, order: list[int] | None = None) -> Question:
+    """The lettered multiple-choice prompt used in generation mode and by every method.
+
+    ``order[d]`` is the option shown at letter ``d`` (default: the dataset's order)."""
+    order = order or [0, 1, 2]
+    opts = [row[f"ans{o}"] for o in order]
     body = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts))
     return Question(
         prompt=f"{row['context']}\n{row['question']}\n{body}",
         answer_instruction="Answer with a single letter.",
         options=opts,
-        meta={"id": row.get("id")},
+        meta={"id": row.get("id"), "order": order},
     )
+
+
+def displayed_row(row: dict, order: list[int]) -> dict:
+    """The row as the model saw it: options (and their answer_info) in display order, label moved."""
+    shown = dict(row)
+    info = row["answer_info"]
+    shown["answer_info"] = {**info, **{f"ans{d}": info[f"ans{o}"] for d, o in enumerate(order)}}
+    for d, o in enumerate(order):
+        shown[f"ans{d}"] = row[f"ans{o}"]
+    shown["label"] = order.index(int(row["label"]))
+    return shown
 
 
 def unknown_index(row: dict) -> int:
@@ -77,7 +93,8 @@ def load_category(folder: Path, category: str) -> list[dict]:
 @BENCHMARKS.register("bbq")
 class BBQ(Benchmark):
     """BBQ bias scores. Options: categories, mode (auto|loglik|generate), options (dataset|helm),
-    condition (both|ambig|disambig), limit (items per category, seeded sample), max_new_tokens."""
+    condition (both|ambig|disambig), limit (items per category, seeded sample), max_new_tokens,
+    permute (none|cyclic: ask every rotation of the options, predict by majority; generation mode)."""
 
     name = "bbq"
     description = "Bias Benchmark for QA: accuracy, s_DIS, s_AMB per category (Parrish et al. 2022)"
@@ -94,6 +111,7 @@ class BBQ(Benchmark):
         options: str = "dataset",
         condition: str = "both",
         max_new_tokens: int = 16,
+        permute: str = "none",
         download_missing: bool = False,
     ):
         categories = option_list(categories)
@@ -106,8 +124,13 @@ class BBQ(Benchmark):
         for c in categories or []:
             if c not in CATEGORIES:
                 raise UserError(f"unknown BBQ category {c!r}; known: {', '.join(CATEGORIES)}")
+        permute_mod.orders(3, permute)  # validates the mode
+        if permute != "none" and mode == "loglik":
+            raise UserError(PERMUTE_NEEDS_GENERATE)
+        extra = {"permute": permute} if permute != "none" else {}  # run identities of older runs unchanged
         super().__init__(data=data, limit=limit, seed=seed, categories=categories, mode=mode,
-                         options=options, condition=condition, max_new_tokens=max_new_tokens)
+                         options=options, condition=condition, max_new_tokens=max_new_tokens, **extra)
+        self.permute = permute
         self.categories = categories
         self.mode = mode
         self.protocol = options
@@ -168,6 +191,8 @@ class BBQ(Benchmark):
         else:
             if ctx.method is not None:
                 raise UserError("inference-time methods need generation mode: use --mode generate")
+            if self.permute != "none":
+                raise UserError(PERMUTE_NEEDS_GENERATE)
             ctx.backend.require(score=True, what="BBQ log-likelihood mode")
 
     def identity(self) -> dict[str, Any]:
@@ -208,20 +233,45 @@ class BBQ(Benchmark):
 
         method = ctx.method or get_method("baseline", ctx.backend)
         gen = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0.0, seed=self.seed)
-        results = method.answer([mc_question(r) for r in items], gen)
+        orders = permute_mod.orders(3, self.permute)
+        results = method.answer([mc_question(r, o) for r in items for o in orders], gen)
         out = []
-        for r, res in zip(items, results):
-            pred, status = bbq_scoring.parse_generated_answer(r, res.text)
-            out.append(_record(r, pred=pred, status=status, **res.to_record()))
+        for k, r in enumerate(items):
+            answers = [_answer(r, o, results[k * len(orders) + j]) for j, o in enumerate(orders)]
+            if len(orders) == 1:
+                a = answers[0]
+                out.append(_record(r, pred=a["option"], status=a["status"], letter=a["letter"], order=a["order"],
+                                   **results[k].to_record()))
+                continue
+            out.append(self._vote(r, answers, ctx))
         return out
+
+    def _vote(self, row: dict, answers: list[dict], ctx: EvalContext) -> dict[str, Any]:
+        """Majority over rotations; a tie goes to the option with the higher summed letter log-prob."""
+        pred, how = permute_mod.majority([a["option"] for a in answers])
+        tie_scores = None
+        if how == "unresolved":
+            tie_scores = _letter_logprob_sums(ctx.backend, answers)
+            if tie_scores is not None:
+                pred, how = permute_mod.majority([a["option"] for a in answers], tie_scores)
+        status = "ok" if pred is not None else ("unresolved" if how == "unresolved" else answers[0]["status"])
+        totals = {key: sum(a.get(key) or 0 for a in answers) for key in ("calls", "prompt_tokens", "completion_tokens")}
+        return _record(row, pred=pred, status=status, vote=how, final_text=answers[0]["final_text"],
+                       rotations=answers, **totals, **({"tie_scores": tie_scores} if tie_scores else {}))
 
     # -- metrics --------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return bbq_scoring.bbq_metrics(records, pred_key="pred", seed=self.seed)
+        out = bbq_scoring.bbq_metrics(records, pred_key="pred", seed=self.seed)
+        pos = letter_positions(records, seed=self.seed)
+        if pos is not None:
+            out["position"] = pos
+            out["definitions"].update(pos.pop("definitions"))
+        return out
 
     @staticmethod
-    def score_file(predictions: str, column: str, data: str | None = None, **_: Any) -> dict[str, Any]:
-        return bbq_scoring.score_predictions_file(predictions, column, data_dir=data)
+    def score_file(predictions: str, column: str, data: str | None = None, unparsed: str = "incorrect",
+                   **_: Any) -> dict[str, Any]:
+        return bbq_scoring.score_predictions_file(predictions, column, data_dir=data, unparsed=unparsed)
 
 
 _KEEP = ("id", "example_id", "category", "question_index", "question_polarity", "context_condition",
@@ -232,3 +282,48 @@ def _record(row: dict, **fields: Any) -> dict[str, Any]:
     rec = {k: row[k] for k in _KEEP if k in row}
     rec.update(fields)
     return rec
+
+
+def _answer(row: dict, order: list[int], res) -> dict[str, Any]:
+    """One answer in one option order: letter shown, option meant, parse status, transcript."""
+    d, status = bbq_scoring.parse_generated_answer(displayed_row(row, order), res.text)
+    return {"order": order, "letter": None if d is None else LETTERS[d], "option": None if d is None else order[d],
+            "status": status, **res.to_record()}
+
+
+def _letter_logprob_sums(backend, answers: list[dict]) -> list[float] | None:
+    """Per original option, log P(its letter) at the final answer, summed over rotations; None if the
+    backend cannot score a chat turn."""
+    from ..errors import CapabilityError
+
+    convs = [a["transcript"][:-1] for a in answers]
+    try:
+        lps = backend.chat_choice_logprobs(convs, list(LETTERS))
+    except CapabilityError:
+        return None
+    sums = [0.0, 0.0, 0.0]
+    for a, lp in zip(answers, lps):
+        for d, o in enumerate(a["order"]):
+            sums[o] += lp[d]
+    return [round(x, 5) for x in sums]
+
+
+def letter_positions(records: list[dict[str, Any]], seed: int = 0) -> dict[str, Any] | None:
+    """Letter distribution and position bias of generation-mode records (None for log-likelihood runs)."""
+    from ..stats.position import position_metrics
+
+    chosen, gold, item, option = [], [], [], []
+    for r in records:
+        answers = r.get("rotations") or ([r] if "final_text" in r else [])
+        for a in answers:
+            order = a.get("order") or [0, 1, 2]
+            letter = a.get("letter")
+            if letter is None and "letter" not in a and a is r and r.get("pred") is not None:
+                letter = LETTERS[order.index(int(r["pred"]))]  # runs recorded before letters were stored
+            chosen.append(None if letter is None else LETTERS.index(letter))
+            gold.append(order.index(int(r["label"])))
+            item.append(r["id"])
+            option.append(a.get("option", r.get("pred")) if letter is not None else None)
+    if not chosen:
+        return None
+    return position_metrics(chosen, gold, item, option=option, seed=seed)

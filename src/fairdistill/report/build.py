@@ -298,6 +298,17 @@ def section_bbq(runs: list[Run]) -> Section:
                 s.charts.append((f"BBQ {metric} by category, {cond}: bars per run, whiskers = 95% CI", svg))
     s.tables.append(side_by_side("BBQ metrics per category and condition", runs, lambda r: all_rows[id(r)],
                                  ["category", "condition", "metric"]))
+    pos_runs = [r for r in runs if isinstance(r.metrics.get("position"), dict)]
+    if pos_runs:
+        s.tables.append(side_by_side(
+            "Answer letters and position bias (generation mode)", pos_runs,
+            lambda r: r.metrics["position"].get("rows", []), ["metric", "letter"],
+            note="letter_share: share of parsed answers at each letter (gold_share in metrics.json); "
+                 "position_bias: the top letter's share / its gold share (1 = none); rotation_consistency: "
+                 "items answered with the same option in every rotation (permute=cyclic)"))
+        for r in pos_runs:
+            if r.metrics["position"].get("warning"):
+                s.notes.append(f"{r.label}: {r.metrics['position']['warning']}")
     for r in runs:
         c = r.metrics.get("counts")
         if isinstance(c, dict):
