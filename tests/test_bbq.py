@@ -191,3 +191,13 @@ def test_smollm2_bbq_small_subset(smollm2, tmp_path):
     again = run_benchmark(bench, EvalContext(backend=smollm2), RunStore(tmp_path / "again"), show_progress=False)
     assert again["rows"] == m["rows"]
     assert all(max(r["scores"]) > -40 for r in recs)
+
+
+@pytest.mark.parametrize("bench", ["crows-pairs", "stereoset", "holistic-bias", "occupation-gender"])
+def test_method_on_a_benchmark_that_cannot_take_one_is_one_line(bench, capsys, tmp_path):
+    code, out, err = _cli(capsys, "eval", bench, "--model", "no-such-model-dir", "--method", "reprompting",
+                          "--out", str(tmp_path / "r"), "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"benchmark {bench!r} cannot run through inference-time method 'reprompting'" in err
+    assert "bbq" in err and "b-score" in err
+    assert not (tmp_path / "r").exists()  # refused before any model load or run folder

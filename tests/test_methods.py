@@ -379,7 +379,7 @@ def test_every_method_end_to_end_on_bbq(tiny_llama_chat, tmp_path, name):
 
 
 def test_compare_run_dirs_end_to_end(tiny_llama_chat, tmp_path):
-    from fairdistill.stats.paired import compare_run_dirs
+    from fairdistill.compare import compare_run_dirs
 
     _run(tiny_llama_chat, "baseline", tmp_path / "base", limit=3)
     _run(tiny_llama_chat, "reprompting", tmp_path / "rep", limit=3)

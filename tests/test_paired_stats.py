@@ -12,15 +12,10 @@ import pytest
 from scipy import stats
 
 from fairdistill.benchmarks import bbq_scoring
+from fairdistill.benchmarks.bbq_scoring import bias_stat
+from fairdistill.compare import compare_records, compare_run_dirs
 from fairdistill.errors import UserError
-from fairdistill.stats.paired import (
-    bias_stat,
-    bootstrap_p,
-    compare_records,
-    compare_run_dirs,
-    mcnemar_exact,
-    transition_table,
-)
+from fairdistill.stats.paired import bootstrap_p, mcnemar_exact, transition_table
 from fairdistill.store import RunStore
 
 
@@ -133,13 +128,13 @@ def test_point_values_equal_bbq_metrics(runs):
     for run, recs in (("baseline", base), ("method", meth)):
         m = bbq_scoring.bbq_metrics(recs, pred_key="pred", seed=0)
         want = {(r["condition"], r["metric"]): r["value"] for r in m["rows"] if r["category"] == "overall"}
-        for cond in ("ambig", "disambig"):
+        for cond, bias in (("ambig", "s_AMB"), ("disambig", "s_DIS")):
             got = comp["per_condition"][cond]
             assert got["accuracy"][run]["value"] == pytest.approx(want[(cond, "accuracy")])
-            assert got["bias_score"][run]["value"] == pytest.approx(want[(cond, "bias_score")])
-            diff = got["bias_score"]["difference"]["value"]
-    assert diff == pytest.approx(comp["per_condition"]["disambig"]["bias_score"]["method"]["value"]
-                                 - comp["per_condition"]["disambig"]["bias_score"]["baseline"]["value"])
+            assert got[bias][run]["value"] == pytest.approx(want[(cond, "bias_score")])
+            diff = got[bias]["difference"]["value"]
+    assert diff == pytest.approx(comp["per_condition"]["disambig"]["s_DIS"]["method"]["value"]
+                                 - comp["per_condition"]["disambig"]["s_DIS"]["baseline"]["value"])
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -154,6 +149,7 @@ def test_cis_equal_scipy_bootstrap(runs, seed):
         cm, nm, bm = _arrays(M)
         res = comp["per_condition"][cond]
         amb = cond == "ambig"
+        res["bias_score"] = res["s_AMB" if amb else "s_DIS"]
 
         def acc_diff(a, b, axis=-1):
             return b.mean(axis) - a.mean(axis)
@@ -194,7 +190,7 @@ def test_compare_run_dirs(tmp_path, runs):
     base, meth = runs
     for name, recs, secs in (("base", base, 12.0), ("meth", meth[:-3], 60.0)):  # method run lacks 3 items
         st = RunStore(tmp_path / name)
-        st.write_config({"identity": {"method": {"method": name}}})
+        st.write_config({"identity": {"benchmark": "bbq", "method": {"method": name}}})
         st.append(recs)
         st.close()
         st.write_metrics({"rows": [], "meta": {"seconds_this_session": secs, "new_items_this_session": len(recs)}})
@@ -216,3 +212,18 @@ def test_no_shared_items_is_an_error(runs):
     base, meth = runs
     with pytest.raises(UserError, match="share no item ids"):
         compare_records(base[:5], meth[5:10])
+
+
+def test_runs_of_different_benchmarks_are_refused(tmp_path, runs):
+    for name, bench in (("a", "bbq"), ("b", "b-score")):
+        st = RunStore(tmp_path / name)
+        st.write_config({"identity": {"benchmark": bench}})
+        st.append(runs[0][:3])
+        st.close()
+    with pytest.raises(UserError, match="different benchmarks"):
+        compare_run_dirs(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_benchmark_without_paired_outcomes_says_so(runs):
+    with pytest.raises(UserError, match="'crows-pairs' has no paired comparison"):
+        compare_records(runs[0], runs[1], benchmark="crows-pairs")

@@ -40,7 +40,7 @@ def run_dirs(tiny_gpt2, tiny_llama_chat, tmp_path_factory):
         dirs.append(d)
     # a paired comparison as written by `fairdistill eval --compare` (transition table)
     try:
-        from fairdistill.stats.paired import compare_run_dirs
+        from fairdistill.compare import compare_run_dirs
     except ImportError:
         compare_run_dirs = None
     if compare_run_dirs is not None:

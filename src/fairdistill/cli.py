@@ -131,7 +131,11 @@ def eval_cmd(
         if v is not None:
             opts[k] = v
     bench = build_benchmark(benchmark, data=data, limit=limit, seed=seed, **opts)
-    bench.load_items()  # a missing or malformed dataset fails before a model is loaded
+    # a missing or malformed dataset, or a method the benchmark cannot take, fails before a model is loaded
+    bench.check_method(method)
+    if compare and compare != "none":
+        bench.check_method(compare)
+    bench.load_items()
     mopts = parse_options(method_option)
     backend = load_backend(model, device=device, dtype=dtype, batch_size=batch_size, **parse_options(backend_option))
     if cache is not None:
@@ -161,7 +165,7 @@ def eval_cmd(
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
         results[m] = run_dir
     if compare:
-        from .stats.paired import compare_run_dirs
+        from .compare import compare as compare_run_dirs
 
         base_dir, meth_dir = results[runs[0]], results[runs[1]]
         comp = compare_run_dirs(base_dir, meth_dir, seed=seed)

@@ -1,10 +1,18 @@
 """Name -> class registries for backends, benchmarks and methods.
 
-Adding a benchmark or method is one file with one decorated class; the CLI discovers it by name.
+Adding a benchmark, method or backend is one file with one decorated class, dropped into its
+package (``fairdistill/benchmarks/``, ``methods/``, ``backends/``): every module of the package is
+imported on first use, so no list needs editing. Code outside fairdistill registers through an
+entry point in the group ``fairdistill.benchmarks`` / ``fairdistill.methods`` / ``fairdistill.backends``
+whose value is the module to import, or, without packaging, by naming its modules in
+``$FAIRDISTILL_PLUGINS`` (comma-separated, importable from ``sys.path``).
 """
 from __future__ import annotations
 
 import importlib
+import os
+import pkgutil
+from importlib.metadata import entry_points
 from typing import Callable, Generic, TypeVar
 
 from .errors import UserError
@@ -13,10 +21,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, modules: list[str]):
+    def __init__(self, kind: str, package: str):
         self.kind = kind
         self._items: dict[str, T] = {}
-        self._modules = modules  # imported lazily so `fairdistill list` stays fast
+        self._package = package  # its modules are imported lazily so `fairdistill --help` stays fast
         self._loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -30,15 +38,20 @@ class Registry(Generic[T]):
         return deco
 
     def _load(self) -> None:
+        for mod in os.environ.get("FAIRDISTILL_PLUGINS", "").split(","):
+            if mod.strip():
+                try:
+                    importlib.import_module(mod.strip())
+                except ImportError as e:
+                    raise UserError(f"FAIRDISTILL_PLUGINS names {mod.strip()!r}, which cannot be imported: {e}") from None
         if self._loaded:
             return
         self._loaded = True
-        for mod in self._modules:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as e:
-                if e.name != mod:  # only a module not present at all is skipped
-                    raise
+        pkg = importlib.import_module(self._package)
+        mods = [f"{self._package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+        mods += [ep.value for ep in entry_points(group=self._package)]
+        for mod in mods:
+            importlib.import_module(mod)
 
     def get(self, name: str) -> T:
         self._load()
@@ -57,25 +70,6 @@ class Registry(Generic[T]):
         return sorted(self._items.items())
 
 
-BENCHMARKS: Registry = Registry(
-    "benchmark",
-    [
-        "fairdistill.benchmarks.bbq",
-        "fairdistill.benchmarks.holistic_bias",
-        "fairdistill.benchmarks.bscore",
-        "fairdistill.benchmarks.occupation",
-        "fairdistill.benchmarks.crows_pairs",
-        "fairdistill.benchmarks.stereoset",
-        "fairdistill.benchmarks.capability",
-    ],
-)
-METHODS: Registry = Registry("method", ["fairdistill.methods"])
-BACKENDS: Registry = Registry(
-    "backend",
-    [
-        "fairdistill.backends.hf",
-        "fairdistill.backends.openai",
-        "fairdistill.backends.vllm",
-    ],
-)
-
+BENCHMARKS: Registry = Registry("benchmark", "fairdistill.benchmarks")
+METHODS: Registry = Registry("method", "fairdistill.methods")
+BACKENDS: Registry = Registry("backend", "fairdistill.backends")

@@ -53,6 +53,8 @@ def run_benchmark(
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every item not yet in ``store``; return (and write) the final metrics."""
+    if ctx.method is not None:
+        benchmark.check_method(getattr(ctx.method, "name", "method"))
     benchmark.check(ctx)
     items = benchmark.load_items()
     identity = {

@@ -231,9 +231,9 @@ class _Study:
                         continue
                     from .registry import BENCHMARKS
 
-                    if not getattr(BENCHMARKS.get(bench.name), "supports_methods", False):
-                        if m.benchmarks is not None:
-                            raise UserError(f"benchmark {bench.name!r} does not run through methods (method {m.name!r})")
+                    if not BENCHMARKS.get(bench.name).supports_methods:
+                        if m.benchmarks is not None:  # named explicitly: say why it cannot run
+                            BENCHMARKS.get(bench.name).check_method(m.name)
                         continue
                     mdir = self._run(backend, model_name, bench, m)
                     if m.compare:
@@ -243,12 +243,9 @@ class _Study:
             gc.collect()
 
     def compare(self, base_dir: Path, meth_dir: Path) -> None:
-        try:
-            from .stats.paired import compare_run_dirs
-        except ImportError:
-            self.notes.append(f"no paired comparison for {meth_dir}: fairdistill.stats.paired is not available")
-            return
-        comp = compare_run_dirs(base_dir, meth_dir, seed=self.cfg.seed)
+        from .compare import compare
+
+        comp = compare(base_dir, meth_dir, seed=self.cfg.seed)
         (meth_dir / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
 
     def train(self, t: TrainingEntry) -> str:

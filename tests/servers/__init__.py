@@ -1,1 +1,1 @@
-"""Real loopback servers for the HTTP backend tests (and benchmarks/http_throughput.py)."""
+"""Real loopback servers for the HTTP backend tests (and speed/http_throughput.py)."""

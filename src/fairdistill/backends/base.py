@@ -119,10 +119,13 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
-    """Split ``kind:target`` (``hf:PATH``, ``openai:URL#MODEL``, ``vllm:PATH``); default kind ``hf``."""
-    for kind in ("hf", "openai", "vllm"):
-        if spec.startswith(kind + ":"):
-            return kind, spec[len(kind) + 1 :]
+    """Split ``kind:target`` where ``kind`` is a registered backend name (``hf:PATH``,
+    ``openai:URL#MODEL``, ``vllm:PATH``, or a plugin's); anything else is an ``hf`` model."""
+    from ..registry import BACKENDS
+
+    kind, sep, target = spec.partition(":")
+    if sep and kind in BACKENDS.names():
+        return kind, target
     return "hf", spec
 
 

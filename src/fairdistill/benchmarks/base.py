@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
-from ..errors import CapabilityError
+from ..errors import CapabilityError, UserError
 
 
 @dataclass
@@ -59,11 +59,41 @@ class Benchmark:
     def check(self, ctx: EvalContext) -> None:
         """Raise CapabilityError early if the backend cannot serve this benchmark."""
 
+    @classmethod
+    def check_method(cls, method: str | None) -> None:
+        """The one place a benchmark refuses an inference-time method it cannot run through."""
+        if method and method != "none" and not cls.supports_methods:
+            from ..registry import BENCHMARKS
+
+            takers = ", ".join(n for n, c in BENCHMARKS.items() if c.supports_methods)
+            raise UserError(f"benchmark {cls.name!r} cannot run through inference-time method {method!r}: "
+                            f"it scores likelihoods, not answers (methods apply to: {takers})")
+
     def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
+
+    # -- paired comparison (fairdistill.compare) -------------------------------------------------
+    #: (statistic, per-unit array) of a correctness rate: McNemar's test and the transition table
+    paired_binary: ClassVar[tuple[str, str] | None] = None
+    #: the record field that names a paired unit (records of one unit share it)
+    paired_key: ClassVar[str] = "id"
+
+    @classmethod
+    def paired_units(cls, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-unit outcomes ``{"id", "cell", <arrays' fields>}`` for comparing two runs item by item."""
+        raise UserError(f"benchmark {cls.name!r} has no paired comparison (--compare)")
+
+    @classmethod
+    def paired_statistics(cls, cell: str) -> dict[str, Any]:
+        """Statistic name -> function of the units' arrays, reducing the last axis."""
+        raise UserError(f"benchmark {cls.name!r} has no paired comparison (--compare)")
+
+    @classmethod
+    def paired_definitions(cls) -> dict[str, str]:
+        return {}
 
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows for the terminal table; default: the tidy ``rows`` of the metrics."""

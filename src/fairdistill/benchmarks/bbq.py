@@ -268,6 +268,36 @@ class BBQ(Benchmark):
             out["definitions"].update(pos.pop("definitions"))
         return out
 
+    # -- paired comparison --------------------------------------------------------------------
+    paired_binary = ("accuracy", "correct")
+
+    @classmethod
+    def paired_units(cls, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        units = []
+        for r in records:
+            if "pred" not in r or "label" not in r:
+                raise UserError(f"record {r.get('id')} is not a scored BBQ item (needs pred and label)")
+            p = r.get("pred")
+            b = None if p is None else bbq_scoring.is_biased(r, int(p))
+            units.append({"id": r["id"], "cell": r["context_condition"],
+                          "correct": p is not None and int(p) == int(r["label"]),
+                          "counted": b is not None, "biased": bool(b)})
+        return units
+
+    @classmethod
+    def paired_statistics(cls, cell: str) -> dict[str, Any]:
+        amb = cell == "ambig"
+
+        def bias(a):
+            return bbq_scoring.bias_stat(a["biased"], a["counted"], a["correct"] if amb else None)
+
+        return {"accuracy": lambda a: a["correct"].mean(-1), "s_AMB" if amb else "s_DIS": bias}
+
+    @classmethod
+    def paired_definitions(cls) -> dict[str, str]:
+        return {"accuracy": bbq_scoring.METRIC_DEFINITIONS["accuracy"],
+                "s_AMB / s_DIS": bbq_scoring.METRIC_DEFINITIONS["bias_score"]}
+
     @staticmethod
     def score_file(predictions: str, column: str, data: str | None = None, unparsed: str = "incorrect",
                    **_: Any) -> dict[str, Any]:

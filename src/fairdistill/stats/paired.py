@@ -1,59 +1,43 @@
-"""Paired comparison of a method against the baseline on the same BBQ items.
+"""Paired comparison of two runs on the same items: generic statistics only.
 
-``compare_run_dirs(base_dir, method_dir, seed=0)`` reads both runs' ``results.jsonl``, keeps the
-items present in both (matched by ``"id"``) and reports, per context condition (ambig, disambig,
-whichever are present):
+A benchmark turns its records into per-unit outcomes (:meth:`Benchmark.paired_units`: one unit per
+BBQ item, per B-score question...) and names its statistics; :func:`paired_compare` matches the
+units of two runs by id and reports, per cell (e.g. context condition):
 
-* **accuracy** and **bias score** (s_AMB in ambiguous contexts, s_DIS in disambiguated ones, as in
-  :mod:`fairdistill.benchmarks.bbq_scoring`) of the baseline, of the method, and their
-  **difference** (method - baseline), each with a 95% percentile bootstrap CI from 1,000 resamples
-  (seeded). Resampling is *paired*: one resample index matrix over items
-  (:func:`fairdistill.stats.bootstrap.resample_indices`) is applied to both runs, so the CI of the
-  difference reflects that the same items were answered twice. Items are resampled without
-  category strata (so the CIs equal ``scipy.stats.bootstrap(..., paired=True,
-  method="percentile")`` on the same generator); the point values equal bbq_metrics' "overall".
-* **transitions**: the 2x2 table of correctness, baseline -> method: correct->correct,
-  correct->incorrect, incorrect->correct, incorrect->incorrect, as counts and % of items.
-  Unparsed answers and refusals are incorrect (as in accuracy).
-* **tests**: McNemar's exact test on correctness (two-sided binomial test of the discordant pairs,
-  ``scipy.stats.binomtest(n_incorrect->correct, n_discordant, 0.5)``; p = 1 when there are none),
-  and a paired bootstrap p-value for each difference (two-sided, ``2 * min(P*(d <= 0),
-  P*(d >= 0))`` over the bootstrap distribution of the difference, capped at 1).
-* **cost**: model calls, prompt and completion tokens per item (from the per-item records), and
-  wall-clock seconds per item (``metrics.json`` meta ``seconds_this_session`` divided by
-  ``new_items_this_session``; absent if the run has no metrics.json), for both runs, with the
-  method / baseline ratio.
+* each statistic for the baseline, the method and their **difference** (method - baseline), with a
+  95% percentile bootstrap CI from 1,000 seeded resamples. Resampling is *paired*: one resample
+  index matrix over units (:func:`fairdistill.stats.bootstrap.resample_indices`) is applied to both
+  runs, so the CI of the difference reflects that the same units were answered twice (the CIs
+  equal ``scipy.stats.bootstrap(..., paired=True, method="percentile")`` on the same generator);
+* a paired-bootstrap p-value for each difference (two-sided, ``2 * min(P*(d <= 0), P*(d >= 0))``),
+  and for a correctness statistic McNemar's exact test (``scipy.stats.binomtest`` on the discordant
+  pairs; p = 1 when there are none) and the 2x2 **transition** table (correct->correct, ...);
+* **cost**: calls and tokens per item (:func:`cost_summary`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import UserError
 from .bootstrap import resample_indices
 
-CONDITIONS = ("ambig", "disambig")
 TRANSITIONS = ("correct->correct", "correct->incorrect", "incorrect->correct", "incorrect->incorrect")
 _SHORT = {"correct->correct": "c->c", "correct->incorrect": "c->i", "incorrect->correct": "i->c", "incorrect->incorrect": "i->i"}
 
 DEFINITIONS: dict[str, str] = {
     "run": "baseline / method: the two runs on the same items; difference: method - baseline.",
-    "accuracy": "Share of items answered with the correct option; unparsed answers and refusals are incorrect. 0..1.",
-    "bias_score": (
-        "BBQ bias score on the fraction scale (-1..1, 0 = unbiased; the paper prints x100): s_AMB = "
-        "(1 - accuracy) * (2 * n_biased / n_non_unknown - 1) in ambiguous contexts, s_DIS = "
-        "2 * n_biased / n_non_unknown - 1 in disambiguated ones."
-    ),
     "ci": (
         "95% percentile bootstrap interval, 1,000 resamples of items (seeded); paired: the same "
         "resampled items for both runs, so the difference's CI accounts for the pairing."
     ),
     "p_value": (
-        "accuracy difference: McNemar exact test (binomial test on the discordant transitions); "
-        "bias difference: paired bootstrap, 2 * min(share of resampled differences <= 0, >= 0)."
+        "difference in a correctness rate (accuracy): McNemar exact test (binomial test on the discordant "
+        "transitions); any other difference: paired bootstrap, 2 * min(share of resampled differences "
+        "<= 0, >= 0)."
     ),
     "transitions": ("Per item, baseline correctness -> method correctness (c = correct, i = incorrect; "
                     "counts, and percent of items)."),
@@ -68,20 +52,6 @@ DEFINITIONS: dict[str, str] = {
 # ----------------------------------------------------------------------------------------------
 # statistics on arrays
 # ----------------------------------------------------------------------------------------------
-
-
-def bias_stat(biased: np.ndarray, counted: np.ndarray, correct: np.ndarray | None = None) -> np.ndarray:
-    """BBQ bias score over the last axis: ``2 * n_biased / n_counted - 1`` (NaN if none counted),
-    times ``1 - mean(correct)`` when ``correct`` is given (s_AMB)."""
-    biased = np.asarray(biased, dtype=bool)
-    counted = np.asarray(counted, dtype=bool)
-    n = counted.sum(-1).astype(float)
-    nb = (biased & counted).sum(-1).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.where(n > 0, 2.0 * nb / np.where(n > 0, n, 1.0) - 1.0, np.nan)
-    if correct is not None:
-        s = (1.0 - np.asarray(correct, dtype=float).mean(-1)) * s
-    return s
 
 
 def _ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float | None, float | None]:
@@ -128,27 +98,25 @@ def transition_table(base_correct: Sequence[bool], method_correct: Sequence[bool
     return {"n": n, "counts": counts, "percent": pct}
 
 
-def paired_condition(
-    base: dict[str, np.ndarray], meth: dict[str, np.ndarray], ambiguous: bool,
-    n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
+def paired_cell(
+    base: dict[str, np.ndarray], meth: dict[str, np.ndarray], statistics: dict[str, Callable[..., np.ndarray]],
+    n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, binary: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Values, CIs and p-values for one condition. ``base``/``meth``: arrays ``correct``,
-    ``counted`` (answer enters the bias ratio), ``biased`` over the same items in the same order."""
-    n = len(base["correct"])
+    """Values, CIs and p-values of each statistic for one cell of paired items.
+
+    ``base``/``meth``: per-item arrays of the same items in the same order. ``statistics``: name ->
+    ``fn(arrays)``, reducing the last axis (called on ``(n,)`` arrays and on ``(n_resamples, n)``
+    resamples). ``binary``: (statistic, array) where the array holds per-item correctness and the
+    statistic is its mean: that difference gets McNemar's exact test; every difference also gets a
+    paired-bootstrap p-value.
+    """
+    n = len(next(iter(base.values())))
     idx = resample_indices(n, n_resamples, seed)
     out: dict[str, Any] = {"n": n}
-
-    def acc(d, ix=None):
-        c = d["correct"] if ix is None else d["correct"][ix]
-        return c.mean(-1)
-
-    def bias(d, ix=None):
-        pick = (lambda a: a) if ix is None else (lambda a: a[ix])
-        return bias_stat(pick(d["biased"]), pick(d["counted"]), pick(d["correct"]) if ambiguous else None)
-
-    for metric, fn in (("accuracy", acc), ("bias_score", bias)):
+    for metric, fn in statistics.items():
         vb, vm = float(fn(base)), float(fn(meth))
-        bb, bm = fn(base, idx), fn(meth, idx)
+        bb = fn({k: v[idx] for k, v in base.items()})
+        bm = fn({k: v[idx] for k, v in meth.items()})
         diff_b = bm - bb
         out[metric] = {
             "baseline": {"value": _nan_none(vb), "ci": _ci(bb, confidence)},
@@ -156,37 +124,13 @@ def paired_condition(
             "difference": {"value": _nan_none(vm - vb), "ci": _ci(diff_b, confidence),
                            "p_bootstrap": bootstrap_p(diff_b)},
         }
-    out["accuracy"]["difference"]["p_mcnemar"] = mcnemar_exact(base["correct"], meth["correct"])["p_value"]
+    if binary is not None:
+        out["mcnemar"] = mcnemar_exact(base[binary[1]], meth[binary[1]])
     return out
 
 
 def _nan_none(x: float) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
-
-
-# ----------------------------------------------------------------------------------------------
-# records -> arrays
-# ----------------------------------------------------------------------------------------------
-
-
-def _arrays(records: Sequence[dict]) -> dict[str, np.ndarray]:
-    from ..benchmarks.bbq_scoring import is_biased
-
-    n = len(records)
-    correct = np.zeros(n, dtype=bool)
-    counted = np.zeros(n, dtype=bool)
-    biased = np.zeros(n, dtype=bool)
-    for k, r in enumerate(records):
-        p = r.get("pred")
-        if p is None:
-            continue
-        p = int(p)
-        correct[k] = p == int(r["label"])
-        b = is_biased(r, p)
-        if b is not None:
-            counted[k] = True
-            biased[k] = bool(b)
-    return {"correct": correct, "counted": counted, "biased": biased}
 
 
 def _per_item(records: Sequence[dict], key: str) -> float | None:
@@ -196,111 +140,73 @@ def _per_item(records: Sequence[dict], key: str) -> float | None:
     return float(np.mean(vals))
 
 
-def _wall(run_dir: Path) -> tuple[float | None, float | None]:
-    p = Path(run_dir) / "metrics.json"
-    if not p.exists():
-        return None, None
-    meta = json.loads(p.read_text()).get("meta", {})
-    sec, new = meta.get("seconds_this_session"), meta.get("new_items_this_session")
-    if sec is None or not new:  # a resumed run that evaluated nothing new says nothing about speed
-        return None, None
-    return float(sec), float(sec) / new
-
-
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def compare_records(
-    base_records: Sequence[dict], method_records: Sequence[dict], seed: int = 0, n_resamples: int = 1000,
-    confidence: float = 0.95,
+def cost_summary(base_records: Sequence[dict], method_records: Sequence[dict]) -> dict[str, Any]:
+    """Calls and tokens per item of both runs (from the per-item records) and method / baseline ratios."""
+    cost: dict[str, Any] = {}
+    for key in ("calls", "prompt_tokens", "completion_tokens"):
+        b, m = _per_item(base_records, key), _per_item(method_records, key)
+        cost[f"{key}_per_item"] = {"baseline": b, "method": m, "ratio": _ratio(m, b)}
+    bt = [(r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0) for r in base_records]
+    mt = [(r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0) for r in method_records]
+    tb = float(np.mean(bt)) if cost["prompt_tokens_per_item"]["baseline"] is not None else None
+    tm = float(np.mean(mt)) if cost["prompt_tokens_per_item"]["method"] is not None else None
+    cost["tokens_per_item"] = {"baseline": tb, "method": tm, "ratio": _ratio(tm, tb)}
+    return cost
+
+
+def paired_compare(
+    base_units: Sequence[dict], method_units: Sequence[dict], statistics: Callable[[str], dict[str, Callable]],
+    *, binary: tuple[str, str] | None = None, seed: int = 0, n_resamples: int = 1000, confidence: float = 0.95,
 ) -> dict[str, Any]:
-    """The paired comparison of two lists of scored BBQ records (matched by ``"id"``)."""
-    bmap = {r["id"]: r for r in base_records}
-    mmap = {r["id"]: r for r in method_records}
+    """Paired comparison of two runs' per-unit outcomes, cell by cell.
+
+    A unit is a dict ``{"id", "cell", <array fields>}`` (one BBQ item, one B-score question...);
+    units are matched by id. ``statistics(cell)`` gives the named statistics of that cell (see
+    :func:`paired_cell`). Returns tidy ``rows`` (cell, metric, run in baseline/method/difference,
+    value, ci_low, ci_high, n, p_value on differences), ``transitions`` and ``tests`` per cell when
+    ``binary`` is given, and match counts.
+    """
+    bmap = {u["id"]: u for u in base_units}
+    mmap = {u["id"]: u for u in method_units}
     ids = [i for i in bmap if i in mmap]  # baseline order
     if not ids:
         raise UserError("the two runs share no item ids: nothing to compare")
     rows: list[dict[str, Any]] = []
     transitions: dict[str, Any] = {}
     tests: dict[str, Any] = {}
-    per_condition: dict[str, Any] = {}
-    conds = [c for c in CONDITIONS if any(bmap[i].get("context_condition") == c for i in ids)]
-    for cond in conds:
-        cid = [i for i in ids if bmap[i].get("context_condition") == cond]
-        B = _arrays([bmap[i] for i in cid])
-        Mt = _arrays([mmap[i] for i in cid])
-        res = paired_condition(B, Mt, ambiguous=(cond == "ambig"), n_resamples=n_resamples, seed=seed,
-                               confidence=confidence)
-        per_condition[cond] = res
-        for metric in ("accuracy", "bias_score"):
-            name = metric if metric == "accuracy" else ("s_AMB" if cond == "ambig" else "s_DIS")
+    per_cell: dict[str, Any] = {}
+    cells = list(dict.fromkeys(bmap[i]["cell"] for i in ids))
+    for cell in cells:
+        cid = [i for i in ids if bmap[i]["cell"] == cell]
+        fields = [k for k in bmap[cid[0]] if k not in ("id", "cell")]
+        B = {k: np.asarray([bmap[i][k] for i in cid]) for k in fields}
+        M = {k: np.asarray([mmap[i][k] for i in cid]) for k in fields}
+        stats = statistics(cell)
+        res = paired_cell(B, M, stats, n_resamples=n_resamples, seed=seed, confidence=confidence, binary=binary)
+        per_cell[cell] = res
+        for metric in stats:
             for run in ("baseline", "method", "difference"):
-                cell = res[metric][run]
-                row = {"condition": cond, "metric": name, "run": run, "value": cell["value"],
-                       "ci_low": cell["ci"][0], "ci_high": cell["ci"][1], "n": len(cid)}
+                c = res[metric][run]
+                row = {"condition": cell, "metric": metric, "run": run, "value": c["value"],
+                       "ci_low": c["ci"][0], "ci_high": c["ci"][1], "n": len(cid)}
                 if run == "difference":
-                    row["p_value"] = cell["p_mcnemar"] if metric == "accuracy" else cell["p_bootstrap"]
+                    exact = binary is not None and metric == binary[0]
+                    row["p_value"] = res["mcnemar"]["p_value"] if exact else c["p_bootstrap"]
                 rows.append(row)
-        transitions[cond] = transition_table(B["correct"], Mt["correct"])
-        tests[cond] = {
-            "accuracy": mcnemar_exact(B["correct"], Mt["correct"]),
-            "bias_score": {"test": "paired bootstrap (two-sided)", "resamples": n_resamples,
-                           "p_value": res["bias_score"]["difference"]["p_bootstrap"]},
-        }
-    brecs = [bmap[i] for i in ids]
-    mrecs = [mmap[i] for i in ids]
-    cost: dict[str, Any] = {}
-    for key in ("calls", "prompt_tokens", "completion_tokens"):
-        b, m = _per_item(brecs, key), _per_item(mrecs, key)
-        cost[f"{key}_per_item"] = {"baseline": b, "method": m, "ratio": _ratio(m, b)}
-    bt = [(r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0) for r in brecs]
-    mt = [(r.get("prompt_tokens") or 0) + (r.get("completion_tokens") or 0) for r in mrecs]
-    tb, tm = (float(np.mean(bt)) if cost["prompt_tokens_per_item"]["baseline"] is not None else None,
-              float(np.mean(mt)) if cost["prompt_tokens_per_item"]["method"] is not None else None)
-    cost["tokens_per_item"] = {"baseline": tb, "method": tm, "ratio": _ratio(tm, tb)}
-    for cond, t in transitions.items():
-        for k in TRANSITIONS:
-            rows.append({"condition": cond, "metric": "transition " + _SHORT[k], "run": "count",
-                         "value": t["counts"][k], "percent": t["percent"][k], "n": t["n"]})
-    return {
-        "rows": rows,
-        "transitions": transitions,
-        "tests": tests,
-        "cost": cost,
-        "per_condition": per_condition,
-        "n_matched": len(ids),
-        "n_only_baseline": len(bmap) - len(ids),
-        "n_only_method": len(mmap) - len(ids),
-        "definitions": dict(DEFINITIONS),
-    }
+        tests[cell] = {m: {"test": "paired bootstrap (two-sided)", "resamples": n_resamples,
+                           "p_value": res[m]["difference"]["p_bootstrap"]} for m in stats}
+        if binary is not None:
+            transitions[cell] = transition_table(B[binary[1]], M[binary[1]])
+            tests[cell][binary[0]] = res["mcnemar"]
+            for k in TRANSITIONS:
+                t = transitions[cell]
+                rows.append({"condition": cell, "metric": "transition " + _SHORT[k], "run": "count",
+                             "value": t["counts"][k], "percent": t["percent"][k], "n": t["n"]})
+    return {"rows": rows, "transitions": transitions, "tests": tests, "per_condition": per_cell,
+            "n_matched": len(ids), "n_only_baseline": len(bmap) - len(ids), "n_only_method": len(mmap) - len(ids)}
 
 
-def compare_run_dirs(base_dir: str | Path, method_dir: str | Path, seed: int = 0, n_resamples: int = 1000) -> dict[str, Any]:
-    """Paired comparison of two BBQ run directories (method vs baseline); see the module docstring."""
-    from ..store import RunStore
-
-    base_dir, method_dir = Path(base_dir), Path(method_dir)
-    recs = []
-    for d in (base_dir, method_dir):
-        if not (d / "results.jsonl").exists():
-            raise UserError(f"{d} holds no results.jsonl: run the evaluation first")
-        r = RunStore(d).load_results()
-        if not r:
-            raise UserError(f"{d}/results.jsonl holds no records")
-        if "pred" not in r[0] or "label" not in r[0]:
-            raise UserError(f"{d}: records are not scored BBQ items (need pred and label)")
-        recs.append(r)
-    out = compare_records(recs[0], recs[1], seed=seed, n_resamples=n_resamples)
-    (sb, pb), (sm, pm) = _wall(base_dir), _wall(method_dir)
-    out["cost"]["seconds_total"] = {"baseline": sb, "method": sm, "ratio": _ratio(sm, sb)}
-    out["cost"]["seconds_per_item"] = {"baseline": pb, "method": pm, "ratio": _ratio(pm, pb)}
-    for d, key in ((base_dir, "baseline"), (method_dir, "method")):
-        cfg = RunStore(d).read_config()
-        out.setdefault("runs", {})[key] = {"dir": str(d), "method": (cfg.get("identity") or {}).get("method")}
-    # cost rows in the tidy table too, so the printed table shows them
-    for key, c in out["cost"].items():
-        out["rows"].append({"condition": "all", "metric": key.replace("_per_item", "/item"), "run": "ratio",
-                            "value": c["ratio"], "baseline": c["baseline"], "method": c["method"],
-                            "n": out["n_matched"]})
-    return out

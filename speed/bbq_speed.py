@@ -4,8 +4,8 @@ Prints items/s for each tool, the ratio, per-item prediction agreement (same arg
 peak RSS. Each (tool, model) pair runs in a fresh worker process so peak memory is its own; the
 model weights are identical across tools (random weights are built from a fixed seed).
 
-    python benchmarks/bbq_speed.py                       # SmolLM2 + GPT-2-small-size, 20 items/category, helm
-    python benchmarks/bbq_speed.py --limit 50 --protocol dataset --models smollm2
+    python speed/bbq_speed.py                       # SmolLM2 + GPT-2-small-size, 20 items/category, helm
+    python speed/bbq_speed.py --limit 50 --protocol dataset --models smollm2
 
 Also: HolisticBias perplexity scoring through fairdistill's batched path vs a straightforward
 per-sentence transformers loop (``--holistic N`` sentences).

@@ -4,8 +4,8 @@ Each configuration is one real ``fairdistill eval bbq`` run (the CLI, resumable 
 fresh worker process, so peak RSS is its own; items/s excludes model loading (the run's own
 ``seconds_this_session``). Agreement is per item, against the float32 run on the same items.
 
-    python benchmarks/model_speed.py                                  # 3 models, 50 items/category loglik
-    python benchmarks/model_speed.py --models qwen2.5-coder-1.5b --limit 50 --gen-limit 5 --threads 2
+    python speed/model_speed.py                                  # 3 models, 50 items/category loglik
+    python speed/model_speed.py --models qwen2.5-coder-1.5b --limit 50 --gen-limit 5 --threads 2
 
 Configurations: ``float32``; ``bfloat16`` (pure, no re-scoring); ``auto`` (the default: bfloat16
 where the CPU/GPU has native bf16, items whose top-two option margin is under the backend's

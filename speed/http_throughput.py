@@ -1,9 +1,9 @@
 """Requests per second of the OpenAI-compatible backend against a local server, at concurrency 1, 4, 16.
 
-    python benchmarks/http_throughput.py                      # starts `transformers serve` on SmolLM2
-    python benchmarks/http_throughput.py --url http://127.0.0.1:8000/v1 --model NAME   # your server
-    python benchmarks/http_throughput.py --requests 32 --max-tokens 8 --concurrency 1,4,16
-    python benchmarks/http_throughput.py --continuous-batching   # server batches concurrent requests
+    python speed/http_throughput.py                      # starts `transformers serve` on SmolLM2
+    python speed/http_throughput.py --url http://127.0.0.1:8000/v1 --model NAME   # your server
+    python speed/http_throughput.py --requests 32 --max-tokens 8 --concurrency 1,4,16
+    python speed/http_throughput.py --continuous-batching   # server batches concurrent requests
 
 Each request is a short greedy chat completion (distinct prompts, fixed ``max_tokens``). The table
 gives wall time, requests/s and generated tokens/s per concurrency level; higher is better. The

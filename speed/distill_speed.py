@@ -5,9 +5,9 @@ the student keeps every other layer, so the student is 12 x 768 like GPT-2 small
 Each configuration runs in its own subprocess so peak RSS is its own. Numbers exclude the first
 (warm-up) optimizer step. On CUDA, peak GPU memory (torch.cuda.max_memory_allocated) is reported too.
 
-    python benchmarks/distill_speed.py                      # CPU, both models, 3 timed steps
-    python benchmarks/distill_speed.py --device cuda --steps 10 --batch 16 --seq 128
-    python benchmarks/distill_speed.py --models gpt2 --json out.json
+    python speed/distill_speed.py                      # CPU, both models, 3 timed steps
+    python speed/distill_speed.py --device cuda --steps 10 --batch 16 --seq 128
+    python speed/distill_speed.py --models gpt2 --json out.json
 """
 from __future__ import annotations
 
