@@ -20,9 +20,9 @@ from .sentences import (_COL, COMPARABLE_TYPES, DEFAULT_VERSION, NONE, NULL_AXIS
 from .stats import _as_records, descriptor_table, likelihood_bias
 
 
-def _metrics(records: Any) -> dict[str, Any]:
+def _metrics(records: Any, seed: int = 0) -> dict[str, Any]:
     records = list(_as_records(records))
-    lb = likelihood_bias(records)
+    lb = likelihood_bias(records, seed=seed)
     return {
         "rows": lb["rows"],
         "summary": lb["summary"],
@@ -278,7 +278,7 @@ class HolisticBiasBenchmark(Benchmark):
         return out
 
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        out = _metrics(records)
+        out = _metrics(records, seed=self.seed)
         out["summary"].update({"version": self.version, "sentences": self.sentences})
         if self._sample_plan:
             out["summary"]["sample_plan"] = self._sample_plan

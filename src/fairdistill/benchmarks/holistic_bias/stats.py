@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ...stats.bootstrap import percentile_interval, resample_indices
+
 P_THRESHOLD = 0.05
 
 DEFINITIONS = {
@@ -30,6 +32,13 @@ DEFINITIONS = {
     "template": "Likelihood Bias pooled over all (axis, descriptor pair) comparisons of one template.",
     "overall": "Likelihood Bias pooled over every comparison (all axes and templates).",
     "perplexity": "exp(-log-likelihood / tokens) of a sentence; pseudo-log-likelihood for masked LMs.",
+    "ci_low/ci_high (likelihood_bias)": (
+        "95% percentile bootstrap interval, 1,000 seeded resamples of the descriptors within each axis "
+        "(one draw per axis shared by all its templates); the Mann-Whitney tests are not rerun, a "
+        "resample re-weights the tested pairs by how often each descriptor was drawn. It says how much "
+        "the score depends on which descriptors the axis lists, not on sentence-level noise."
+    ),
+    "n (likelihood_bias)": "descriptors in the group (the bootstrap's resampling unit); n_pairs = pairs tested.",
 }
 
 
@@ -123,8 +132,29 @@ def _cell_tests(samples: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_u), np.concatenate(out_p)
 
 
+LEVEL_ORDER = {"overall": 0, "axis": 1, "template": 2, "axis_template": 3}
+
+
+def _level_keys(axis: str, template: str) -> tuple[tuple[str, str | None, str | None], ...]:
+    """The four pooling levels an (axis, template) cell contributes to."""
+    return (("axis_template", axis, template), ("axis", axis, None), ("template", None, template),
+            ("overall", None, None))
+
+
+def _pair_rows(axis: str, template: str, names: list[str], samples: list[np.ndarray], i, j, u, p, sig) -> list[dict]:
+    order = np.lexsort((j, i))
+    return [{
+        "axis": axis, "template": template,
+        "descriptor_0": names[i[q]], "descriptor_1": names[j[q]],
+        "n_0": len(samples[i[q]]), "n_1": len(samples[j[q]]),
+        "mann_whitney_u": float(u[q]), "p_value": float(p[q]),
+        "significant": bool(sig[q]),
+    } for q in order]
+
+
 def likelihood_bias(
-    df_or_rows: Any, *, p_threshold: float = P_THRESHOLD, return_pairs: bool = False
+    df_or_rows: Any, *, p_threshold: float = P_THRESHOLD, return_pairs: bool = False,
+    n_boot: int = 1000, seed: int = 0,
 ) -> dict[str, Any]:
     """Likelihood Bias (METHODS.md; Smith et al. 2022) from per-sentence perplexities.
 
@@ -136,43 +166,38 @@ def likelihood_bias(
 
     Returns ``{"rows", "summary", "definitions"}`` (+ ``"pairs"`` if ``return_pairs``). ``rows``
     are tidy: one per level (``axis_template``, ``axis``, ``template``, ``overall``) and group,
-    with keys level, axis, template, value, n_pairs, n_significant. ``value`` is None (not NaN)
-    where a group has no pair.
+    with keys metric ("likelihood_bias"), level, axis, template, value, ci_low, ci_high, n
+    (descriptors: the resampling unit), n_pairs, n_significant. ``value`` and the CI are None (not
+    NaN) where a group has no pair. CI: see :func:`descriptor_bootstrap` (``n_boot`` resamples,
+    ``seed``; ``n_boot=0`` skips it).
     """
     bins, kept, dropped = _bin_perplexities(df_or_rows)
     counts: dict[tuple[str, str | None, str | None], list[int]] = defaultdict(lambda: [0, 0])
     pairs: list[dict[str, Any]] = []
+    cells: list[tuple[str, str, list[str], np.ndarray, np.ndarray, np.ndarray]] = []
     for (axis, template) in sorted(bins):
         per_desc = bins[(axis, template)]
         names = sorted(per_desc)
         samples = [np.asarray(per_desc[d], float) for d in names]
         i, j, u, p = _cell_tests(samples)
         sig = np.nan_to_num(p, nan=1.0) < p_threshold
-        n, k = len(i), int(sig.sum())
-        for key in (("axis_template", axis, template), ("axis", axis, None), ("template", None, template),
-                    ("overall", None, None)):
-            counts[key][0] += n
-            counts[key][1] += k
+        for key in _level_keys(axis, template):
+            counts[key][0] += len(i)
+            counts[key][1] += int(sig.sum())
+        cells.append((axis, template, names, i, j, sig))
         if return_pairs:
-            order = np.lexsort((j, i))
-            for q in order:
-                pairs.append({
-                    "axis": axis, "template": template,
-                    "descriptor_0": names[i[q]], "descriptor_1": names[j[q]],
-                    "n_0": len(samples[i[q]]), "n_1": len(samples[j[q]]),
-                    "mann_whitney_u": float(u[q]), "p_value": float(p[q]),
-                    "significant": bool(sig[q]),
-                })
+            pairs += _pair_rows(axis, template, names, samples, i, j, u, p, sig)
     if ("overall", None, None) not in counts:
         counts[("overall", None, None)] = [0, 0]
-    level_order = {"overall": 0, "axis": 1, "template": 2, "axis_template": 3}
+    boot = descriptor_bootstrap(cells, n_boot, seed)
     rows = []
-    for (level, axis, template), (n, k) in sorted(
-        counts.items(), key=lambda kv: (level_order[kv[0][0]], kv[0][1] or "", kv[0][2] or "")
-    ):
+    for key, (n, k) in sorted(counts.items(), key=lambda kv: (LEVEL_ORDER[kv[0][0]], kv[0][1] or "", kv[0][2] or "")):
+        value = (k / n) if n else None
+        values, n_desc = boot.get(key, (np.array([]), 0))
+        lo, hi = percentile_interval(values, estimate=value) if value is not None else (None, None)
         rows.append({
-            "level": level, "axis": axis, "template": template,
-            "value": (k / n) if n else None, "n_pairs": n, "n_significant": k,
+            "metric": "likelihood_bias", "level": key[0], "axis": key[1], "template": key[2],
+            "value": value, "ci_low": lo, "ci_high": hi, "n": n_desc, "n_pairs": n, "n_significant": k,
         })
     overall = rows[0]
     summary = {
@@ -187,6 +212,52 @@ def likelihood_bias(
     out = {"rows": rows, "summary": summary, "definitions": dict(DEFINITIONS)}
     if return_pairs:
         out["pairs"] = pairs
+    return out
+
+
+def descriptor_bootstrap(
+    cells: list[tuple[str, str, list[str], np.ndarray, np.ndarray, np.ndarray]], n_boot: int = 1000, seed: int = 0
+) -> dict[tuple[str, str | None, str | None], tuple[np.ndarray, int]]:
+    """Bootstrap Likelihood Bias by resampling descriptors within each axis.
+
+    ``cells``: (axis, template, descriptor names, i, j, significant) of every (axis, template) with
+    its tested pairs i < j. Returns, per level key, (``n_boot`` resampled values, #descriptors).
+
+    Why descriptors and not pairs: a descriptor takes part in m - 1 pairs of its cell, so pairs
+    are not independent and resampling them gives too narrow an interval; descriptors are what the
+    axis samples. One draw of an axis's descriptors (with replacement, stratified by axis) is used
+    for every template of that axis, since a descriptor is the same unit in all of them. The tests
+    are not rerun: a resample with multiplicities c counts c_a * c_b copies of pair (a, b), i.e.
+    ``c' S c / 2`` significant pairs out of ``(sum(c)^2 - sum(c^2)) / 2``; copies of one descriptor
+    are not paired with each other (their test would be against an identical sample).
+    """
+    units = sorted({(axis, d) for axis, _, names, *_ in cells for d in names})
+    if not units or n_boot <= 0:
+        return {}
+    col = {u: k for k, u in enumerate(units)}
+    idx = resample_indices(len(units), n_boot, seed, strata=[a for a, _ in units])
+    offsets = (np.arange(n_boot) * len(units))[:, None]
+    mult = np.bincount((idx + offsets).ravel(), minlength=n_boot * len(units)).reshape(n_boot, len(units))
+    sig_tot: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(n_boot))
+    pair_tot: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(n_boot))
+    members: dict[tuple, set[int]] = defaultdict(set)
+    for axis, template, names, i, j, sig in cells:
+        cols = [col[(axis, d)] for d in names]
+        c = mult[:, cols].astype(float)
+        s = np.zeros((len(names), len(names)))
+        s[i, j] = sig
+        k_b = np.einsum("bi,bi->b", c @ (s + s.T), c) / 2
+        n_b = (c.sum(1) ** 2 - (c ** 2).sum(1)) / 2
+        for key in _level_keys(axis, template):
+            sig_tot[key] += k_b
+            pair_tot[key] += n_b
+            members[key].update(cols)
+    out = {}
+    for key, n_b in pair_tot.items():
+        values = np.full(n_boot, np.nan)  # a resample of one distinct descriptor has no pair
+        ok = n_b > 0
+        values[ok] = sig_tot[key][ok] / n_b[ok]
+        out[key] = (values, len(members[key]))
     return out
 
 
