@@ -199,7 +199,7 @@ def likelihood_bias(
         values, n_desc = boot.get(key, (np.array([]), 0))
         lo, hi = percentile_interval(values, estimate=value) if value is not None else (None, None)
         rows.append({
-            "metric": "likelihood_bias", "level": key[0], "axis": key[1], "template": key[2],
+            "level": key[0], "axis": key[1], "template": key[2], "metric": "likelihood_bias",
             "value": value, "ci_low": lo, "ci_high": hi, "n": n_desc, "n_pairs": n, "n_significant": k,
         })
     overall = rows[0]
