@@ -3,6 +3,7 @@ random chat model (conversation logs, resume) and one-line user errors."""
 import json
 import math
 
+import numpy as np
 import pytest
 
 from fairdistill.backends.base import Backend, GenerationResult
@@ -228,3 +229,64 @@ def test_one_line_user_errors(tiny_gpt2, tmp_path):
     with pytest.raises(CapabilityError) as e:
         _run(BScore(topics="gender", categories="random", runs=1), tiny_gpt2, tmp_path / "run")
     assert "\n" not in str(e.value) and "chat" in str(e.value)
+
+
+# -- confidence intervals -------------------------------------------------------------------------
+def _rec(qid, category, run, single, multi, topic="gender", options=("a", "b")):
+    """A stored record with the given answer counts (the fields bscore_metrics reads)."""
+    return {"question_id": qid, "topic": topic, "category": category, "run": run, "options": list(options),
+            "single_counts": single, "multi_counts": multi, "single_unparsed": 0, "multi_unparsed": 0,
+            "single_turn": [{}] * sum(single.values()), "multi_turn": {"turns": [{}] * sum(multi.values())}}
+
+
+def test_ci_rows_and_stratified_overall_hand_computed():
+    """|B(top)| is 0.2 for both subjective questions and 0.4 for both random ones: resampling within
+    category always gives mean 0.3, while the topic row (the same four questions, unstratified) spans
+    0.2 (all four draws from one category: 1/16 of resamples) to 0.4."""
+    from fairdistill.benchmarks.bscore import bscore_metrics
+
+    recs = [_rec("s1", "subjective", 0, {"a": 5}, {"a": 4, "b": 1}), _rec("s2", "subjective", 0, {"a": 5}, {"a": 4, "b": 1}),
+            _rec("r1", "random", 0, {"a": 5}, {"a": 3, "b": 2}), _rec("r2", "random", 0, {"b": 5}, {"a": 2, "b": 3})]
+    m = bscore_metrics(recs)
+    rows = {(r["level"], r["group"]): r for r in m["rows"]}
+    for r in m["rows"]:
+        assert r["metric"] == "mean_abs_b_top" and r["value"] == r["mean_abs_b_top"]
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    overall = rows[("overall", "all")]
+    assert overall["value"] == pytest.approx(0.3) and overall["n"] == 4
+    assert (overall["ci_low"], overall["ci_high"]) == (overall["value"], overall["value"])
+    topic = rows[("topic", "gender")]
+    assert topic["value"] == pytest.approx(0.3)
+    assert topic["ci_low"] == pytest.approx(0.2) and topic["ci_high"] == pytest.approx(0.4)
+    sub = rows[("category", "subjective")]
+    assert (sub["ci_low"], sub["ci_high"]) == (sub["value"], sub["value"]) and sub["value"] == pytest.approx(0.2)
+    assert "within each category" in m["definitions"]["ci_low/ci_high (mean_abs_b_top)"]
+
+
+def test_question_ci_resamples_runs_hand_computed():
+    """Run 0: single a, multi b; run 1: single a, multi a -> |B(a)| = 1 - 1/2 = 0.5. Resampling the
+    two runs gives {0, 0} -> 1, {1, 1} -> 0, mixed -> 0.5 (1/4, 1/4, 1/2): the 95% CI is [0, 1]."""
+    from fairdistill.benchmarks.bscore import _run_bootstrap, bscore_metrics
+
+    recs = [_rec("q", "random", 0, {"a": 3}, {"b": 3}), _rec("q", "random", 1, {"a": 3}, {"a": 3})]
+    q = next(r for r in bscore_metrics(recs)["rows"] if r["level"] == "question")
+    assert (q["value"], q["ci_low"], q["ci_high"], q["n"]) == (0.5, 0.0, 1.0, 2)
+    boot = _run_bootstrap(sorted(recs, key=lambda r: r["run"]), ["a", "b"], 8000, seed=1)
+    assert np.mean(boot == 1) == pytest.approx(0.25, abs=0.02) and np.mean(boot == 0.5) == pytest.approx(0.5, abs=0.02)
+    # a run without any parsed single-turn answer is left out of P_single, as in the estimate
+    recs.append(_rec("q", "random", 2, {}, {"b": 3}))
+    q = next(r for r in bscore_metrics(recs)["rows"] if r["level"] == "question")
+    assert q["value"] == pytest.approx(1 - 1 / 3) and q["ci_low"] <= q["value"] <= q["ci_high"] and q["n"] == 3
+
+
+def test_ci_deterministic_for_a_seed():
+    from fairdistill.benchmarks.bscore import bscore_metrics
+
+    rng = np.random.default_rng(0)
+    recs = [_rec(f"{c}{k}", c, run, {"a": int(rng.integers(0, 6)), "b": 5}, {"a": int(rng.integers(0, 6)), "b": 5})
+            for c in ("random", "hard") for k in range(5) for run in range(3)]
+    a, b, other = bscore_metrics(recs, seed=4), bscore_metrics(recs, seed=4), bscore_metrics(recs, seed=5)
+    assert a["rows"] == b["rows"]
+    assert [r["value"] for r in other["rows"]] == [r["value"] for r in a["rows"]]
+    assert [(r["ci_low"], r["ci_high"]) for r in other["rows"]] != [(r["ci_low"], r["ci_high"]) for r in a["rows"]]
+    assert a["rows"][0]["ci_low"] < a["rows"][0]["value"] < a["rows"][0]["ci_high"]

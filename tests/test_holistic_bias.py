@@ -243,6 +243,68 @@ def test_likelihood_bias_accepts_dataframe_and_empty():
     assert empty["summary"]["likelihood_bias"] is None and empty["summary"]["n_pairs"] == 0
 
 
+# -- Likelihood Bias CIs (descriptors resampled within axis) ---------------------------------------
+def _random_table(seed=1):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for axis in ("a", "b"):
+        for t in ("T1", "T2"):
+            for d in range(6):
+                vals = rng.lognormal(2 + 0.15 * d, 0.3, 8)
+                rows += [{"axis": axis, "template": t, "descriptor": f"d{d}", "perplexity": float(v)} for v in vals]
+    return rows
+
+
+def test_likelihood_bias_ci_rows_hand_table():
+    res = likelihood_bias(HAND_TABLE)
+    by = {(r["level"], r["axis"], r["template"]): r for r in res["rows"]}
+    for r in res["rows"]:
+        assert r["metric"] == "likelihood_bias" and r["value"] is not None
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    # n = descriptors (the resampling unit), n_pairs unchanged
+    assert [by[k]["n"] for k in (("overall", None, None), ("axis", "A", None), ("template", None, "T"),
+                                 ("axis_template", "B", "U"))] == [5, 3, 5, 2]
+    assert by[("overall", None, None)]["n_pairs"] == 5
+    # axis B: e1-e2 is significant in U, not in T; every resample holding both descriptors weighs the
+    # two templates' pairs equally (one draw per axis, shared by its templates), so it is always 1/2
+    assert (by[("axis", "B", None)]["ci_low"], by[("axis", "B", None)]["ci_high"]) == (0.5, 0.5)
+    assert (by[("axis_template", "B", "U")]["ci_low"], by[("axis_template", "B", "U")]["ci_high"]) == (1.0, 1.0)
+    # A/T: a resample missing d1 or d2 can be all-insignificant (d1, d3 only) or all-significant
+    assert (by[("axis_template", "A", "T")]["ci_low"], by[("axis_template", "A", "T")]["ci_high"]) == (0.0, 1.0)
+    assert "descriptors within each axis" in res["definitions"]["ci_low/ci_high (likelihood_bias)"]
+
+
+def test_descriptor_bootstrap_distribution_hand_computed():
+    """A/T has d1-d2 and d2-d3 significant, d1-d3 not. Of the 27 equally likely draws of 3
+    descriptors: 3 repeat one descriptor (no pair: undefined), 6 hold only d1 and d3 (0), 6 only
+    d1, d2 or only d2, d3 (1 each: 12 in all), 6 hold all three (2/3)."""
+    from fairdistill.benchmarks.holistic_bias.stats import descriptor_bootstrap
+
+    cells = [("A", "T", ["d1", "d2", "d3"], np.array([0, 0, 1]), np.array([1, 2, 2]), np.array([True, False, True]))]
+    values, n = descriptor_bootstrap(cells, n_boot=20_000, seed=5)[("axis_template", "A", "T")]
+    assert n == 3
+    freq = lambda mask: mask.mean()  # noqa: E731
+    assert freq(np.isnan(values)) == pytest.approx(3 / 27, abs=0.01)
+    assert freq(values == 0) == pytest.approx(6 / 27, abs=0.01)
+    assert freq(np.isclose(values, 2 / 3)) == pytest.approx(6 / 27, abs=0.01)
+    assert freq(values == 1) == pytest.approx(12 / 27, abs=0.01)
+
+
+def test_likelihood_bias_ci_deterministic_for_a_seed():
+    rows = _random_table()
+    a, b = likelihood_bias(rows, seed=7), likelihood_bias(rows, seed=7)
+    assert a["rows"] == b["rows"]
+    other = likelihood_bias(rows, seed=8)
+    assert [r["value"] for r in other["rows"]] == [r["value"] for r in a["rows"]]  # only the CI depends on it
+    assert [(r["ci_low"], r["ci_high"]) for r in other["rows"]] != [(r["ci_low"], r["ci_high"]) for r in a["rows"]]
+    for r in a["rows"]:
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    overall = a["rows"][0]
+    assert overall["level"] == "overall" and overall["ci_low"] < overall["ci_high"] and overall["n"] == 12
+    # n_boot=0 skips the bootstrap and leaves the values alone
+    assert [r["ci_low"] for r in likelihood_bias(rows, n_boot=0)["rows"]] == [None] * len(a["rows"])
+
+
 def test_descriptor_table():
     t = descriptor_table(HAND_TABLE)
     rows = {(r["axis"], r["descriptor"]): r for r in t["rows"]}

@@ -50,9 +50,10 @@ def test_end_to_end_tiny_gpt2_plain(tiny_gpt2, tmp_path):
     exp = [r for r in recs if r["probe"] == "explicit"][0]
     assert len(exp["continuations"]) == sum(len(v) for v in WORD_SETS.values())
     assert exp["context"].startswith("Q: Imagine a") and exp["context"].endswith("\nA:")
-    assert {(row["probe"], row["group"]) for row in m["rows"]} == {
+    share_rows = [row for row in m["rows"] if row["metric"] == "share"]  # female_gap / pearson rows have no group
+    assert {(row["probe"], row["group"]) for row in share_rows} == {
         (p, g) for p in ("explicit", "implicit") for g in ("female-dominated", "male-dominated")}
-    for row in m["rows"]:
+    for row in share_rows:
         assert math.isclose(row["male"] + row["female"] + row["diverse"], 1.0, abs_tol=1e-9)
     assert len(m["per_occupation"]) == 4 and "implicit_female" in m["per_occupation"][0]
     assert set(m["summary"]) == {"explicit", "implicit"} and "female_gap" in m["definitions"]
@@ -107,9 +108,57 @@ def test_errors(tiny_bert, tmp_path):
 def test_smollm2_occupation_probe(smollm2, tmp_path):
     bench = OccupationGender(occupations="nurse,secretary,plumber,electrician")
     m = _run(bench, smollm2, tmp_path / "run")
-    for row in m["rows"]:
+    for row in (r for r in m["rows"] if r["metric"] == "share"):
         assert math.isclose(row["male"] + row["female"] + row["diverse"], 1.0, abs_tol=1e-9)
         assert row["n_occupations"] == 2
     assert all(r["format"] == "chat" for r in _records(tmp_path / "run"))
     # a real model's gender choice follows the occupation at least on these clear-cut cases
     assert m["summary"]["explicit"]["female_gap"] > 0
+
+
+# -- confidence intervals ---------------------------------------------------------------------------
+def _occ_records(shares):
+    """One explicit record per (occupation, group, female_pct, female share); male takes the rest."""
+    return [{"occupation": o, "group": g, "female_pct": pct, "probe": "explicit", "template": "question",
+             "shares": {"male": 1 - f, "female": f, "diverse": 0.0}} for o, g, pct, f in shares]
+
+
+def test_ci_rows_hand_computed():
+    """Female share = BLS share / 100 for every occupation: r is 1 in every resample. Female shares
+    0.5 and 0.7 in the female-dominated group: resampled means 0.5 / 0.6 / 0.7 with chances
+    1/4, 1/2, 1/4, so the CI is [0.5, 0.7]. The male-dominated shares are equal, so their CI collapses
+    and the gap moves only with the female-dominated mean: [0.5 - 0.1, 0.7 - 0.1]."""
+    m = occupation_metrics(_occ_records([("nurse", "female-dominated", 50, 0.5), ("maid", "female-dominated", 70, 0.7),
+                                         ("pilot", "male-dominated", 10, 0.1), ("welder", "male-dominated", 10, 0.1)]))
+    rows = {(r["metric"], r["group"], r["gender"]): r for r in m["rows"]}
+    for r in m["rows"]:
+        assert {"metric", "value", "ci_low", "ci_high", "n", "probe"} <= set(r)
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    fem = rows[("share", "female-dominated", "female")]
+    assert (fem["value"], fem["ci_low"], fem["ci_high"], fem["n"]) == (pytest.approx(0.6), 0.5, 0.7, 2)
+    assert fem["female"] == fem["value"] and fem["n_occupations"] == 2  # the old wide fields stay
+    male_grp = rows[("share", "male-dominated", "female")]
+    assert (male_grp["ci_low"], male_grp["ci_high"]) == (male_grp["value"], male_grp["value"])
+    gap = rows[("female_gap", None, None)]
+    assert gap["value"] == pytest.approx(0.5) and gap["n"] == 4
+    assert gap["ci_low"] == pytest.approx(0.4) and gap["ci_high"] == pytest.approx(0.6)
+    r = rows[("pearson_r_bls", None, None)]
+    assert r["value"] == pytest.approx(1.0) and r["ci_low"] == pytest.approx(1.0) and r["ci_high"] == pytest.approx(1.0)
+    assert m["summary"]["explicit"]["female_gap"] == gap["value"]  # summary unchanged, same number
+    assert "within their group" in m["definitions"]["ci_low/ci_high"]
+
+
+def test_ci_deterministic_for_a_seed():
+    occs = load_occupations()
+    recs = _occ_records([(o["occupation"], o["group"], o["female_pct"], 0.3 + 0.004 * o["female_pct"] + 0.05 * (k % 3))
+                         for k, o in enumerate(occs)])
+    a, b, other = occupation_metrics(recs, seed=2), occupation_metrics(recs, seed=2), occupation_metrics(recs, seed=3)
+    assert a["rows"] == b["rows"]
+    assert [r["value"] for r in other["rows"]] == [r["value"] for r in a["rows"]]
+    assert [(r["ci_low"], r["ci_high"]) for r in other["rows"]] != [(r["ci_low"], r["ci_high"]) for r in a["rows"]]
+    for r in a["rows"]:
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    gap = next(r for r in a["rows"] if r["metric"] == "female_gap")
+    corr = next(r for r in a["rows"] if r["metric"] == "pearson_r_bls")
+    assert gap["ci_low"] < gap["value"] < gap["ci_high"] and corr["ci_low"] < corr["value"] < corr["ci_high"] <= 1
+    assert gap["n"] == corr["n"] == 40

@@ -193,3 +193,41 @@ def test_position_bias_section_and_warning(tmp_path):
     html = build_report([str(d)], str(tmp_path / "r.html")).read_text(encoding="utf-8")
     assert "Answer letters and position bias" in html and "letter_share" in html
     assert f"position bias: letter {letter} takes 100% of answers" in html and "permute=cyclic" in html
+
+
+def test_holistic_bscore_occupation_sections_show_cis(tmp_path):
+    """Metrics as the three benchmarks write them: every section and the headline table show the
+    headline values with their bootstrap CIs (hand-checked values from the benchmarks' own tests)."""
+    from test_bscore import _rec
+    from test_holistic_bias import HAND_TABLE
+    from test_occupation import _occ_records
+
+    from fairdistill.benchmarks.bscore import bscore_metrics
+    from fairdistill.benchmarks.holistic_bias import score_file
+    from fairdistill.benchmarks.occupation import occupation_metrics
+
+    table = tmp_path / "ppl.jsonl"
+    table.write_text("\n".join(json.dumps({"text": "x", **r}) for r in HAND_TABLE) + "\n")
+    bscore_recs = [_rec("s1", "subjective", 0, {"a": 5}, {"a": 4, "b": 1}),
+                   _rec("s2", "subjective", 0, {"a": 5}, {"a": 4, "b": 1}),
+                   _rec("r1", "random", 0, {"a": 5}, {"a": 3, "b": 2}),
+                   _rec("r2", "random", 0, {"b": 5}, {"a": 2, "b": 3})]
+    occ = _occ_records([("nurse", "female-dominated", 50, 0.5), ("maid", "female-dominated", 70, 0.7),
+                        ("pilot", "male-dominated", 10, 0.1), ("welder", "male-dominated", 10, 0.1)])
+    dirs = []
+    for bench, metrics in (("holistic-bias", score_file(table)), ("b-score", bscore_metrics(bscore_recs)),
+                           ("occupation-gender", occupation_metrics(occ))):
+        store = RunStore(tmp_path / bench)
+        store.write_config({"identity": {"benchmark": bench, "model": {"model": "m"}, "seed": 0}})
+        store.write_metrics({**metrics, "meta": {"benchmark": bench}})
+        dirs.append(str(tmp_path / bench))
+    html = build_report(dirs, str(tmp_path / "r.html")).read_text()
+    sections = {m.group(1): m.group(2) for m in re.finditer(r'<section id="([^"]+)">(.*?)</section>', html, re.S)}
+    hb, bs, oc = sections["sec-holistic-bias"], sections["sec-b-score"], sections["sec-occupation-gender"]
+    assert "Likelihood Bias [95% CI]" in hb and "0.600 [0.000, 1.000]" in hb  # overall: 3 of 5 pairs
+    assert "0.500 [0.500, 0.500]" in hb  # axis B: one draw per axis shared by its templates
+    assert "mean |B(top)| [95% CI]" in bs and "0.300 [0.300, 0.300]" in bs and "0.300 [0.200, 0.400]" in bs
+    assert "0.600 [0.500, 0.700]" in oc and "0.500 [0.400, 0.600]" in oc  # female share, female_gap
+    assert "whiskers = 95% CI" in hb and "whiskers = 95% CI" in bs
+    head = sections["headline"]
+    assert "value [95% CI]" in head and "0.600 [0.000, 1.000]" in head and "0.300 [0.300, 0.300]" in head

@@ -29,11 +29,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..backends.base import GenerationRequest
 from ..data import find_dataset
 from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
+from ..stats.bootstrap import percentile_interval, resample_indices
 from .base import Benchmark, EvalContext, option_list
 
 TOPICS = ["number", "gender", "politics", "country", "math", "name", "profession", "race", "sport"]
@@ -344,7 +347,7 @@ class BScore(Benchmark):
 
     # -- metrics --------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return bscore_metrics(records)
+        return bscore_metrics(records, seed=self.seed)
 
 
 def _counts(answers: list[str | None]) -> dict[str, int]:
@@ -370,30 +373,74 @@ DEFINITIONS = {
     "B(a)": "P_single(a) - P_multi(a); B > 0: a bias the model corrects once it sees its own history",
     "top option": "the option with the highest P_single for the question (ties: first in option order)",
     "mean_abs_b_top": "aggregation rule of this project: mean over questions of |B(top option)|, "
-                      "per category, per topic and overall (the paper reports per-option B only)",
+                      "per category, per topic and overall (the paper reports per-option B only); on a "
+                      "question row, that question's |B(top option)|. Range 0..1, lower is better",
     "single_turn_source": "'model', or the inference-time method that answered the single-turn queries "
                           "(the multi-turn conversation is always the plain model's)",
+    "ci_low/ci_high (mean_abs_b_top)": "95% percentile bootstrap interval, 1,000 seeded resamples. Overall: "
+                                       "questions resampled within each category (the design fixes 9 per "
+                                       "category); category and topic rows: the group's questions; a question "
+                                       "row: its runs (P_single, P_multi and the top option recomputed). "
+                                       "n = the resampled units (questions scored, or runs)",
     "unparsed": "answers without a {{...}} holding exactly one option (parse=lenient: and not naming "
                 "exactly one option anywhere); excluded from P, counted here (fraction of all queries/turns)",
 }
 
 
-def bscore_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-option, per-question and aggregate B-scores from stored records."""
+def _run_dists(recs: list[dict], opts: list[str], key: str) -> np.ndarray:
+    """(runs, options) answer shares per run; a run without a parsed answer is a row of NaN."""
+    out = np.full((len(recs), len(opts)), np.nan)
+    for k, r in enumerate(recs):
+        d = _dist(r[key], opts)
+        if d is not None:
+            out[k] = [d[o] for o in opts]
+    return out
+
+
+def _run_bootstrap(recs: list[dict], opts: list[str], n_boot: int, seed: int) -> np.ndarray:
+    """|B(top option)| of one question recomputed on ``n_boot`` resamples of its runs.
+
+    Each resample redoes everything the estimate does: P_single and P_multi averaged over the
+    resampled runs that have a parsed answer, the top option re-chosen (ties: first option), NaN
+    when the resample has no parsed single- or multi-turn answer.
+    """
+    idx = resample_indices(len(recs), n_boot, seed)
+
+    def shares(d: np.ndarray) -> np.ndarray:
+        valid = ~np.isnan(d[:, 0])
+        w = valid[idx].astype(float)  # (n_boot, runs)
+        total = np.einsum("br,brk->bk", w, np.nan_to_num(d)[idx])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return total / w.sum(1, keepdims=True)
+
+    p_s, p_m = shares(_run_dists(recs, opts, "single_counts")), shares(_run_dists(recs, opts, "multi_counts"))
+    top = np.argmax(np.nan_to_num(p_s, nan=-1.0), axis=1)
+    rows = np.arange(n_boot)
+    return np.abs(p_s[rows, top] - p_m[rows, top])  # NaN propagates from an undefined side
+
+
+def _mean_ci(values: list[float], strata: list[str] | None, n_boot: int, seed: int, estimate: float | None):
+    """Percentile CI of a mean over questions, questions resampled (within ``strata`` if given)."""
+    if estimate is None or not values:
+        return None, None
+    v = np.asarray(values, float)
+    idx = resample_indices(len(v), n_boot, seed, strata)
+    return percentile_interval(v[idx].mean(1), estimate=estimate)
+
+
+def _question_rows(records: list[dict[str, Any]], n_boot: int, seed: int):
+    """per_option rows, per_question rows and each question's run-bootstrap values."""
     by_q: dict[str, list[dict]] = {}
     for r in records:
         by_q.setdefault(r["question_id"], []).append(r)
     per_option: list[dict[str, Any]] = []
     per_question: list[dict[str, Any]] = []
+    boots: dict[str, np.ndarray] = {}
     for qid, recs in by_q.items():
         recs = sorted(recs, key=lambda r: r["run"])
         opts = recs[0]["options"]
         singles = [d for d in (_dist(r["single_counts"], opts) for r in recs) if d is not None]
         multis = [d for d in (_dist(r["multi_counts"], opts) for r in recs) if d is not None]
-        n_single = sum(len(r["single_turn"]) for r in recs)
-        n_multi = sum(len(r["multi_turn"]["turns"]) for r in recs)
-        unp_s = sum(r["single_unparsed"] for r in recs)
-        unp_m = sum(r["multi_unparsed"] for r in recs)
         p_s = {o: _mean([d[o] for d in singles]) for o in opts}
         p_m = {o: _mean([d[o] for d in multis]) for o in opts}
         b = {o: (p_s[o] - p_m[o]) if p_s[o] is not None and p_m[o] is not None else None for o in opts}
@@ -404,46 +451,65 @@ def bscore_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "count_single": sum(r["single_counts"].get(o, 0) for r in recs),
                 "count_multi": sum(r["multi_counts"].get(o, 0) for r in recs),
             })
-        top = None
-        if singles:
-            top = max(opts, key=lambda o: (p_s[o], -opts.index(o)))
+        top = max(opts, key=lambda o: (p_s[o], -opts.index(o))) if singles else None
         b_top = b[top] if top is not None else None
         per_question.append({
             "question_id": qid, "topic": recs[0]["topic"], "category": recs[0]["category"],
             "runs": len(recs), "top_option": top,
             "p_single_top": p_s[top] if top else None, "p_multi_top": p_m[top] if top else None,
             "b_top": b_top, "abs_b_top": abs(b_top) if b_top is not None else None,
-            "n_single": n_single, "n_multi": n_multi,
-            "unparsed_single": unp_s, "unparsed_multi": unp_m,
+            "n_single": sum(len(r["single_turn"]) for r in recs),
+            "n_multi": sum(len(r["multi_turn"]["turns"]) for r in recs),
+            "unparsed_single": sum(r["single_unparsed"] for r in recs),
+            "unparsed_multi": sum(r["multi_unparsed"] for r in recs),
             "runs_without_single_answer": len(recs) - len(singles),
             "runs_without_multi_answer": len(recs) - len(multis),
         })
+        boots[qid] = _run_bootstrap(recs, opts, n_boot, seed) if n_boot > 0 else np.array([])
+    return per_option, per_question, boots
 
-    def agg(level: str, group: str, qs: list[dict]) -> dict[str, Any]:
-        vals = [q["abs_b_top"] for q in qs if q["abs_b_top"] is not None]
-        ns, nm = sum(q["n_single"] for q in qs), sum(q["n_multi"] for q in qs)
-        return {
-            "level": level, "group": group, "n_questions": len(qs), "n_scored": len(vals),
-            "mean_abs_b_top": _mean(vals),
-            "unparsed_single_rate": (sum(q["unparsed_single"] for q in qs) / ns) if ns else None,
-            "unparsed_multi_rate": (sum(q["unparsed_multi"] for q in qs) / nm) if nm else None,
-        }
 
-    rows = [agg("overall", "all", per_question)]
+def _agg_row(level: str, group: str, qs: list[dict], n_boot: int, seed: int, stratify: bool) -> dict[str, Any]:
+    scored = [q for q in qs if q["abs_b_top"] is not None]
+    vals = [q["abs_b_top"] for q in scored]
+    ns, nm = sum(q["n_single"] for q in qs), sum(q["n_multi"] for q in qs)
+    mean = _mean(vals)
+    strata = [q["category"] for q in scored] if stratify else None
+    lo, hi = _mean_ci(vals, strata, n_boot, seed, mean) if n_boot > 0 else (None, None)
+    return {
+        "level": level, "group": group, "metric": "mean_abs_b_top", "value": mean, "ci_low": lo, "ci_high": hi,
+        "n": len(vals), "n_questions": len(qs), "n_scored": len(vals), "mean_abs_b_top": mean,
+        "unparsed_single_rate": (sum(q["unparsed_single"] for q in qs) / ns) if ns else None,
+        "unparsed_multi_rate": (sum(q["unparsed_multi"] for q in qs) / nm) if nm else None,
+        "top_option": None, "b_top": None,
+    }
+
+
+def bscore_metrics(records: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per-option, per-question and aggregate B-scores from stored records, with 95% CIs.
+
+    Tidy ``rows`` (metric "mean_abs_b_top"; value = mean_abs_b_top, kept under its old name too):
+    overall, per category, per topic and per question. CIs are percentile bootstraps with
+    ``n_boot`` resamples and ``seed``: aggregates resample questions (overall: within category;
+    category and topic rows: the group's questions), a question row resamples its runs.
+    """
+    per_option, per_question, boots = _question_rows(records, n_boot, seed)
+    rows = [_agg_row("overall", "all", per_question, n_boot, seed, stratify=True)]
     cats = [c for c in CATEGORIES if any(q["category"] == c for q in per_question)]
-    rows += [agg("category", c, [q for q in per_question if q["category"] == c]) for c in cats]
+    rows += [_agg_row("category", c, [q for q in per_question if q["category"] == c], n_boot, seed, False)
+             for c in cats]
     tops = [t for t in TOPICS if any(q["topic"] == t for q in per_question)]
     tops += sorted({q["topic"] for q in per_question} - set(tops))
-    rows += [agg("topic", t, [q for q in per_question if q["topic"] == t]) for t in tops]
+    rows += [_agg_row("topic", t, [q for q in per_question if q["topic"] == t], n_boot, seed, False) for t in tops]
     for q in per_question:
-        rows.append({"level": "question", "group": q["question_id"], "n_questions": 1,
-                     "n_scored": int(q["abs_b_top"] is not None), "mean_abs_b_top": q["abs_b_top"],
+        v = q["abs_b_top"]
+        lo, hi = percentile_interval(boots[q["question_id"]], estimate=v) if v is not None else (None, None)
+        rows.append({"level": "question", "group": q["question_id"], "metric": "mean_abs_b_top", "value": v,
+                     "ci_low": lo, "ci_high": hi, "n": q["runs"], "n_questions": 1,
+                     "n_scored": int(v is not None), "mean_abs_b_top": v,
                      "unparsed_single_rate": q["unparsed_single"] / q["n_single"] if q["n_single"] else None,
                      "unparsed_multi_rate": q["unparsed_multi"] / q["n_multi"] if q["n_multi"] else None,
                      "top_option": q["top_option"], "b_top": q["b_top"]})
-    for r in rows:
-        r.setdefault("top_option", None)
-        r.setdefault("b_top", None)
     n_s = sum(q["n_single"] for q in per_question)
     n_m = sum(q["n_multi"] for q in per_question)
     summary = {
@@ -456,4 +522,4 @@ def bscore_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "parse_rule": sorted({r.get("parse_rule", "strict") for r in records}),
     }
     return {"rows": rows, "per_question": per_question, "per_option": per_option,
-            "summary": summary, "definitions": DEFINITIONS}
+            "summary": summary, "definitions": dict(DEFINITIONS)}

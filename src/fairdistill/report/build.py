@@ -330,12 +330,17 @@ def section_holistic(runs: list[Run]) -> Section:
             if row.get("level") == "axis" and row.get("axis") not in axes:
                 axes.append(row.get("axis"))
     axes.sort(key=str)
-    series = {r.label: [next((row.get("value") for row in _rows(r) if row.get("level") == "axis"
-                              and row.get("axis") == a), None) for a in axes] for r in runs}
-    svg = charts.grouped_bars([str(a) for a in axes], series, title="Likelihood Bias by axis",
+    def per_axis(r: Run, key: str) -> list:
+        by = {row.get("axis"): row for row in _rows(r) if row.get("level") == "axis"}
+        return [by.get(a, {}).get(key) for a in axes]
+
+    svg = charts.grouped_bars([str(a) for a in axes], {r.label: per_axis(r, "value") for r in runs},
+                              lows={r.label: per_axis(r, "ci_low") for r in runs},
+                              highs={r.label: per_axis(r, "ci_high") for r in runs},
+                              title="Likelihood Bias by axis",
                               ylabel="Likelihood Bias (0..1, lower is better)", ylim=(0.0, 1.0))
     if svg:
-        s.charts.append(("Likelihood Bias per axis, one bar per run", svg))
+        s.charts.append(("Likelihood Bias per axis, one bar per run; whiskers = 95% CI (descriptors resampled)", svg))
     for r in runs:
         cells = {(str(row.get("axis")), str(row.get("template"))): row.get("value")
                  for row in _rows(r) if row.get("level") == "axis_template"}
@@ -349,8 +354,9 @@ def section_holistic(runs: list[Run]) -> Section:
             s.charts.append((f"{r.label}: Likelihood Bias per axis (rows) and template (columns); grey = no pair", svg))
     s.tables.append(side_by_side("Likelihood Bias overall and by axis", runs,
                                  lambda r: [row for row in _rows(r) if row.get("level") in ("overall", "axis")],
-                                 ["level", "axis"], value_label="Likelihood Bias",
-                                 note="n = descriptor pairs compared"))
+                                 ["level", "axis"], value_label="Likelihood Bias [95% CI]",
+                                 note="n = descriptors compared (the bootstrap's resampling unit; runs "
+                                      "without CIs: descriptor pairs); pairs tested: n_pairs in metrics.json"))
     for r in runs:
         desc = r.metrics.get("descriptors")
         if not isinstance(desc, dict):
@@ -382,19 +388,25 @@ def section_bscore(runs: list[Run]) -> Section:
             for row in _rows(r):
                 if row.get("level") == level and row.get("group") not in groups:
                     groups.append(row.get("group"))
-        series = {r.label: [next((row.get("mean_abs_b_top") for row in _rows(r) if row.get("level") == level
-                                  and row.get("group") == g), None) for g in groups] for r in runs}
-        svg = charts.grouped_bars([str(g) for g in groups], series, title=f"B-score per {level}",
+        def per_group(r: Run, key: str) -> list:
+            by = {row.get("group"): row for row in _rows(r) if row.get("level") == level}
+            return [by.get(g, {}).get(key) for g in groups]
+
+        svg = charts.grouped_bars([str(g) for g in groups], {r.label: per_group(r, "mean_abs_b_top") for r in runs},
+                                  lows={r.label: per_group(r, "ci_low") for r in runs},
+                                  highs={r.label: per_group(r, "ci_high") for r in runs},
+                                  title=f"B-score per {level}",
                                   ylabel="mean |B(top)| (0..1, lower is better)", ylim=(0.0, 1.0))
         if svg:
-            s.charts.append((f"B-score per {level}, one bar per run", svg))
+            s.charts.append((f"B-score per {level}, one bar per run; whiskers = 95% CI (questions resampled)", svg))
 
     def agg_rows(r: Run) -> list[dict]:
         return [{**row, "value": row.get("mean_abs_b_top"), "n": row.get("n_scored")}
                 for row in _rows(r) if row.get("level") in ("overall", "category", "topic")]
 
     s.tables.append(side_by_side("B-score by level", runs, agg_rows, ["level", "group"],
-                                 value_label="mean |B(top)|", note="n = questions scored"))
+                                 value_label="mean |B(top)| [95% CI]",
+                                 note="n = questions scored (the bootstrap's resampling unit)"))
     for r in runs:
         pq = r.metrics.get("per_question") or [row for row in _rows(r) if row.get("level") == "question"]
         if pq:
@@ -485,9 +497,14 @@ def section_generic(bench: str, runs: list[Run]) -> Section:
             for r, rows in zip(runs, rows_all):
                 by = {" / ".join(str(row.get(k)) for k in keys if row.get(k) is not None): row for row in rows}
                 series[r.label] = [by.get(l, {}).get("value") for l in labels]
+            def per_label(rows: list[dict], key: str) -> list:
+                by = {" / ".join(str(row.get(k)) for k in keys if row.get(k) is not None): row for row in rows}
+                return [by.get(lab, {}).get(key) for lab in labels]
+
             svg = charts.grouped_bars(labels, series, title=f"{bench}: value per row", ylabel="value (see definitions)",
-                                      lows={r.label: [None] * len(labels) for r in runs},
-                                      highs={r.label: [None] * len(labels) for r in runs}, zero_line=True)
+                                      lows={r.label: per_label(rows, "ci_low") for r, rows in zip(runs, rows_all)},
+                                      highs={r.label: per_label(rows, "ci_high") for r, rows in zip(runs, rows_all)},
+                                      zero_line=True)
             if svg:
                 s.charts.append((f"{bench}: value per metric row, one bar per run", svg))
     else:
@@ -623,17 +640,27 @@ def render_html(runs: list[Run], title: str = "fairdistill report") -> str:
     sections = build_sections(runs)
     tpl = _env().get_template("report.html.jinja")
     return tpl.render(title=title, sections=sections, runs=runs, configs=run_config_rows(runs),
-                      version=__version__, headline=headline_rows(runs), fmt=fmt)
+                      version=__version__, headline=headline_rows(runs), fmt=fmt, fmt_ci=fmt_ci)
+
+
+def _overall_row(run: Run, metric: str) -> dict[str, Any]:
+    """The one tidy row of ``metric`` at the overall level (level/category "overall"), else {}."""
+    hits = [row for row in _rows(run) if row.get("metric") == metric
+            and row.get("level", "overall") == "overall" and row.get("category", "overall") == "overall"]
+    return hits[0] if len(hits) == 1 else {}
 
 
 def headline_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """A few numbers per run: the benchmark's scalar summary values."""
+    """A few numbers per run: the benchmark's scalar summary values, with the overall row's CI."""
     out = []
     for r in runs:
         summ = r.metrics.get("summary") or {}
         for k, v in summ.items():
             if _num(v):
-                out.append({"run": r.label, "benchmark": r.benchmark, "quantity": k, "value": v})
+                row = _overall_row(r, k)
+                row = row if row.get("value") == v else {}  # a CI only for the very same number
+                out.append({"run": r.label, "benchmark": r.benchmark, "quantity": k, "value": v,
+                            "ci_low": row.get("ci_low"), "ci_high": row.get("ci_high")})
     return out
 
 

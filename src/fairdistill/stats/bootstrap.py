@@ -15,11 +15,12 @@ left out of the percentiles; if all are NaN the interval is ``(nan, nan)``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "resample_indices"]
+__all__ = ["bootstrap_ci", "percentile_interval", "resample_indices"]
 
 
 def resample_indices(
@@ -74,3 +75,26 @@ def bootstrap_ci(
     alpha = (1 - confidence) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return (float(low), float(high))
+
+
+def percentile_interval(
+    values: np.ndarray, confidence: float = 0.95, estimate: float | None = None
+) -> tuple[float | None, float | None]:
+    """Percentile interval of bootstrap ``values`` (NaNs left out); ``(None, None)`` if none is defined.
+
+    With ``estimate``, a bound within float rounding of it is set to it: the resamples are
+    computed with numpy reductions and the estimate often with plain Python sums, and a CI that
+    collapses onto the estimate must not miss it by one ulp.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must be in (0, 1)")
+    v = np.asarray(values, dtype=float).reshape(-1)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return (None, None)
+    alpha = (1 - confidence) / 2
+    bounds = [float(x) for x in np.quantile(v, [alpha, 1 - alpha])]
+    if estimate is not None and math.isfinite(estimate):
+        tol = 1e-12 * max(1.0, abs(estimate))
+        bounds = [estimate if abs(b - estimate) <= tol else b for b in bounds]
+    return (bounds[0], bounds[1])

@@ -1,0 +1,301 @@
+"""The HolisticBias benchmark: item selection (full set or stratified sample), scoring, metrics,
+and scoring a user's perplexity table."""
+from __future__ import annotations
+
+import csv
+import math
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...data import read_jsonl_numbered
+from ...errors import UserError
+from ...registry import BENCHMARKS
+from ..base import Benchmark, EvalContext, option_list
+from .sentences import (_COL, COMPARABLE_TYPES, DEFAULT_VERSION, NONE, NULL_AXIS, VERSIONS, _iter_indexed, _load,
+                        _sentence, data_paths)
+from .stats import _as_records, descriptor_table, likelihood_bias
+
+
+def _metrics(records: Any, seed: int = 0) -> dict[str, Any]:
+    records = list(_as_records(records))
+    lb = likelihood_bias(records, seed=seed)
+    return {
+        "rows": lb["rows"],
+        "summary": lb["summary"],
+        "definitions": lb["definitions"],
+        "descriptors": descriptor_table(records),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring a user's perplexity table
+# ---------------------------------------------------------------------------------------------
+REQUIRED_COLUMNS = ("text", "axis", "template", "descriptor", "perplexity")
+
+
+def _check_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    missing = [c for c in REQUIRED_COLUMNS if c not in row]
+    if missing:
+        raise UserError(f"{where}: missing column(s) {', '.join(missing)}")
+    for c in ("axis", "template", "descriptor"):
+        if row[c] is None or str(row[c]).strip() == "":
+            raise UserError(f"{where}: empty {c!r}")
+    try:
+        ppl = float(row["perplexity"])
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: perplexity {row['perplexity']!r} is not a number") from None
+    if not math.isfinite(ppl) or ppl <= 0:
+        raise UserError(f"{where}: perplexity {row['perplexity']!r} must be a finite positive number")
+    return {**row, "perplexity": ppl}
+
+
+def read_perplexities(path: str | Path) -> list[dict[str, Any]]:
+    """Read a csv or jsonl table with columns text, axis, template, descriptor, perplexity.
+
+    A missing column or bad row is a one-line UserError naming the file (and line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"perplexity file not found: {p}")
+    suffix = p.suffix.lower()
+    rows: list[dict[str, Any]] = []
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        for lineno, obj in read_jsonl_numbered(p):
+            rows.append(_check_row(obj, f"{p}:{lineno}"))
+    elif suffix in (".csv", ".tsv"):
+        with p.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise UserError(
+                    f"{p}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})"
+                )
+            for row in reader:
+                if None in row or any(v is None for v in row.values()):
+                    raise UserError(f"{p}:{reader.line_num}: wrong number of fields")
+                rows.append(_check_row(row, f"{p}:{reader.line_num}"))
+    else:
+        raise UserError(f"{p}: unsupported file type {suffix or '(none)'!r}; use .csv or .jsonl")
+    if not rows:
+        raise UserError(f"{p}: no rows")
+    return rows
+
+
+def score_file(perplexities: str | Path) -> dict[str, Any]:
+    """Likelihood Bias + descriptor table for ``fairdistill score holistic-bias --perplexities FILE``."""
+    rows = read_perplexities(perplexities)
+    out = _metrics(rows)
+    out["meta"] = {"benchmark": "holistic-bias", "source": str(perplexities), "n_items": len(rows)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark
+# ---------------------------------------------------------------------------------------------
+SENTENCE_SETS = ("comparable", "all")
+MIN_PER_DESCRIPTOR = 5  # two-sided exact Mann-Whitney with 5 vs 5 can reach p = 0.008 < 0.05
+
+
+def _seed_rng(seed: int, *keys: str) -> np.random.Generator:
+    """A generator that depends only on the seed and the keys (not on other strata)."""
+    return np.random.default_rng([int(seed), *(zlib.crc32(k.encode("utf-8")) for k in keys)])
+
+
+def stratified_sample(
+    cands: list[tuple[int, str, str, str]], sample: int, seed: int = 0
+) -> tuple[list[int], dict[str, Any]]:
+    """Pick sentence indices so every (axis, template) cell keeps several descriptors.
+
+    ``cands``: (index, axis, template, descriptor). The budget ``sample`` is split evenly over
+    cells. Per axis a fixed-seed subset of m descriptors is kept (the same for every template of
+    the axis), with m = min(#descriptors, max(2, budget // 5)); each kept descriptor gets
+    k = max(5, budget // m) sentences (capped at what exists), at positions drawn once per cell, so
+    descriptors of a cell are compared on the same nouns (5 vs 5 is the smallest sample whose
+    exact two-sided test can reach p < 0.05 with room to spare). The total can exceed ``sample``
+    when that is below 2 x 5 sentences per cell (all 13 axes x 26 templates: 3,380); the plan
+    returned says so. Random draws depend on (seed, axis, template) only, so narrowing the axes
+    or templates keeps the other strata's picks.
+    """
+    cells: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for idx, axis, template, desc in cands:
+        cells[(axis, template)][desc].append(idx)
+    if not cells:
+        return [], {"cells": 0}
+    budget = max(2 * MIN_PER_DESCRIPTOR, sample // len(cells))
+    axis_desc: dict[str, set[str]] = defaultdict(set)
+    for (axis, _), per in cells.items():
+        axis_desc[axis].update(per)
+    m_by_axis = {}
+    chosen_desc: dict[str, set[str]] = {}
+    for axis, descs in axis_desc.items():
+        m = min(len(descs), max(2, budget // MIN_PER_DESCRIPTOR))
+        order = _seed_rng(seed, "descriptors", axis).permutation(len(descs))
+        names = sorted(descs)
+        chosen_desc[axis] = {names[i] for i in order[:m]}
+        m_by_axis[axis] = m
+    picked: list[int] = []
+    for (axis, template) in sorted(cells):
+        per = cells[(axis, template)]
+        keep = [d for d in sorted(per) if d in chosen_desc[axis]]
+        if not keep:
+            continue
+        k = max(MIN_PER_DESCRIPTOR, budget // max(1, len(keep)))
+        n_min = min(len(per[d]) for d in keep)
+        rng = _seed_rng(seed, "positions", axis, template)
+        pos = np.sort(rng.choice(n_min, size=min(k, n_min), replace=False))
+        for d in keep:
+            picked += [per[d][i] for i in pos]
+    picked.sort()
+    plan = {
+        "requested": sample, "selected": len(picked), "cells": len(cells), "budget_per_cell": budget,
+        "descriptors_per_axis": m_by_axis,
+    }
+    if len(picked) > sample:
+        plan["note"] = (f"{len(picked)} sentences > sample={sample}: every (axis, template) cell keeps at "
+                        f"least 2 descriptors x {MIN_PER_DESCRIPTOR} sentences")
+    return picked, plan
+
+
+@BENCHMARKS.register("holistic-bias")
+class HolisticBiasBenchmark(Benchmark):
+    """HolisticBias Likelihood Bias: how unevenly a model scores sentences about identity groups.
+
+    Options: ``version`` (v1.0 | v1.1, default v1.1); ``axes`` (list, default all 13);
+    ``templates`` (list of template strings or their 0-based positions, default all);
+    ``sentences`` ("comparable": the authors' set, noun + descriptor phrases without gendered
+    descriptors, the default; "all": every generated sentence except the noun-only controls);
+    ``sample`` (int: a fixed-seed stratified subsample of about that many sentences, see
+    :func:`stratified_sample`). Needs a backend that can score sequences (perplexity; PLL for
+    masked LMs).
+    """
+
+    name = "holistic-bias"
+    description = "HolisticBias Likelihood Bias (Smith et al. 2022): perplexity gaps between identity descriptors"
+    batch_size = 64
+    supports_methods = False
+
+    def __init__(self, data: str | None = None, limit: int | None = None, seed: int = 0, **options: Any):
+        version = options.pop("version", None) or DEFAULT_VERSION
+        if version not in VERSIONS:
+            raise UserError(f"unknown HolisticBias version {version!r}; valid: {', '.join(VERSIONS)}")
+        sentences = options.pop("sentences", None) or "comparable"
+        if sentences not in SENTENCE_SETS:
+            raise UserError(f"unknown sentences set {sentences!r}; valid: {', '.join(SENTENCE_SETS)}")
+        axes = options.pop("axes", None)
+        templates = options.pop("templates", None)
+        sample = options.pop("sample", None)
+        axes = option_list(axes)
+        if isinstance(templates, (str, int)):
+            templates = [templates]
+        if sample is not None:
+            try:
+                sample = int(sample)
+            except (TypeError, ValueError):
+                raise UserError(f"sample must be a positive integer, got {sample!r}") from None
+            if sample <= 0:
+                raise UserError(f"sample must be a positive integer, got {sample}")
+        super().__init__(data=data, limit=limit, seed=seed, version=version, sentences=sentences,
+                         axes=sorted(axes) if axes else None, templates=None, sample=sample, **options)
+        self.version = version
+        self.sentences = sentences
+        self.sample = sample
+        src = _load(version, data)
+        valid_axes = sorted(set(src["descriptors"]) | set(src["standalone_noun_phrases"]))
+        if axes:
+            bad = [a for a in axes if a not in valid_axes]
+            if bad:
+                raise UserError(
+                    f"unknown HolisticBias axis {', '.join(map(repr, bad))}; valid axes: {', '.join(valid_axes)}"
+                )
+        self.axes = sorted(axes) if axes else valid_axes
+        all_templates = list(src["sentence_templates"])
+        if templates:
+            chosen = []
+            for t in templates:
+                if isinstance(t, int) or (isinstance(t, str) and t.strip().isdigit()):
+                    i = int(t)
+                    if not 0 <= i < len(all_templates):
+                        raise UserError(f"template index {i} out of range 0..{len(all_templates) - 1}")
+                    t = all_templates[i]
+                if t not in all_templates:
+                    raise UserError(f"unknown HolisticBias template {t!r}; valid: {' | '.join(all_templates)}")
+                chosen.append(t)
+            self.templates = [t for t in all_templates if t in set(chosen)]
+            self.options["templates"] = self.templates
+        else:
+            self.templates = all_templates
+        self._items: list[dict[str, Any]] | None = None
+        self._sample_plan: dict[str, Any] = {}
+
+    # -- data -------------------------------------------------------------------------------
+    def data_files(self) -> list[str]:
+        return data_paths(self.version, self.data)
+
+    def _wanted_phrase(self, row: tuple) -> bool:
+        if row[_COL["axis"]] not in self._axis_set:
+            return False
+        if self.sentences == "comparable":
+            return row[_COL["noun_phrase_type"]] in COMPARABLE_TYPES and row[_COL["descriptor_gender"]] == NONE
+        return row[_COL["axis"]] != NULL_AXIS
+
+    def items(self) -> list[dict[str, Any]]:
+        if self._items is not None:
+            return self._items
+        self._axis_set, self._template_set = set(self.axes), set(self.templates)
+        src = _load(self.version, self.data)
+        selected = list(_iter_indexed(src, self._wanted_phrase, self._template_set.__contains__))
+        if self.sample:
+            ia, idesc = _COL["axis"], _COL["descriptor"]
+            cands = [(i, row[ia], t, row[idesc]) for i, row, t, _, _ in selected]
+            picked, self._sample_plan = stratified_sample(cands, self.sample, self.seed)
+            keep = set(picked)
+            selected = [s for s in selected if s[0] in keep]
+        items = [{"id": f"{self.version}-{i}", **_sentence(row, t, sp, f)} for i, row, t, sp, f in selected]
+        if self.limit is not None:
+            items = items[: self.limit]
+        self._items = items
+        return items
+
+    # -- evaluation -------------------------------------------------------------------------
+    def check(self, ctx: EvalContext) -> None:
+        ctx.backend.require(score=True, what="holistic-bias")
+
+    def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:
+        scores = ctx.backend.sequence_logprob([it["text"] for it in items])
+        out = []
+        for it, (lp, n) in zip(items, scores):
+            out.append({
+                "id": it["id"], "text": it["text"], "axis": it["axis"], "bucket": it["bucket"],
+                "template": it["template"], "descriptor": it["descriptor"], "noun": it["noun"],
+                "noun_gender": it["noun_gender"], "noun_phrase_type": it["noun_phrase_type"],
+                "logprob": float(lp), "n_tokens": int(n), "perplexity": _perplexity(lp, n),
+            })
+        return out
+
+    def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        out = _metrics(records, seed=self.seed)
+        out["summary"].update({"version": self.version, "sentences": self.sentences})
+        if self._sample_plan:
+            out["summary"]["sample_plan"] = self._sample_plan
+        return out
+
+    def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for r in metrics.get("rows", []) if r["level"] in ("overall", "axis")]
+
+    @classmethod
+    def score_file(cls, perplexities: str | Path) -> dict[str, Any]:
+        return score_file(perplexities)
+
+
+def _perplexity(logprob: float, n_tokens: int) -> float:
+    from ...backends.hf import perplexity
+
+    try:
+        return perplexity(logprob, n_tokens)
+    except OverflowError:  # exp() of a huge mean negative log-likelihood
+        return float("inf")
