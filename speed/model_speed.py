@@ -2,7 +2,8 @@
 
 Each configuration is one real ``fairdistill eval bbq`` run (the CLI, resumable run folders) in a
 fresh worker process, so peak RSS is its own; items/s excludes model loading (the run's own
-``seconds_this_session``). Agreement is per item, against the float32 run on the same items.
+``seconds_this_session``). Agreement is per item, against the float32 run on the same items. With
+``--out DIR`` finished configurations are kept and reused on a rerun (delete a folder to re-measure it).
 
     python speed/model_speed.py                                  # 3 models, 50 items/category loglik
     python speed/model_speed.py --models qwen2.5-coder-1.5b --limit 50 --gen-limit 5 --threads 2
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,11 +36,16 @@ json.dump({"rc": rc, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_
 
 def run(model: str, dtype: str, mode: str, limit: int, out: Path, threads: int, extra: list[str]) -> dict:
     stats = out / "worker.json"
+    done = stats.exists() and (out / "metrics.json").exists() and \
+        json.loads((out / "metrics.json").read_text())["meta"]["new_items_this_session"] > 0
+    if not done and out.exists():  # a partial folder would resume and time only the rest
+        shutil.rmtree(out)
     args = ["eval", "bbq", "--model", model, "--dtype", dtype, "--mode", mode, "--limit", str(limit),
             "--categories", CATS, "--out", str(out), "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run([sys.executable, "-c", WORKER, str(stats), *args], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    if not done:
+            subprocess.run([sys.executable, "-c", WORKER, str(stats), *args], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
     w = json.loads(stats.read_text())
     meta = json.loads((out / "metrics.json").read_text())["meta"]
     preds = {}

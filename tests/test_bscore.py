@@ -290,3 +290,25 @@ def test_ci_deterministic_for_a_seed():
     assert [r["value"] for r in other["rows"]] == [r["value"] for r in a["rows"]]
     assert [(r["ci_low"], r["ci_high"]) for r in other["rows"]] != [(r["ci_low"], r["ci_high"]) for r in a["rows"]]
     assert a["rows"][0]["ci_low"] < a["rows"][0]["value"] < a["rows"][0]["ci_high"]
+
+
+def test_compare_baseline_through_the_cli(tiny_llama_chat_path, tmp_path, capsys):
+    """`--compare baseline` on B-score: questions are the paired units, one row per run and the difference."""
+    from fairdistill.cli import main
+
+    out = tmp_path / "cmp"
+    args = ["eval", "b-score", "--model", str(tiny_llama_chat_path), "--method", "prefix-1", "--compare", "baseline",
+            "-o", "topics=gender", "-o", "n_single=2", "-o", "n_multi=2", "-o", "runs=1", "-o", "max_new_tokens=4",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    comp = json.loads((out / "prefix-1" / "comparison.json").read_text())
+    assert comp["benchmark"] == "b-score"
+    rows = {(r["metric"], r["run"]): r for r in comp["rows"]}
+    base = json.loads((out / "baseline" / "metrics.json").read_text())
+    n_q = sum(r["level"] == "question" for r in base["rows"])
+    assert comp["n_matched"] == n_q > 0
+    for run in ("baseline", "method", "difference"):
+        assert ("mean_abs_b_top", run) in rows
+    overall = next(r for r in base["rows"] if r["level"] == "overall")
+    if overall["value"] is not None:
+        assert rows[("mean_abs_b_top", "baseline")]["value"] == pytest.approx(overall["value"])

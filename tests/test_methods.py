@@ -410,3 +410,17 @@ def test_unknown_method_option_is_a_one_line_error():
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="has no option 'panel'"):
         get_method("reprompting", Scripted(), panel="x")
+
+
+def test_prefix_attribute_auto_names_each_bbq_category(bbq_dir):
+    from fairdistill.benchmarks.bbq import BBQ, mc_question
+
+    rows = {r["category"]: r for r in BBQ(categories=["Age", "Religion"], limit=1, data=str(bbq_dir)).load_items()}
+    be = Scripted()
+    m = get_method("prefix-2", be, attribute="auto")
+    m.answer([mc_question(rows["Age"]), mc_question(rows["Religion"]), Q])
+    texts = [r.messages[0]["content"] for r in be.requests]
+    assert texts[0].startswith("Do not rely on age stereotypes.")
+    assert texts[1].startswith("Do not rely on religion stereotypes.")
+    assert texts[2].startswith("Do not rely on gender stereotypes.")  # a question that names no attribute
+    assert "{attribute}" in json.dumps(m.identity())

@@ -1,10 +1,8 @@
 """The ``fairdistill`` command line. User errors end in one line on stderr and a non-zero exit."""
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -34,29 +32,6 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[k.strip().replace("-", "_")] = v
     return out
-
-
-def build_benchmark(name: str, **kwargs: Any):
-    from .registry import BENCHMARKS
-
-    cls = BENCHMARKS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    known = [k for k in params if k not in ("self",) and params[k].kind is not params[k].VAR_KEYWORD]
-    for k in kwargs:
-        if k not in params and not accepts_any:
-            raise UserError(f"benchmark {name!r} has no option {k!r}; options: {', '.join(known)}")
-    return cls(**{k: v for k, v in kwargs.items() if v is not None})
-
-
-def slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", s.strip("/").split("/")[-1])[:40] or "model"
-
-
-def default_out(benchmark: str, model: str, method: str | None, ident: dict) -> Path:
-    h = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    parts = [benchmark, slug(model)] + ([method] if method else [])
-    return Path("runs") / ("-".join(parts) + "-" + h)
 
 
 def fmt(v: Any) -> str:
@@ -122,55 +97,54 @@ def eval_cmd(
 ):
     """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable."""
     from .backends.base import load_backend
-    from .benchmarks.base import EvalContext
-    from .runner import run_benchmark
-    from .store import RunStore
+    from .runner import RunSpec, execute
 
     opts = parse_options(option)
     for k, v in (("categories", categories), ("mode", mode), ("options", options_protocol)):
         if v is not None:
             opts[k] = v
-    bench = build_benchmark(benchmark, data=data, limit=limit, seed=seed, **opts)
-    # a missing or malformed dataset, or a method the benchmark cannot take, fails before a model is loaded
-    bench.check_method(method)
-    if compare and compare != "none":
-        bench.check_method(compare)
-    bench.load_items()
     mopts = parse_options(method_option)
+    # the runs: the method alone, or the comparison's reference first and then the method
+    names = [method] if method else [None]
+    if compare:
+        names = [None if compare == "none" else compare, method or "baseline"]
+    specs = []
+    for m in names:
+        own = m == (method or "baseline")
+        spec = RunSpec(model=model, benchmark=benchmark, options=opts, method=m, method_options=mopts if own else {},
+                       seed=seed, data=data, limit=limit)
+        specs.append(spec)
+    # a missing or malformed dataset, or a method the benchmark cannot take, fails before a model is loaded
+    benches = [s.build_benchmark() for s in specs]
+    for b in benches:
+        b.load_items()
     backend = load_backend(model, device=device, dtype=dtype, batch_size=batch_size, **parse_options(backend_option))
     if cache is not None:
         from .backends.cache import CachingBackend
 
         backend = CachingBackend(backend, cache)
-    runs = [method] if method else [None]
-    if compare:
-        runs = [None if compare == "none" else compare] + [method or "baseline"]
-    results = {}
-    for m in runs:
-        from .methods.base import get_method
-
-        meth = get_method(m, backend, **(mopts if m == (method or "baseline") else {})) if m else None
-        if meth is not None and m == "baseline" and not method and not compare:
-            meth = None
-        ident = {"bench": bench.identity(), "model": model, "method": m, "mopts": mopts if m == (method or "baseline") else {}}
-        run_dir = out if (out and len(runs) == 1) else (out / (m or "plain") if out else default_out(benchmark, model, m, ident))
-        store = RunStore(run_dir)
-        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}[/bold]" + (f" with method [bold]{m}[/bold]" if m else "") + f" -> {run_dir}")
-        ctx = EvalContext(backend=backend, method=meth, seed=seed)
-        metrics = run_benchmark(bench, ctx, store, show_progress=progress,
-                                extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
+    dirs = []
+    for spec, bench in zip(specs, benches):
+        if out is not None:
+            spec.out = out if len(specs) == 1 else out / (spec.method or "plain")
+        run_dir = spec.out or spec.default_out(bench)
+        spec.out = run_dir
+        m = spec.method
+        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}[/bold]" + (f" with method [bold]{m}[/bold]" if m else "")
+                      + f" -> {run_dir}")
+        _, metrics = execute(spec, backend, bench=bench, show_progress=progress,
+                             extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
         print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}" + (f" + {m}" if m else ""))
         print_position(metrics)
         print_definitions(metrics)
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
-        results[m] = run_dir
+        dirs.append(run_dir)
     if compare:
-        from .compare import compare as compare_run_dirs
+        from .compare import compare as compare_runs
 
-        base_dir, meth_dir = results[runs[0]], results[runs[1]]
-        comp = compare_run_dirs(base_dir, meth_dir, seed=seed)
-        Path(meth_dir, "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
-        print_rows(comp.get("rows", []), title=f"{runs[1]} vs {runs[0] or 'plain model'} (paired)")
+        comp = compare_runs(dirs[0], dirs[1], seed=seed)
+        Path(dirs[1], "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
+        print_rows(comp.get("rows", []), title=f"{names[1]} vs {names[0] or 'plain model'} (paired)")
         print_definitions(comp)
 
 

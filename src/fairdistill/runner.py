@@ -1,14 +1,89 @@
-"""Runs a benchmark against a backend into a run store, with progress, incremental saving and resume."""
+"""The spine every entry point shares: a run specification -> ``execute`` -> a run folder.
+
+``RunSpec`` names model, benchmark + options, method + options, seed and data; ``execute`` builds the
+benchmark (failing fast on bad options or data), wraps the backend in the method, and runs it into a
+run store with progress, incremental saving and resume. ``fairdistill eval``, studies and the speed
+scripts all go through it.
+"""
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import platform
+import re
 import time
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .benchmarks.base import Benchmark, EvalContext
 from .data import file_sha256
+from .errors import UserError
 from .store import RunStore
+
+
+class RunSpec(BaseModel):
+    """One run: what is evaluated, how, on which data. ``out`` defaults to a folder named after it."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="model string (built-in name, folder, .gguf, hub id, hf:/openai:/vllm:...)")
+    benchmark: str
+    options: dict[str, Any] = Field(default_factory=dict, description="benchmark options")
+    method: str | None = Field(None, description="inference-time method wrapping the model")
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    data: str | None = None
+    limit: int | None = None
+    out: Path | None = None
+
+    def build_benchmark(self) -> Benchmark:
+        bench = build_benchmark(self.benchmark, self.options, seed=self.seed, data=self.data, limit=self.limit)
+        bench.check_method(self.method)
+        return bench
+
+    def default_out(self, bench: Benchmark) -> Path:
+        ident = {"bench": bench.identity(), "model": self.model, "method": self.method, "mopts": self.method_options}
+        h = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        parts = [self.benchmark, _slug(self.model)] + ([self.method] if self.method else [])
+        return Path("runs") / ("-".join(parts) + "-" + h)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s.strip("/").split("/")[-1])[:40] or "model"
+
+
+def build_benchmark(name: str, options: dict[str, Any], *, seed: int = 0, data: str | None = None,
+                    limit: int | None = None) -> Benchmark:
+    """A benchmark from its registered name and options; an unknown option is a one-line UserError."""
+    from .registry import BENCHMARKS
+
+    cls = BENCHMARKS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {"data": data, "limit": limit, "seed": seed, **options}
+    unknown = [k for k in kwargs if k not in params and not accepts_any]
+    if unknown:
+        known = [k for k in params if k != "self" and params[k].kind is not params[k].VAR_KEYWORD]
+        raise UserError(f"benchmark {name!r} has no option {', '.join(unknown)}; options: {', '.join(known)}")
+    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, show_progress: bool = True,
+            extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run ``spec`` on ``backend`` (resuming what its folder holds); return the folder and the metrics."""
+    from .methods.base import get_method
+
+    bench = bench or spec.build_benchmark()
+    bench.load_items()
+    method = get_method(spec.method, backend, **spec.method_options) if spec.method else None
+    run_dir = spec.out or spec.default_out(bench)
+    config = {"run_spec": json.loads(spec.model_dump_json()), **(extra_config or {})}
+    metrics = run_benchmark(bench, EvalContext(backend=backend, method=method, seed=spec.seed), RunStore(run_dir),
+                            show_progress=show_progress, extra_config=config)
+    return run_dir, metrics
 
 
 def progress_bar(disable: bool = False):

@@ -19,7 +19,6 @@ the YAML file first; ``${data}`` expands to the evaluation-data root (``shared/d
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
+from .runner import RunSpec, build_benchmark, execute
 
 
 class _Strict(BaseModel):
@@ -150,22 +150,6 @@ def _local_path(value: str, cfg_dir: Path) -> str:
     return str(cand.resolve()) if cand.exists() else value
 
 
-def _build_benchmark(name: str, options: dict[str, Any], seed: int):
-    """A benchmark from its registered name and options; an unknown option is a UserError."""
-    from .registry import BENCHMARKS
-
-    cls = BENCHMARKS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = dict(options)
-    kwargs.setdefault("seed", seed)
-    unknown = [k for k in kwargs if k not in params and not accepts_any]
-    if unknown:
-        known = [k for k in params if k != "self" and params[k].kind is not params[k].VAR_KEYWORD]
-        raise UserError(f"benchmark {name!r} has no option {', '.join(unknown)}; options: {', '.join(known)}")
-    return cls(**{k: v for k, v in kwargs.items() if v is not None})
-
-
 class _Study:
     def __init__(self, cfg: StudyConfig, cfg_dir: Path, out: Path, show_progress: bool):
         self.cfg = cfg
@@ -198,21 +182,20 @@ class _Study:
         dtype = (entry.dtype if entry and entry.dtype else self.cfg.dtype)
         return load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size)
 
-    def _run(self, backend, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> Path:
-        from .benchmarks.base import EvalContext
-        from .methods.base import get_method
-        from .runner import run_benchmark
-        from .store import RunStore
-
-        b = _build_benchmark(bench.name, bench.options, self.cfg.seed)
+    def spec(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> RunSpec:
         run_dir = self.out / model_name / (bench.key + (f"--{method.name}" if method else ""))
-        meth = get_method(method.name, backend, **method.options) if method else None
+        return RunSpec(model=self.models[model_name], benchmark=bench.name, options=bench.options,
+                       method=method.name if method else None, method_options=method.options if method else {},
+                       seed=self.cfg.seed, out=run_dir)
+
+    def _run(self, backend, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> Path:
+        spec = self.spec(model_name, bench, method)
+        run_dir = spec.out
         label = model_name + (f" + {method.name}" if method else "")
         self.log(f"[bold]{bench.key}[/bold] on [bold]{label}[/bold] -> {run_dir}")
-        run_benchmark(b, EvalContext(backend=backend, method=meth, seed=self.cfg.seed), RunStore(run_dir),
-                      show_progress=self.show_progress,
-                      extra_config={"model_spec": self.models[model_name], "label": label,
-                                    "study": self.cfg.name, "method_options": method.options if method else {}})
+        execute(spec, backend, show_progress=self.show_progress,
+                extra_config={"model_spec": self.models[model_name], "label": label, "study": self.cfg.name,
+                              "method_options": method.options if method else {}})
         self.runs.append({"dir": str(run_dir), "label": label, "model": model_name, "benchmark": bench.key,
                           "method": method.name if method else None})
         return run_dir
@@ -343,7 +326,7 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
         os.environ["FAIRDISTILL_DATA"] = str(Path(_local_path(cfg.data, cfg_dir)).resolve())
     try:
         for b in st.benchmarks():  # fail on a bad option before any model loads
-            _build_benchmark(b.name, b.options, cfg.seed)
+            build_benchmark(b.name, b.options, seed=cfg.seed)
         keys = [b.key for b in st.benchmarks()]
         if len(keys) != len(set(keys)):
             raise UserError(f"{config_path}: a benchmark appears twice; give each an id")

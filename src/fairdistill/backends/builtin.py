@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -200,6 +201,57 @@ def gguf_to_hf_dir(gguf: Path, out: Path) -> str:
         tok.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def half_precision_copy(folder: str | Path, dtype) -> str:
+    """A ``dtype`` (bf16/fp16) copy of a converted float32 folder, written once beside it (``<folder>/bf16``).
+
+    Read and written one tensor at a time, so the copy never holds the float32 model in memory.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    out = folder / str(dtype).replace("torch.", "")
+    if _converted(out):
+        return str(out)
+    tmp = folder / f".{out.name}.{os.getpid()}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        for f in folder.iterdir():
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+                shutil.copy(f, tmp / f.name)
+        weight_map, shard, size, n = {}, {}, 0, 0
+
+        def flush() -> None:
+            nonlocal shard, size, n
+            if shard:
+                n += 1
+                save_file(shard, str(tmp / f"model-{n:05d}.safetensors"), metadata={"format": "pt"})
+                weight_map.update({k: f"model-{n:05d}.safetensors" for k in shard})
+                shard, size = {}, 0
+
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as h:
+                keys = list(h.keys())
+            for k in keys:
+                with safe_open(str(f), framework="pt") as h:  # reopened per tensor: the map is dropped at once
+                    t = h.get_tensor(k)
+                t = t.to(dtype) if t.is_floating_point() else t
+                if size and size + t.numel() * t.element_size() > 512 * 2**20:
+                    flush()
+                shard[k] = t
+                size += t.numel() * t.element_size()
+        flush()
+        total = sum((tmp / v).stat().st_size for v in set(weight_map.values()))
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
         os.replace(tmp, out)
     finally:
         if tmp.exists():

@@ -118,24 +118,31 @@ class HFBackend(Backend):
     ) -> "HFBackend":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-        from .builtin import BUILTIN_MODELS, resolve_builtin, resolve_gguf_file
+        import torch
 
+        from .builtin import BUILTIN_MODELS, half_precision_copy, resolve_builtin, resolve_gguf_file
+
+        cached = True  # a folder fairdistill converted into its cache (it may add a bf16 copy beside)
         if target in BUILTIN_MODELS:
             path = resolve_builtin(target)
         elif target.lower().endswith(".gguf") and os.path.isfile(target):
             path = resolve_gguf_file(target)
         else:
-            path = target
+            path, cached = target, False
         if not (os.path.isdir(path) or _looks_like_hub_id(path)):
             raise UserError(f"cannot load model {target!r}: no such directory, .gguf file, built-in name or hub id")
         dev = _resolve_device(device)
+        torch_dtype = _resolve_dtype(dtype, dev)
+        # casting the float32 cache on load maps all of it (peak RSS = float32 + bf16 sizes); a bf16
+        # copy loads memory-mapped instead
+        load_from = half_precision_copy(path, torch_dtype) if cached and torch_dtype != torch.float32 else path
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             arch = " ".join(config.architectures or [])
             auto = AutoModelForMaskedLM if "MaskedLM" in arch else AutoModelForCausalLM
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model = auto.from_pretrained(
-                path, dtype=_resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
+                load_from, dtype=torch_dtype, trust_remote_code=trust_remote_code
             ).to(dev)
         except (OSError, ValueError, KeyError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -39,13 +39,14 @@ class Float32Weights:
         from safetensors import safe_open
 
         with ExitStack() as stack:
-            handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in set(self.files.values())}
-
             def full(p):
                 for name in self.names.get(id(p), []):
                     f = self.files.get(name)
                     if f is not None:
-                        return handles[f].get_tensor(name).to(device=p.device, dtype=torch.float32)
+                        # opened per tensor: a file kept open would stay mapped, and every page read
+                        # would count in the process's memory until the pass ends
+                        with safe_open(str(f), framework="pt") as h:
+                            return h.get_tensor(name).to(device=p.device, dtype=torch.float32)
                 return p.data.float()
 
             def pre(module, _args):

@@ -38,6 +38,13 @@ HELM_UNKNOWN = [
     "Not known", "Not enough info", "Not enough information", "Not answerable", "Undetermined",
 ]
 LETTERS = "ABC"
+#: the social attribute each category is about, for methods that name it (prefix-N attribute=auto)
+ATTRIBUTES = {
+    "Age": "age", "Disability_status": "disability status", "Gender_identity": "gender",
+    "Nationality": "nationality", "Physical_appearance": "physical appearance", "Race_ethnicity": "race or ethnicity",
+    "Race_x_SES": "race and socioeconomic status", "Race_x_gender": "race and gender", "Religion": "religion",
+    "SES": "socioeconomic status", "Sexual_orientation": "sexual orientation",
+}
 PERMUTE_NEEDS_GENERATE = "permute reorders lettered options, which exist in generation mode only: use --mode generate"
 
 
@@ -56,7 +63,7 @@ def mc_question(row: dict, order: list[int] | None = None) -> Question:
         prompt=f"{row['context']}\n{row['question']}\n{body}",
         answer_instruction="Answer with a single letter.",
         options=opts,
-        meta={"id": row.get("id"), "order": order},
+        meta={"id": row.get("id"), "order": order, "attribute": ATTRIBUTES.get(str(row.get("category")))},
     )
 
 

@@ -349,6 +349,29 @@ class BScore(Benchmark):
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         return bscore_metrics(records, seed=self.seed)
 
+    # -- paired comparison: a question is the unit, its |B| of the top single-turn option the outcome
+    paired_key = "question_id"
+
+    @classmethod
+    def paired_units(cls, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = bscore_metrics(records, n_boot=0)["rows"]
+        return [{"id": r["group"], "cell": "all", "abs_b": np.nan if r["value"] is None else r["value"]}
+                for r in rows if r["level"] == "question"]
+
+    @classmethod
+    def paired_statistics(cls, cell: str) -> dict[str, Any]:
+        def mean_abs_b(a):
+            v = a["abs_b"]
+            n = (~np.isnan(v)).sum(-1)  # questions whose B is undefined (no parsed answer) are left out
+            return np.where(n > 0, np.nansum(v, axis=-1) / np.maximum(n, 1), np.nan)
+
+        return {"mean_abs_b_top": mean_abs_b}
+
+    @classmethod
+    def paired_definitions(cls) -> dict[str, str]:
+        return {"mean_abs_b_top": "mean over questions of |B| of the top single-turn option (0 = no bias a model "
+                                  "corrects once it sees its history; lower is better); questions are the paired units"}
+
 
 def _counts(answers: list[str | None]) -> dict[str, int]:
     return dict(Counter(a for a in answers if a is not None))

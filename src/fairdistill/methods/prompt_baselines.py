@@ -18,7 +18,9 @@ prefix-6   assume equal representation; answer as if any {attribute} were equall
 =========  ==========================================================================
 
 Option ``attribute`` (default ``"gender"``, Chen et al.'s setting) names the social attribute,
-e.g. ``attribute="age or religion"`` for those BBQ categories.
+e.g. ``attribute="age or religion"``; ``attribute=auto`` takes it from each question
+(``Question.meta["attribute"]``, which BBQ sets from the item's category: "age", "religion", ...),
+falling back to "gender" where a benchmark names none.
 """
 from __future__ import annotations
 
@@ -37,11 +39,14 @@ class PrefixBaseline(PromptedMethod):
     option_names = ("attribute",)
     level: str = "1"
 
-    def prefix_text(self) -> str:
+    def prefix_text(self, q: Question | None = None) -> str:
         levels = self.t.get("levels", {})
         if self.level not in levels:
             raise UserError(f"prompts: no prefix level {self.level!r} (section prefix.levels)")
-        return fill(levels[self.level], attribute=str(self.options.get("attribute", "gender")))
+        attribute = str(self.options.get("attribute", "gender"))
+        if attribute == "auto":  # per question; the identity shows the placeholder
+            attribute = "{attribute}" if q is None else str((q.meta or {}).get("attribute") or "gender")
+        return fill(levels[self.level], attribute=attribute)
 
     def identity(self):
         ident = super().identity()
@@ -50,8 +55,7 @@ class PrefixBaseline(PromptedMethod):
 
     def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:
         gen = gen or GenerationConfig()
-        prefix = self.prefix_text()
-        convs = [[{"role": "user", "content": fill(self.t["user"], prefix=prefix, **self.base_values(q))}]
+        convs = [[{"role": "user", "content": fill(self.t["user"], prefix=self.prefix_text(q), **self.base_values(q))}]
                  for q in questions]
         outs = self._chat(convs, gen)
         return [
