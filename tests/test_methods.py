@@ -424,3 +424,28 @@ def test_prefix_attribute_auto_names_each_bbq_category(bbq_dir):
     assert texts[1].startswith("Do not rely on religion stereotypes.")
     assert texts[2].startswith("Do not rely on gender stereotypes.")  # a question that names no attribute
     assert "{attribute}" in json.dumps(m.identity())
+
+
+def test_explanation_is_generated_once_per_item_under_rotation(bbq_dir, tmp_path):
+    """permute=cyclic + explanation: one explanation per item, reused by the three rotations, whose final
+    questions carry their own option order; reprompting runs both turns in every rotation."""
+    from fairdistill.benchmarks.base import EvalContext
+    from fairdistill.benchmarks.bbq import BBQ
+    from fairdistill.runner import run_benchmark
+    from fairdistill.store import RunStore
+
+    for name, calls_per_item in (("explanation", 4), ("reprompting", 6)):
+        be = Scripted(reply=lambda req: "B" if "Explain" not in req.messages[-1]["content"] else "All rely on it.")
+        bench = BBQ(categories=["Age"], limit=2, mode="generate", permute="cyclic", data=str(bbq_dir))
+        run_benchmark(bench, EvalContext(backend=be, method=get_method(name, be)), RunStore(tmp_path / name),
+                      show_progress=False)
+        recs = RunStore(tmp_path / name).load_results()
+        assert len(be.requests) == calls_per_item * len(recs)
+        for r in recs:
+            assert r["calls"] == calls_per_item
+            convs = [a["transcript"] for a in r["rotations"]]
+            if name == "explanation":
+                assert len({c[0]["content"] for c in convs}) == 1 and len({c[1]["content"] for c in convs}) == 1
+                assert len({c[2]["content"] for c in convs}) == 3  # each rotation's own option order
+            else:
+                assert len({c[0]["content"] for c in convs}) == 3
