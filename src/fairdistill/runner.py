@@ -67,7 +67,7 @@ def build_benchmark(name: str, options: dict[str, Any], *, seed: int = 0, data: 
     unknown = [k for k in kwargs if k not in params and not accepts_any]
     if unknown:
         known = [k for k in params if k != "self" and params[k].kind is not params[k].VAR_KEYWORD]
-        raise UserError(f"benchmark {name!r} has no option {', '.join(unknown)}; options: {', '.join(known)}")
+        raise UserError(f"benchmark {name!r} has no option {', '.join(map(repr, unknown))}; options: {', '.join(known)}")
     return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
 
