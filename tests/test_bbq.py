@@ -181,6 +181,21 @@ def test_cli_score_bbq_into_an_existing_directory_and_unparsed_policy(tmp_path, 
     assert code == 2 and "unparsed" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_score_bbq_paper_targets_physical_appearance(tmp_path, capsys, shared_data):
+    # the released predictions carry stale tags for 36 items; the paper's targets come from them
+    src = shared_data / "bbq_reference_predictions" / "UnifiedQA" / "preds_Physical_appearance.jsonl"
+    got = {}
+    for meta, no_target in (("official", "keep"), ("file", "exclude")):
+        code, out, err = _cli(capsys, "score", "bbq", "--predictions", str(src), "--column",
+                              "unifiedqa-t5-11b_pred_arc", "--unparsed", "exclude", "--metadata", meta,
+                              "--no-target", no_target, "--out", str(tmp_path / f"{meta}.json"))
+        assert code == 0, err
+        got[meta] = json.loads((tmp_path / f"{meta}.json").read_text())
+    assert round(100 * _metric(got["official"], "Physical_appearance", "disambig", "bias_score")["value"], 1) == 0.3
+    assert round(100 * _metric(got["file"], "Physical_appearance", "disambig", "bias_score")["value"], 1) == -1.8
+    assert got["file"]["counts"]["n_no_target_items"] == 4
+
+
 @pytest.mark.slow
 def test_smollm2_bbq_small_subset(smollm2, tmp_path):
     bench = BBQ(categories=["Age", "Gender_identity"], limit=10, mode="loglik")

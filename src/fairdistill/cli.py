@@ -157,6 +157,10 @@ def score_cmd(
     out: Optional[Path] = typer.Option(None, help="write metrics JSON here (a directory gets metrics.json inside)"),
     unparsed: str = typer.Option("incorrect", help="BBQ: answers matching no option count as 'incorrect' (default) "
                                  "or are left out of accuracy, 'exclude' (the BBQ paper's protocol)"),
+    metadata: str = typer.Option("official", help="BBQ: group tags from the official data rows (default) or the "
+                                 "file's own, 'file' (the paper's targets for its released predictions)"),
+    no_target: str = typer.Option("keep", help="BBQ: items without an identifiable target stay in accuracy "
+                                  "(default) or leave the cell, 'exclude' (the BBQ paper's protocol)"),
 ):
     """Score predictions or perplexities made outside fairdistill."""
     from .registry import BENCHMARKS
@@ -167,7 +171,8 @@ def score_cmd(
     if benchmark == "bbq":
         if predictions is None or column is None:
             raise UserError("score bbq needs --predictions FILE and --column COL")
-        metrics = cls.score_file(predictions=str(predictions), column=column, unparsed=unparsed)
+        metrics = cls.score_file(predictions=str(predictions), column=column, unparsed=unparsed,
+                                 metadata=metadata, no_target=no_target)
     else:
         if perplexities is None:
             raise UserError(f"score {benchmark} needs --perplexities FILE")

@@ -307,8 +307,9 @@ class BBQ(Benchmark):
 
     @staticmethod
     def score_file(predictions: str, column: str, data: str | None = None, unparsed: str = "incorrect",
-                   **_: Any) -> dict[str, Any]:
-        return bbq_scoring.score_predictions_file(predictions, column, data_dir=data, unparsed=unparsed)
+                   metadata: str = "official", no_target: str = "keep", **_: Any) -> dict[str, Any]:
+        return bbq_scoring.score_predictions_file(predictions, column, data_dir=data, unparsed=unparsed,
+                                                  metadata=metadata, no_target=no_target)
 
 
 _KEEP = ("id", "example_id", "category", "question_index", "question_polarity", "context_condition",
