@@ -6,15 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from fairdistill.backends.base import Backend, GenerationResult
 from fairdistill.benchmarks.base import EvalContext
 from fairdistill.benchmarks.bscore import ANSWER_INSTRUCTION, BScore, derive_seed, parse_answer, user_prompt
 from fairdistill.errors import CapabilityError, UserError
 from fairdistill.runner import run_benchmark
 from fairdistill.store import RunStore
 
+from doubles import ChatDouble
 
-class ScriptedChat(Backend):
+
+class ScriptedChat(ChatDouble):
     """Answers from scripts: single-turn answers cycle per question, multi-turn answers are chosen by
     the number of assistant turns already in the conversation (a first turn is told apart from a
     single-turn query by its seed). Every request is recorded."""
@@ -22,30 +23,18 @@ class ScriptedChat(Backend):
     name = "scripted-chat"
 
     def __init__(self, single: dict[str, list[str]], multi: dict[str, list[str]], first_turn_seeds=()):
+        super().__init__()
         self.single, self.multi = single, multi
         self.first_turn_seeds = set(first_turn_seeds)  # a multi-turn conversation's first turn
         self.calls: dict[str, int] = {}
-        self.requests = []
 
-    @property
-    def can_chat(self):
-        return True
-
-    def generate(self, requests):
-        out = []
-        for r in requests:
-            self.requests.append(r)
-            text = r.messages[-1]["content"]
-            key = "random" if text.startswith("Randomly") else "subjective"
-            n_prev = sum(m["role"] == "assistant" for m in r.messages)
-            if len(r.messages) == 1 and r.seed not in self.first_turn_seeds:
-                k = self.calls.get(key, 0)
-                self.calls[key] = k + 1
-                ans = self.single[key][k % len(self.single[key])]
-            else:
-                ans = self.multi[key][n_prev]
-            out.append(GenerationResult(text=ans))
-        return out
+    def reply(self, r):
+        key = "random" if r.messages[-1]["content"].startswith("Randomly") else "subjective"
+        if len(r.messages) == 1 and r.seed not in self.first_turn_seeds:
+            k = self.calls.get(key, 0)
+            self.calls[key] = k + 1
+            return self.single[key][k % len(self.single[key])]
+        return self.multi[key][sum(m["role"] == "assistant" for m in r.messages)]
 
 
 SINGLE = {"subjective": ["{{male}}", "Sure! {{Male.}}", "I would say male"],

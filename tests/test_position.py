@@ -4,7 +4,6 @@ import re
 import numpy as np
 import pytest
 
-from fairdistill.backends.base import Backend, GenerationResult
 from fairdistill.benchmarks.base import EvalContext
 from fairdistill.benchmarks.bbq import BBQ, displayed_row, mc_question
 from fairdistill.benchmarks.permute import majority, orders
@@ -14,40 +13,38 @@ from fairdistill.runner import run_benchmark
 from fairdistill.stats.position import position_metrics, skew_warning
 from fairdistill.store import RunStore
 
+from doubles import ChatDouble
+
 OPTION_RE = re.compile(r"^([ABC])\. (.*)$", re.M)
 
 
-class OptionPicker(Backend):
+class OptionPicker(ChatDouble):
     """A chat backend that answers with the letter under which it sees the option ``choose(options)``.
 
     ``choose`` gets the displayed option texts and returns the text it wants; ``letter_prior``, when
     set, makes it answer that letter whatever is shown (a pure position bias).
     """
 
+    name = "picker"
+    prompt_tokens, completion_tokens = 5, 1
+
     def __init__(self, choose=None, letter_prior=None, scores=None):
-        self.name = "picker"
+        super().__init__()
         self.choose = choose
         self.letter_prior = letter_prior
         self.scores = scores  # text -> log-prob given to that option's letter (tie-break)
-        self.prompts = []
 
     @property
-    def can_chat(self):
-        return True
+    def prompts(self):
+        return [r.messages[-1]["content"] for r in self.requests]
 
-    def generate(self, requests):
-        out = []
-        for r in requests:
-            prompt = r.messages[-1]["content"]
-            self.prompts.append(prompt)
-            shown = dict(OPTION_RE.findall(prompt))
-            if self.letter_prior:
-                text = self.letter_prior
-            else:
-                want = self.choose([shown[k] for k in "ABC"], prompt)
-                text = next(k for k, v in shown.items() if v == want) if want else "I have no idea."
-            out.append(GenerationResult(text=text, prompt_tokens=5, completion_tokens=1))
-        return out
+    def reply(self, r):
+        if self.letter_prior:
+            return self.letter_prior
+        prompt = r.messages[-1]["content"]
+        shown = dict(OPTION_RE.findall(prompt))
+        want = self.choose([shown[k] for k in "ABC"], prompt)
+        return next(k for k, v in shown.items() if v == want) if want else "I have no idea."
 
     def chat_choice_logprobs(self, conversations, candidates):
         if self.scores is None:
