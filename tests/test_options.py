@@ -5,7 +5,10 @@ import shutil
 import pytest
 
 from fairdistill.benchmarks.occupation import TABLE
+from fairdistill.cli import main
+from fairdistill.errors import UserError
 from fairdistill.registry import BENCHMARKS
+from fairdistill.runner import build_benchmark
 
 #: (benchmark, options, identity as JSON) -- recorded from the hand-written option code this model
 #: replaced; run folders and resume compare identities, so keys, order, values and types must not move.
@@ -79,3 +82,52 @@ def test_identity_pinned_for_every_benchmark(option_data, name, options, expecte
     tmp = str(option_data)
     options = {k: v.replace("$TMP", tmp) if isinstance(v, str) else v for k, v in options.items()}
     assert json.dumps(BENCHMARKS.get(name)(**options).identity()) == expected.replace("$TMP", tmp)
+
+
+# -- validation: one line naming the benchmark, the option and what it accepts ------------------------
+@pytest.mark.parametrize("name, options, expected", [
+    ("bbq", {"mode": "guess"}, "bbq option mode: 'guess' is not one of auto, loglik, generate"),
+    ("bbq", {"categories": "Age,Astrology"}, "bbq option categories: unknown BBQ category 'Astrology'; known: Age,"),
+    ("bbq", {"permute": "cyclic", "mode": "loglik"}, "bbq: permute reorders lettered options"),
+    ("bbq", {"limit": 0}, "bbq option limit: input should be greater than 0, got 0"),
+    ("b-score", {"temperature": -1}, "b-score option temperature: input should be greater than or equal to 0"),
+    ("b-score", {"runs": "many"}, "b-score option runs: input should be a valid integer"),
+    ("crows-pairs", {"causal_score": "max"}, "crows-pairs option causal_score: 'max' is not one of sum, mean"),
+    ("crows-pairs", {"bias_types": "age", "categories": "gender"},
+     "benchmark 'crows-pairs': categories and bias_types name the same option; give one"),
+    ("stereoset", {"task": "nextsentence"}, "stereoset option task: 'nextsentence' is not one of intrasentence, "
+                                            "intersentence, both"),
+    ("holistic-bias", {"sample": 0}, "holistic-bias option sample: input should be greater than 0, got 0"),
+    ("capability", {"num_fewshot": -1}, "capability option num_fewshot: input should be greater than or equal to 0"),
+])
+def test_bad_option_is_one_line(name, options, expected):
+    with pytest.raises(UserError) as e:
+        BENCHMARKS.get(name)(**options)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value)
+
+
+def test_unknown_option_lists_the_known_ones():
+    for build in (lambda: BENCHMARKS.get("stereoset")(no_such=1), lambda: build_benchmark("stereoset", {"no_such": 1})):
+        with pytest.raises(UserError) as e:
+            build()
+        assert str(e.value) == ("benchmark 'stereoset' has no option no_such; options: data, limit, seed, task, "
+                                "bias_types, insertion_space, categories")
+
+
+def test_none_means_the_default_and_options_read_as_attributes():
+    bench = build_benchmark("bbq", {"mode": None, "categories": "Age"}, seed=2)
+    assert bench.opts.mode == "auto" and bench.mode == "auto" and bench.categories == ["Age"] and bench.seed == 2
+    with pytest.raises(AttributeError):
+        bench.no_such_attribute
+
+
+def test_options_command_prints_each_option(capsys):
+    assert main(["options", "b-score"]) == 0
+    out = capsys.readouterr().out
+    for text in ("n_single", "30", "strict | lenient", "single_batch", "false", "sampling temperature"):
+        assert text in out
+    assert main(["options", "crows-pairs"]) == 0
+    assert "bias_types or categories" in capsys.readouterr().out
+    assert main(["options", "no-such-benchmark"]) == 2
+    assert main(["eval", "--help"]) == 0
+    assert "fairdistill options" in capsys.readouterr().out
