@@ -110,7 +110,7 @@ def test_unknown_option_lists_the_known_ones():
     for build in (lambda: BENCHMARKS.get("stereoset")(no_such=1), lambda: build_benchmark("stereoset", {"no_such": 1})):
         with pytest.raises(UserError) as e:
             build()
-        assert str(e.value) == ("benchmark 'stereoset' has no option no_such; options: data, limit, seed, task, "
+        assert str(e.value) == ("benchmark 'stereoset' has no option 'no_such'; options: data, limit, seed, task, "
                                 "bias_types, insertion_space, categories")
 
 

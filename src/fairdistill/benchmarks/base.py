@@ -119,7 +119,7 @@ def parse_options(model: type[BenchmarkOptions], benchmark: str, options: dict[s
     if twice:  # pydantic reports an alias given beside its option as an unknown option
         raise UserError(f"benchmark {benchmark!r}: {', '.join(twice)} name the same option; give one")
     if unknown:
-        raise UserError(f"benchmark {benchmark!r} has no option {', '.join(unknown)}; "
+        raise UserError(f"benchmark {benchmark!r} has no option {', '.join(map(repr, unknown))}; "
                         f"options: {', '.join([*model.model_fields, *aliases])}")
     raise UserError(" | ".join(_explain(model, benchmark, err) for err in errors))
 
