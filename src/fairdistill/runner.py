@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .benchmarks.base import Benchmark, EvalContext
 from .data import file_sha256
-from .errors import UserError
 from .store import RunStore
 
 

@@ -75,7 +75,7 @@ class BenchmarkOptions(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    #: fields recorded in the identity only when set to something else than their default, so the
+    #: fields recorded in the identity only when set to other than their default, so that the
     #: identities of runs made before the option existed still match
     identity_unless_default: ClassVar[frozenset[str]] = frozenset()
 

@@ -255,7 +255,8 @@ class BScore(Benchmark):
             if ctx.method is not None:
                 q = Question(prompt=item["question"], answer_instruction=ANSWER_INSTRUCTION,
                              options=list(item["options"]), meta={"id": item["id"]})
-                gen = GenerationConfig(max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature, seed=seed)
+                gen = GenerationConfig(max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
+                                       seed=seed)
                 results = ctx.method.answer([q] * len(ks), gen)
                 got = [(r.text, list(r.transcript), {"calls": r.calls}) for r in results]
             else:

@@ -102,7 +102,8 @@ class OccupationGender(Benchmark):
             "auto", description="prompt format; auto: the chat template when the model has one")
         occupations: comma_list() = Field(None, description="a subset of the table's occupations (default: all)")
         preamble: str = Field("", description="instruction prepended to each question (prompt-based debiasing)")
-        table: PathStr | None = Field(None, description="another occupation CSV (default: data, else the shipped table)")
+        table: PathStr | None = Field(
+            None, description="another occupation CSV (default: data, else the shipped table)")
 
         @model_validator(mode="after")
         def _table_from_data(self) -> "OccupationGender.Options":
