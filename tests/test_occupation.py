@@ -95,7 +95,7 @@ def test_metrics_hand_computed():
 def test_errors(tiny_bert, tmp_path):
     for kw, text in ((dict(probes="hidden"), "unknown occupation probe"),
                      (dict(occupations="astronaut"), "unknown occupation"),
-                     (dict(format="xml"), "unknown prompt format")):
+                     (dict(format="xml"), "option format: 'xml' is not one of auto, chat, plain")):
         with pytest.raises(UserError) as e:
             OccupationGender(**kw)
         assert text in str(e.value) and "\n" not in str(e.value)

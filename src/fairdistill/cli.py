@@ -85,7 +85,8 @@ def eval_cmd(
     compare: Optional[str] = typer.Option(None, help="also run this method (e.g. baseline) and print a paired comparison"),
     data: Optional[str] = typer.Option(None, help="dataset folder (default: $FAIRDISTILL_DATA or ../shared/data)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default: runs/<benchmark>-<model>-<hash>)"),
-    option: list[str] = typer.Option([], "--option", "-o", help="benchmark option key=value (repeatable)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="benchmark option key=value (repeatable); "
+                                     "`fairdistill options BENCHMARK` lists them"),
     method_option: list[str] = typer.Option([], "--method-option", help="method option key=value (repeatable)"),
     seed: int = typer.Option(0, help="seed for sampling, subsets and bootstrap"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps"),
@@ -243,6 +244,21 @@ def self_distill_cmd(
 
     res = run_self_distill(model, method, prompts, str(out), **parse_options(option))
     console.print_json(json.dumps(res, default=str))
+
+
+@app.command("options")
+def options_cmd(benchmark: str = typer.Argument(..., help="benchmark name (see `fairdistill list`)")):
+    """List a benchmark's options (`-o key=value` of `fairdistill eval`): type, default, description."""
+    from .benchmarks.base import describe_options
+    from .registry import BENCHMARKS
+
+    cls = BENCHMARKS.get(benchmark)
+    t = Table(title=f"{benchmark} options (-o key=value; lists as a,b)")
+    for col in ("option", "type", "default", "description"):
+        t.add_column(col, overflow="fold")
+    for row in describe_options(cls.Options):
+        t.add_row(*row.values())
+    console.print(t)
 
 
 @app.command("list")

@@ -8,7 +8,6 @@ scripts all go through it.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import platform
 import re
@@ -21,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .benchmarks.base import Benchmark, EvalContext
 from .data import file_sha256
-from .errors import UserError
 from .store import RunStore
 
 
@@ -57,18 +55,11 @@ def _slug(s: str) -> str:
 
 def build_benchmark(name: str, options: dict[str, Any], *, seed: int = 0, data: str | None = None,
                     limit: int | None = None) -> Benchmark:
-    """A benchmark from its registered name and options; an unknown option is a one-line UserError."""
+    """A benchmark from its registered name and options, validated by its ``Options`` model (a bad or
+    unknown option is a one-line UserError)."""
     from .registry import BENCHMARKS
 
-    cls = BENCHMARKS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {"data": data, "limit": limit, "seed": seed, **options}
-    unknown = [k for k in kwargs if k not in params and not accepts_any]
-    if unknown:
-        known = [k for k in params if k != "self" and params[k].kind is not params[k].VAR_KEYWORD]
-        raise UserError(f"benchmark {name!r} has no option {', '.join(map(repr, unknown))}; options: {', '.join(known)}")
-    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+    return BENCHMARKS.get(name)(**{"data": data, "limit": limit, "seed": seed, **options})
 
 
 def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, show_progress: bool = True,

@@ -209,11 +209,10 @@ def gguf_to_hf_dir(gguf: Path, out: Path) -> str:
 
 
 def half_precision_copy(folder: str | Path, dtype) -> str:
-    """A ``dtype`` (bf16/fp16) copy of a converted float32 folder, written once beside it (``<folder>/bf16``).
+    """A ``dtype`` (bf16/fp16) copy of a converted float32 folder, written once inside it (``<folder>/bfloat16``).
 
     Read and written one tensor at a time, so the copy never holds the float32 model in memory.
     """
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 

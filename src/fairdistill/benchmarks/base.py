@@ -7,9 +7,13 @@ benchmark gets incremental writing and resume for free.
 """
 from __future__ import annotations
 
+import os
 import random
+from types import UnionType
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Iterable, Literal, Mapping, Union, get_args, get_origin
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from ..backends.base import Backend
 from ..errors import CapabilityError, UserError
@@ -23,8 +27,161 @@ class EvalContext:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def option_list(value: Any) -> list[str] | None:
+    """A list option given as "a,b" on the command line or as a list in a config; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [x.strip() for x in value.split(",") if x.strip()]
+    return [str(x).strip() for x in value]
+
+
+_KEEP: Any = object()
+
+
+def comma_list(choices: Iterable[str] | None = None, what: str = "value",
+               aliases: Mapping[str, str] | None = None, *, empty: Any = _KEEP) -> Any:
+    """The type of a list option given as "a,b" or a list; entries (after ``aliases``) must be ``choices``.
+
+    ``empty``: what an empty list stands for (e.g. the default); by default it stays an empty list."""
+    known = list(choices) if choices is not None else None
+    aliases = dict(aliases or {})
+
+    def parse(value: Any) -> list[str] | None:
+        items = option_list(value)
+        if items == [] and empty is not _KEEP:
+            return list(empty) if isinstance(empty, (list, tuple)) else empty
+        if items is None or known is None:
+            return items
+        items = [aliases.get(x, x) for x in items]
+        for x in items:
+            if x not in known:
+                also = "".join(f" ({a} = {b})" for a, b in aliases.items())
+                raise ValueError(f"unknown {what} {x!r}; known: {', '.join(known)}{also}")
+        return items
+
+    return Annotated[list[str] | None, BeforeValidator(parse)]
+
+
+#: a path option, kept as the string a run config records
+PathStr = Annotated[str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)]
+
+
+class BenchmarkOptions(BaseModel):
+    """A benchmark's options: types, defaults, validation, ``fairdistill options`` help and run identity.
+
+    ``model_dump()`` is the run identity, so a field that changes no result (where the data lies,
+    a batch size) is declared with ``exclude=True``. None given for any option means its default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    #: fields recorded in the identity only when set to other than their default, so that the
+    #: identities of runs made before the option existed still match
+    identity_unless_default: ClassVar[frozenset[str]] = frozenset()
+
+    data: PathStr | None = Field(None, exclude=True,
+                                 description="dataset folder (default: $FAIRDISTILL_DATA or ../shared/data)")
+    limit: PositiveInt | None = Field(None, description="items to evaluate, a seeded sample (default: all)")
+    seed: int = Field(0, description="seed for sampling, subsets and bootstrap")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_default(cls, values: Any) -> Any:
+        # the CLI and study files pass every option they know of, unset ones as None
+        return {k: v for k, v in values.items() if v is not None} if isinstance(values, dict) else values
+
+
+# Helpers over an options model are functions, not methods: any method name could clash with an option.
+def options_identity(opts: BenchmarkOptions) -> dict[str, Any]:
+    """The options' part of the run identity."""
+    out = opts.model_dump()
+    for name in opts.identity_unless_default:
+        if out.get(name) == type(opts).model_fields[name].default:
+            del out[name]
+    return out
+
+
+def option_aliases(model: type[BenchmarkOptions]) -> dict[str, str]:
+    """Other name -> option, e.g. CrowS-Pairs takes ``categories`` for ``bias_types``."""
+    return {a: name for name, f in model.model_fields.items()
+            for a in getattr(f.validation_alias, "choices", []) if a != name}
+
+
+def parse_options(model: type[BenchmarkOptions], benchmark: str, options: dict[str, Any]) -> BenchmarkOptions:
+    """Validated options; anything wrong is one UserError line naming the option and what it accepts."""
+    try:
+        return model(**options)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+    unknown = [str(err["loc"][0]) for err in errors if err["type"] == "extra_forbidden"]
+    aliases = option_aliases(model)
+    twice = [f"{a} and {aliases[a]}" for a in unknown if a in aliases]
+    if twice:  # pydantic reports an alias given beside its option as an unknown option
+        raise UserError(f"benchmark {benchmark!r}: {', '.join(twice)} name the same option; give one")
+    if unknown:
+        raise UserError(f"benchmark {benchmark!r} has no option {', '.join(map(repr, unknown))}; "
+                        f"options: {', '.join([*model.model_fields, *aliases])}")
+    raise UserError(" | ".join(_explain(model, benchmark, err) for err in errors))
+
+
+def _explain(model: type[BenchmarkOptions], benchmark: str, err: Any) -> str:
+    name = str(err["loc"][0]) if err["loc"] else None
+    if err["type"] == "literal_error" and name in model.model_fields:
+        allowed = literal_choices(model.model_fields[name].annotation)
+        detail = f"{err['input']!r} is not one of {', '.join(map(str, allowed))}"
+    elif err["type"] == "value_error":
+        detail = str(err["ctx"]["error"])
+    else:
+        detail = f"{err['msg'][:1].lower()}{err['msg'][1:]}, got {err['input']!r}"
+    return f"{benchmark} option {name}: {detail}" if name else f"{benchmark}: {detail}"
+
+
+def describe_options(model: type[BenchmarkOptions]) -> list[dict[str, str]]:
+    """One row per option: name (and other names), type, default, description (``fairdistill options``)."""
+    others: dict[str, list[str]] = {}
+    for alias, name in option_aliases(model).items():
+        others.setdefault(name, []).append(alias)
+    rows = []
+    for name, f in model.model_fields.items():
+        default = f.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        elif isinstance(default, bool):
+            default = str(default).lower()  # as typed on the command line
+        rows.append({"option": " or ".join([name, *others.get(name, [])]), "type": type_name(f.annotation),
+                     "default": "" if default is None else str(default), "description": f.description or ""})
+    return rows
+
+
+def literal_choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a ``Literal`` (possibly inside an Optional or a list) allows."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return tuple(v for a in get_args(annotation) for v in literal_choices(a))
+
+
+def type_name(annotation: Any) -> str:
+    """A short, readable type for help tables: ``auto | loglik | generate``, ``int``, ``list``."""
+    choices = literal_choices(annotation)
+    if choices:
+        return " | ".join(map(str, choices))
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return type_name(get_args(annotation)[0])
+    if origin is list:
+        return "list (a,b)"
+    if origin in (Union, UnionType):
+        return " | ".join(type_name(a) for a in get_args(annotation) if a is not type(None))
+    return getattr(annotation, "__name__", str(annotation))
+
+
 class Benchmark:
-    """Subclass, set ``name``, implement ``items``, ``evaluate`` and ``metrics``, and register."""
+    """Subclass, set ``name``, implement ``items``, ``evaluate`` and ``metrics``, and register.
+
+    Options are declared once, as ``class Options(BenchmarkOptions)`` on the benchmark; the
+    constructor validates its keyword arguments through it into ``self.opts``. An option can also
+    be read as an attribute (``bench.limit``) unless the benchmark sets one of that name.
+    """
 
     name: ClassVar[str] = "benchmark"
     description: ClassVar[str] = ""
@@ -33,15 +190,21 @@ class Benchmark:
     #: whether the benchmark can run through an inference-time method
     supports_methods: ClassVar[bool] = False
 
-    def __init__(self, data: str | None = None, limit: int | None = None, seed: int = 0, **options: Any):
-        self.data = data
-        self.limit = limit
-        self.seed = seed
-        self.options = options
+    Options: ClassVar[type[BenchmarkOptions]] = BenchmarkOptions
+
+    def __init__(self, **options: Any):
+        self.opts = parse_options(self.Options, self.name, options)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: options read as attributes by callers and plugins
+        opts = self.__dict__.get("opts")
+        if opts is not None and name in type(opts).model_fields:
+            return getattr(opts, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the results; a resumed run must have the same identity."""
-        return {"benchmark": self.name, "limit": self.limit, "seed": self.seed, **self.options}
+        return {"benchmark": self.name, **options_identity(self.opts)}
 
     def data_files(self) -> list[str]:
         """Files read, for hashing into the run config (reproducibility)."""
@@ -116,12 +279,3 @@ def require_sentence_scores(ctx: EvalContext, what: str) -> None:
             raise CapabilityError(f"{what} on a masked LM needs token-level PLL, which {be.name} cannot do")
     else:
         be.require(score=True, what=what)
-
-
-def option_list(value: Any) -> list[str] | None:
-    """A list option given as "a,b" on the command line or as a list in a config; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [x.strip() for x in value.split(",") if x.strip()]
-    return [str(x).strip() for x in value]

@@ -18,13 +18,15 @@ Metrics (accuracy, s_DIS, s_AMB per category and overall, bootstrap 95% CIs) com
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
 
 from ..data import download, find_dataset, read_jsonl
 from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext, option_list, seeded_subset
+from .base import Benchmark, BenchmarkOptions, EvalContext, comma_list, seeded_subset
 from . import bbq_scoring
 from . import permute as permute_mod
 
@@ -99,69 +101,58 @@ def load_category(folder: Path, category: str) -> list[dict]:
 
 @BENCHMARKS.register("bbq")
 class BBQ(Benchmark):
-    """BBQ bias scores. Options: categories, mode (auto|loglik|generate), options (dataset|helm),
-    condition (both|ambig|disambig), limit (items per category, seeded sample), max_new_tokens,
-    permute (none|cyclic: ask every rotation of the options, predict by majority; generation mode)."""
+    """BBQ bias scores; ``limit`` is items per category (seeded sample). Options: ``BBQ.Options``."""
 
     name = "bbq"
     description = "Bias Benchmark for QA: accuracy, s_DIS, s_AMB per category (Parrish et al. 2022)"
     batch_size = 16
     supports_methods = True
 
-    def __init__(
-        self,
-        data: str | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-        categories: list[str] | str | None = None,
-        mode: str = "auto",
-        options: str = "dataset",
-        condition: str = "both",
-        max_new_tokens: int = 16,
-        permute: str = "none",
-        download_missing: bool = False,
-    ):
-        categories = option_list(categories)
-        if mode not in ("auto", "loglik", "generate"):
-            raise UserError(f"unknown BBQ mode {mode!r}; use auto, loglik or generate")
-        if options not in ("dataset", "helm"):
-            raise UserError(f"unknown BBQ options protocol {options!r}; use dataset or helm")
-        if condition not in ("both", "ambig", "disambig"):
-            raise UserError(f"unknown BBQ condition {condition!r}; use both, ambig or disambig")
-        for c in categories or []:
-            if c not in CATEGORIES:
-                raise UserError(f"unknown BBQ category {c!r}; known: {', '.join(CATEGORIES)}")
-        permute_mod.orders(3, permute)  # validates the mode
-        if permute != "none" and mode == "loglik":
-            raise UserError(PERMUTE_NEEDS_GENERATE)
-        extra = {"permute": permute} if permute != "none" else {}  # run identities of older runs unchanged
-        super().__init__(data=data, limit=limit, seed=seed, categories=categories, mode=mode,
-                         options=options, condition=condition, max_new_tokens=max_new_tokens, **extra)
-        self.permute = permute
-        self.categories = categories
-        self.mode = mode
-        self.protocol = options
-        self.condition = condition
-        self.max_new_tokens = max_new_tokens
-        self.download_missing = download_missing
+    class Options(BenchmarkOptions):
+        # permute came later: runs that leave it at "none" keep the identity they had before
+        identity_unless_default = frozenset({"permute"})
+
+        categories: comma_list(CATEGORIES, "BBQ category") = Field(
+            None, description="categories, e.g. Age,Religion (default: every category file present)")
+        mode: Literal["auto", "loglik", "generate"] = Field(
+            "auto", description="loglik: most likely option; generate: lettered multiple choice, answer parsed; "
+            "auto: loglik when the model can score and no method is used")
+        options: Literal["dataset", "helm"] = Field(
+            "dataset", description="loglik choices: the item's three options, or HELM's two people plus ten "
+            "'unknown' phrasings")
+        condition: Literal["both", "ambig", "disambig"] = Field("both", description="context conditions to keep")
+        max_new_tokens: PositiveInt = Field(16, description="answer length in generation mode")
+        permute: Literal[permute_mod.MODES] = Field(
+            "none", description="cyclic: ask every rotation of the options, predict by majority (generation mode)")
+        download_missing: bool = Field(
+            False, exclude=True, description="download missing category files from the BBQ repository")
+
+        @model_validator(mode="after")
+        def _permute_needs_lettered_options(self) -> "BBQ.Options":
+            if self.permute != "none" and self.mode == "loglik":
+                raise ValueError(PERMUTE_NEEDS_GENERATE)
+            return self
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         self._files: list[str] = []
 
     # -- data -----------------------------------------------------------------------------------
     def folder(self) -> Path:
-        if self.download_missing and self.data is None:
+        if self.opts.download_missing and self.opts.data is None:
             folder = find_dataset("bbq", must_exist=False)
-            for c in self.categories or CATEGORIES:
+            for c in self.opts.categories or CATEGORIES:
                 if not (folder / f"{c}.jsonl").exists():
                     download(UPSTREAM.format(category=c), folder / f"{c}.jsonl")
             return folder
-        return find_dataset("bbq", self.data)
+        return find_dataset("bbq", self.opts.data)
 
     def items(self) -> list[dict[str, Any]]:
         folder = self.folder()
         present = [c for c in CATEGORIES if (folder / f"{c}.jsonl").exists()]
         if not present:
             raise UserError(f"no BBQ category files (e.g. Age.jsonl) in {folder}")
-        cats = self.categories or present
+        cats = self.opts.categories or present
         missing = [c for c in cats if c not in present]
         if missing:
             raise UserError(f"BBQ categories not found in {folder}: {', '.join(missing)}")
@@ -170,9 +161,9 @@ class BBQ(Benchmark):
         for c in cats:
             rows = load_category(folder, c)
             self._files.append(str(folder / f"{c}.jsonl"))
-            if self.condition != "both":
-                rows = [r for r in rows if r["context_condition"] == self.condition]
-            rows = seeded_subset(rows, self.limit, f"{self.seed}-{c}")
+            if self.opts.condition != "both":
+                rows = [r for r in rows if r["context_condition"] == self.opts.condition]
+            rows = seeded_subset(rows, self.opts.limit, f"{self.opts.seed}-{c}")
             for r in rows:
                 r["id"] = f"{c}-{r['example_id']}"
                 out.append(r)
@@ -185,8 +176,8 @@ class BBQ(Benchmark):
 
     # -- evaluation -----------------------------------------------------------------------------
     def resolved_mode(self, ctx: EvalContext) -> str:
-        if self.mode != "auto":
-            return self.mode
+        if self.opts.mode != "auto":
+            return self.opts.mode
         if ctx.method is not None:
             return "generate"
         return "loglik" if ctx.backend.can_score else "generate"
@@ -198,7 +189,7 @@ class BBQ(Benchmark):
         else:
             if ctx.method is not None:
                 raise UserError("inference-time methods need generation mode: use --mode generate")
-            if self.permute != "none":
+            if self.opts.permute != "none":
                 raise UserError(PERMUTE_NEEDS_GENERATE)
             ctx.backend.require(score=True, what="BBQ log-likelihood mode")
 
@@ -214,13 +205,13 @@ class BBQ(Benchmark):
 
     def choices(self, row: dict) -> list[str]:
         opts = [row["ans0"], row["ans1"], row["ans2"]]
-        if self.protocol == "dataset":
+        if self.opts.options == "dataset":
             return opts
         unk = unknown_index(row)
         return [o for i, o in enumerate(opts) if i != unk] + HELM_UNKNOWN
 
     def _choice_to_option(self, row: dict, k: int) -> int:
-        if self.protocol == "dataset":
+        if self.opts.options == "dataset":
             return k
         unk = unknown_index(row)
         people = [i for i in range(3) if i != unk]
@@ -239,8 +230,8 @@ class BBQ(Benchmark):
         from ..methods.base import get_method
 
         method = ctx.method or get_method("baseline", ctx.backend)
-        gen = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0.0, seed=self.seed)
-        orders = permute_mod.orders(3, self.permute)
+        gen = GenerationConfig(max_new_tokens=self.opts.max_new_tokens, temperature=0.0, seed=self.opts.seed)
+        orders = permute_mod.orders(3, self.opts.permute)
         results = method.answer([mc_question(r, o) for r in items for o in orders], gen)
         out = []
         for k, r in enumerate(items):
@@ -268,8 +259,8 @@ class BBQ(Benchmark):
 
     # -- metrics --------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        out = bbq_scoring.bbq_metrics(records, pred_key="pred", seed=self.seed)
-        pos = letter_positions(records, seed=self.seed)
+        out = bbq_scoring.bbq_metrics(records, pred_key="pred", seed=self.opts.seed)
+        pos = letter_positions(records, seed=self.opts.seed)
         if pos is not None:
             out["position"] = pos
             out["definitions"].update(pos.pop("definitions"))

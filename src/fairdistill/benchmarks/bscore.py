@@ -27,9 +27,10 @@ import hashlib
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
 from ..backends.base import GenerationRequest
 from ..data import find_dataset
@@ -37,12 +38,13 @@ from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
 from ..stats.bootstrap import percentile_interval, resample_indices
-from .base import Benchmark, EvalContext, option_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, comma_list
 
 TOPICS = ["number", "gender", "politics", "country", "math", "name", "profession", "race", "sport"]
 #: paper category -> file suffix
 CATEGORIES = {"subjective": "subjective", "random": "random", "easy": "objective", "hard": "hard"}
 CATEGORY_ALIASES = {"objective": "easy"}
+PARSE_RULES = ("strict", "lenient")
 ANSWER_INSTRUCTION = "You MUST choose one and respond using double curly brackets: {{your choice}}."
 
 
@@ -165,8 +167,8 @@ def reparse_records(records: list[dict[str, Any]], parse: str = "strict") -> lis
 
 
 def _check_parse(parse: str) -> str:
-    if parse not in ("strict", "lenient"):
-        raise UserError(f"unknown B-score parse rule {parse!r}; use strict or lenient")
+    if parse not in PARSE_RULES:
+        raise UserError(f"unknown B-score parse rule {parse!r}; use {' or '.join(PARSE_RULES)}")
     return parse
 
 
@@ -179,92 +181,53 @@ def derive_seed(*parts: Any) -> int:
 # -- benchmark ----------------------------------------------------------------------------------
 @BENCHMARKS.register("b-score")
 class BScore(Benchmark):
-    """B-score. Options: topics, categories (subjective, random, easy (= objective), hard),
-    n_single (single-turn queries per run, default 30), n_multi (turns of the multi-turn
-    conversation, default 30), runs (default 10), temperature (default 1.0), max_new_tokens
-    (default 64), single_batch (default false: every single-turn query is its own request with its
-    own seed; true: a run's n_single queries go out as one batch of identical prompts under one
-    seed, which is much faster on a local model and equally reproducible), parse (strict: the
-    authors' {{...}} answers; lenient: also a response naming exactly one option)."""
+    """B-score; ``limit`` is the number of questions. Options: ``BScore.Options``."""
 
     name = "b-score"
     description = "B-score: single-turn vs multi-turn answer frequencies (Vo et al., ICML 2025)"
     batch_size = 1  # one (question, run) = n_single + n_multi generations; saved as it finishes
     supports_methods = True
 
-    def __init__(
-        self,
-        data: str | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-        topics: list[str] | str | None = None,
-        categories: list[str] | str | None = None,
-        n_single: int = 30,
-        n_multi: int = 30,
-        runs: int = 10,
-        temperature: float = 1.0,
-        max_new_tokens: int = 64,
-        single_batch: bool = False,
-        parse: str = "strict",
-    ):
-        _check_parse(parse)
-        topics = option_list(topics)
-        cats = option_list(categories)
-        for t in topics or []:
-            if t not in TOPICS:
-                raise UserError(f"unknown B-score topic {t!r}; known: {', '.join(TOPICS)}")
-        if cats:
-            cats = [CATEGORY_ALIASES.get(c, c) for c in cats]
-            for c in cats:
-                if c not in CATEGORIES:
-                    raise UserError(f"unknown B-score category {c!r}; known: {', '.join(CATEGORIES)} "
-                                    f"(objective = easy)")
-        for k, v in (("n_single", n_single), ("n_multi", n_multi), ("runs", runs)):
-            if not isinstance(v, int) or v < 1:
-                raise UserError(f"B-score option {k} must be a positive integer, got {v!r}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise UserError(f"B-score option max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        try:
-            temperature = float(temperature)
-        except (TypeError, ValueError):
-            raise UserError(f"B-score option temperature must be a number, got {temperature!r}") from None
-        if temperature < 0:
-            raise UserError(f"B-score option temperature must be >= 0, got {temperature}")
-        super().__init__(data=data, limit=limit, seed=seed, topics=topics, categories=cats,
-                         n_single=n_single, n_multi=n_multi, runs=runs, temperature=temperature,
-                         max_new_tokens=max_new_tokens, single_batch=bool(single_batch),
-                         parse=parse)
-        self.parse = parse
-        self.single_batch = bool(single_batch)
-        self.topics = topics
-        self.categories = cats
-        self.n_single = n_single
-        self.n_multi = n_multi
-        self.runs = runs
-        self.temperature = temperature
-        self.max_new_tokens = max_new_tokens
+    class Options(BenchmarkOptions):
+        topics: comma_list(TOPICS, "B-score topic") = Field(None, description="question topics (default: all)")
+        categories: comma_list(CATEGORIES, "B-score category", CATEGORY_ALIASES) = Field(
+            None, description="question categories (default: all)")
+        n_single: PositiveInt = Field(30, description="single-turn queries per run")
+        n_multi: PositiveInt = Field(30, description="turns of the multi-turn conversation")
+        runs: PositiveInt = Field(10, description="runs per question")
+        temperature: float = Field(1.0, ge=0, description="sampling temperature")
+        max_new_tokens: PositiveInt = Field(64, description="answer length")
+        single_batch: bool = Field(
+            False, description="true: a run's single-turn queries go out as one batch of identical prompts under "
+            "one seed (much faster on a local model, equally reproducible); false: each its own request and seed")
+        parse: Literal[PARSE_RULES] = Field(
+            "strict", description="strict: the authors' {{...}} answers; lenient: also a response naming exactly "
+            "one option")
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         self._files: list[str] = []
 
     # -- data -----------------------------------------------------------------------------------
     def questions(self) -> list[dict[str, Any]]:
-        qs = load_questions(find_dataset("b_score", self.data))
-        if self.topics:
-            qs = [q for q in qs if q["topic"] in self.topics]
-        if self.categories:
-            qs = [q for q in qs if q["category"] in self.categories]
+        qs = load_questions(find_dataset("b_score", self.opts.data))
+        if self.opts.topics:
+            qs = [q for q in qs if q["topic"] in self.opts.topics]
+        if self.opts.categories:
+            qs = [q for q in qs if q["category"] in self.opts.categories]
         if not qs:
             raise UserError("no B-score questions match the chosen topics/categories")
         # order: topic order, then category order of the paper
         qs.sort(key=lambda q: (TOPICS.index(q["topic"]) if q["topic"] in TOPICS else 99,
                                list(CATEGORIES).index(q["category"])))
-        if self.limit is not None:
-            qs = qs[: self.limit]
+        if self.opts.limit is not None:
+            qs = qs[: self.opts.limit]
         self._files = [q["source_file"] for q in qs]
         return qs
 
     def items(self) -> list[dict[str, Any]]:
         return [{**q, "id": f"{q['question_id']}/run{r}", "run": r}
-                for q in self.questions() for r in range(self.runs)]
+                for q in self.questions() for r in range(self.opts.runs)]
 
     def data_files(self) -> list[str]:
         if not self._files:
@@ -278,12 +241,12 @@ class BScore(Benchmark):
 
     # -- evaluation -----------------------------------------------------------------------------
     def _seed(self, item: dict, protocol: str, k: int) -> int:
-        return derive_seed(self.seed, item["question_id"], item["run"], protocol, k)
+        return derive_seed(self.opts.seed, item["question_id"], item["run"], protocol, k)
 
     def _single_turn(self, item: dict, ctx: EvalContext) -> list[dict[str, Any]]:
         prompt = user_prompt(item["question"])
-        n = self.n_single
-        if self.single_batch:  # one batch of n identical prompts under one seed
+        n = self.opts.n_single
+        if self.opts.single_batch:  # one batch of n identical prompts under one seed
             groups = [(list(range(n)), self._seed(item, "single-batch", 0))]
         else:  # n independent requests, each with its own seed
             groups = [([k], self._seed(item, "single", k)) for k in range(n)]
@@ -292,18 +255,19 @@ class BScore(Benchmark):
             if ctx.method is not None:
                 q = Question(prompt=item["question"], answer_instruction=ANSWER_INSTRUCTION,
                              options=list(item["options"]), meta={"id": item["id"]})
-                gen = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
+                gen = GenerationConfig(max_new_tokens=self.opts.max_new_tokens, temperature=self.opts.temperature,
+                                       seed=seed)
                 results = ctx.method.answer([q] * len(ks), gen)
                 got = [(r.text, list(r.transcript), {"calls": r.calls}) for r in results]
             else:
                 msgs = [{"role": "user", "content": prompt}]
                 results = ctx.backend.generate([GenerationRequest(
-                    messages=list(msgs), max_new_tokens=self.max_new_tokens,
-                    temperature=self.temperature, seed=seed) for _ in ks])
+                    messages=list(msgs), max_new_tokens=self.opts.max_new_tokens,
+                    temperature=self.opts.temperature, seed=seed) for _ in ks])
                 got = [(r.text, msgs + [{"role": "assistant", "content": r.text}],
                         {"completion_tokens": r.completion_tokens}) for r in results]
             for k, (text, messages, extra) in zip(ks, got):
-                extracted, answer, how = parse_answer(text, item["options"], self.parse == "lenient")
+                extracted, answer, how = parse_answer(text, item["options"], self.opts.parse == "lenient")
                 out.append({"query": k, "seed": seed, "messages": messages, "response": text,
                             "extracted": extracted, "answer": answer, "parse": how, **extra})
         return out
@@ -312,14 +276,14 @@ class BScore(Benchmark):
         prompt = user_prompt(item["question"])
         messages: list[dict[str, str]] = []
         turns = []
-        for t in range(self.n_multi):
+        for t in range(self.opts.n_multi):
             seed = self._seed(item, "multi", t)
             messages.append({"role": "user", "content": prompt})
             res = ctx.backend.generate([GenerationRequest(
-                messages=list(messages), max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, seed=seed)])[0]
+                messages=list(messages), max_new_tokens=self.opts.max_new_tokens,
+                temperature=self.opts.temperature, seed=seed)])[0]
             messages.append({"role": "assistant", "content": res.text})
-            extracted, answer, how = parse_answer(res.text, item["options"], self.parse == "lenient")
+            extracted, answer, how = parse_answer(res.text, item["options"], self.opts.parse == "lenient")
             turns.append({"turn": t + 1, "seed": seed, "response": res.text, "extracted": extracted,
                           "answer": answer, "parse": how, "prompt_tokens": res.prompt_tokens,
                           "completion_tokens": res.completion_tokens})
@@ -335,7 +299,7 @@ class BScore(Benchmark):
                 "task_name": it["task_name"], "topic": it["topic"], "category": it["category"],
                 "question": it["question"], "options": it["options"],
                 "single_turn_source": ctx.method.name if ctx.method is not None else "model",
-                "parse_rule": self.parse,
+                "parse_rule": self.opts.parse,
                 "single_counts": _counts([s["answer"] for s in single]),
                 "multi_counts": _counts([t["answer"] for t in multi["turns"]]),
                 "single_unparsed": sum(s["answer"] is None for s in single),
@@ -347,7 +311,7 @@ class BScore(Benchmark):
 
     # -- metrics --------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return bscore_metrics(records, seed=self.seed)
+        return bscore_metrics(records, seed=self.opts.seed)
 
     # -- paired comparison: a question is the unit, its |B| of the top single-turn option the outcome
     paired_key = "question_id"

@@ -32,9 +32,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, NonNegativeInt, PositiveInt
+
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext, option_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, comma_list
 from . import lm_eval_tasks as lt
 
 log = logging.getLogger(__name__)
@@ -80,44 +82,28 @@ def _jsonable(o: Any) -> Any:
 
 @BENCHMARKS.register("capability")
 class Capability(Benchmark):
-    """Capability retention via lm-evaluation-harness. Options: tasks (list or comma string; default
-    mmlu), subjects (MMLU subset), limit (documents per task; lm-eval takes the first N), num_fewshot,
-    local (true: MMLU/GPQA/IFEval from shared/data), lm_eval_batch_size, bootstrap_iters,
-    max_gen_toks (IFEval), apply_chat_template."""
+    """Capability retention via lm-evaluation-harness; ``limit`` is documents per task (lm-eval takes
+    the first N). Options: ``Capability.Options``."""
 
     name = "capability"
     description = "Capability retention: MMLU / GPQA diamond / IFEval / any lm-eval task, via lm-evaluation-harness"
     batch_size = 1  # one task per evaluate call: each finished task is saved before the next starts
 
-    def __init__(
-        self,
-        data: str | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-        tasks: list[str] | str | None = None,
-        subjects: list[str] | str | None = None,
-        num_fewshot: int | None = None,
-        local: bool = True,
-        lm_eval_batch_size: int = 8,
-        bootstrap_iters: int = 1000,
-        max_gen_toks: int = 1280,
-        apply_chat_template: bool = False,
-        include_path: str | None = None,
-    ):
-        tasks_l = option_list(tasks) or ["mmlu"]
-        subjects_l = option_list(subjects) or None
-        super().__init__(data=data, limit=limit, seed=seed, tasks=tasks_l, subjects=subjects_l,
-                         num_fewshot=num_fewshot, local=local, bootstrap_iters=bootstrap_iters,
-                         max_gen_toks=max_gen_toks, apply_chat_template=apply_chat_template)
-        self.tasks = tasks_l
-        self.subjects = subjects_l
-        self.num_fewshot = num_fewshot
-        self.local = bool(local)
-        self.lm_eval_batch_size = lm_eval_batch_size
-        self.bootstrap_iters = bootstrap_iters
-        self.max_gen_toks = max_gen_toks
-        self.apply_chat_template = apply_chat_template
-        self.include_path = include_path
+    class Options(BenchmarkOptions):
+        tasks: comma_list(empty=["mmlu"]) = Field(
+            default_factory=lambda: ["mmlu"], description="lm-eval tasks, e.g. mmlu,gpqa_diamond,ifeval")
+        subjects: comma_list(empty=None) = Field(None, description="MMLU subjects (default: all)")
+        num_fewshot: NonNegativeInt | None = Field(None, description="few-shot examples (default: the task's)")
+        local: bool = Field(True, description="true: MMLU / GPQA / IFEval task definitions over the shared data")
+        lm_eval_batch_size: PositiveInt = Field(8, exclude=True, description="lm-eval's batch size")
+        bootstrap_iters: NonNegativeInt = Field(1000, description="lm-eval's bootstrap resamples for standard errors")
+        max_gen_toks: PositiveInt = Field(1280, description="IFEval answer length")
+        apply_chat_template: bool = Field(False, description="wrap prompts in the model's chat template")
+        include_path: PathStr | None = Field(
+            None, exclude=True, description="folder of further lm-eval task definitions")
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         self.skipped: dict[str, str] = {}
         self._files: list[str] | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -125,12 +111,12 @@ class Capability(Benchmark):
 
     # -- task definitions -------------------------------------------------------------------------
     def lm_eval_name(self, task: str) -> str:
-        return (lt.local_name(task) if self.local else None) or task
+        return (lt.local_name(task) if self.opts.local else None) or task
 
     def items(self) -> list[dict[str, Any]]:
         out = []
         self.skipped = {}
-        for t in self.tasks:
+        for t in self.opts.tasks:
             name = self.lm_eval_name(t)
             if name == "fd_ifeval":
                 problem = lt.ifeval_problem()
@@ -150,10 +136,10 @@ class Capability(Benchmark):
         self._tmp = tempfile.TemporaryDirectory(prefix="fairdistill-lm-eval-tasks-")
         d = Path(self._tmp.name)
         files: list[str] = []
-        names = [self.lm_eval_name(t) for t in self.tasks]
+        names = [self.lm_eval_name(t) for t in self.opts.tasks]
         subjects: list[str] = []
         if "fd_mmlu" in names:
-            subjects = self.subjects or lt.mmlu_subjects(self._data_for("mmlu"))
+            subjects = self.opts.subjects or lt.mmlu_subjects(self._data_for("mmlu"))
         subjects += [n[len("fd_mmlu_"):] for n in names if n.startswith("fd_mmlu_") and n[len("fd_mmlu_"):] not in subjects]
         if subjects:
             _, f = lt.write_mmlu(d, self._data_for("mmlu"), subjects)
@@ -161,19 +147,19 @@ class Capability(Benchmark):
             if "fd_mmlu" not in names:
                 (d / "fd_mmlu" / "_fd_mmlu.yaml").unlink()
         if "fd_gpqa_diamond" in names:
-            files += lt.write_gpqa(d, self._data_for("gpqa"), self.seed)
+            files += lt.write_gpqa(d, self._data_for("gpqa"), self.opts.seed)
         if "fd_ifeval" in names and not lt.ifeval_problem():
-            files += lt.write_ifeval(d, self._data_for("ifeval"), self.max_gen_toks)
+            files += lt.write_ifeval(d, self._data_for("ifeval"), self.opts.max_gen_toks)
         self._files = files
         self._task_dir = d
         return d
 
     def _data_for(self, name: str) -> str | None:
         """``data`` is either a dataset folder root (holding mmlu/, gpqa/...) or None."""
-        if self.data is None:
+        if self.opts.data is None:
             return None
-        p = Path(self.data) / name
-        return str(p) if p.exists() else self.data
+        p = Path(self.opts.data) / name
+        return str(p) if p.exists() else self.opts.data
 
     def data_files(self) -> list[str]:
         if self._files is None:
@@ -208,7 +194,7 @@ class Capability(Benchmark):
         if cached is not None:
             return cached
         lm = HFLM(pretrained=ctx.backend.model, tokenizer=ctx.backend.tokenizer,
-                  batch_size=self.lm_eval_batch_size)
+                  batch_size=self.opts.lm_eval_batch_size)
         try:
             ctx.backend._fd_hflm = lm  # one wrapper per backend
         except AttributeError:
@@ -218,8 +204,8 @@ class Capability(Benchmark):
     def task_manager(self, names: list[str]):
         from lm_eval.tasks import TaskManager
 
-        paths = [str(self.task_dir())] + ([self.include_path] if self.include_path else [])
-        only_local = all(n.startswith("fd_") for n in names) and not self.include_path
+        paths = [str(self.task_dir())] + ([self.opts.include_path] if self.opts.include_path else [])
+        only_local = all(n.startswith("fd_") for n in names) and not self.opts.include_path
         return TaskManager(include_path=paths, include_defaults=not only_local)
 
     def run_lm_eval(self, names: list[str], ctx: EvalContext) -> dict[str, Any]:
@@ -231,16 +217,16 @@ class Capability(Benchmark):
         res = lm_eval.simple_evaluate(
             model=self.lm(ctx),
             tasks=names,
-            num_fewshot=self.num_fewshot,
-            limit=self.limit,
-            bootstrap_iters=self.bootstrap_iters,
+            num_fewshot=self.opts.num_fewshot,
+            limit=self.opts.limit,
+            bootstrap_iters=self.opts.bootstrap_iters,
             log_samples=True,
             task_manager=self.task_manager(names),
-            apply_chat_template=self.apply_chat_template,
-            random_seed=self.seed,
-            numpy_random_seed=1234 + self.seed,
-            torch_random_seed=1234 + self.seed,
-            fewshot_random_seed=1234 + self.seed,
+            apply_chat_template=self.opts.apply_chat_template,
+            random_seed=self.opts.seed,
+            numpy_random_seed=1234 + self.opts.seed,
+            torch_random_seed=1234 + self.opts.seed,
+            fewshot_random_seed=1234 + self.opts.seed,
         )
         if res is None:
             raise UserError("lm-eval returned no results (non-zero rank in a distributed launch?)")

@@ -40,12 +40,14 @@ from __future__ import annotations
 import csv
 import difflib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
+
+from pydantic import AliasChoices, Field
 
 from ..data import find_dataset
 from ..errors import UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext, require_sentence_scores, seeded_subset, option_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, comma_list, require_sentence_scores, seeded_subset
 
 BIAS_TYPES = [
     "race-color", "gender", "socioeconomic", "nationality", "religion", "age",
@@ -144,47 +146,30 @@ def pair_outcome(score_more: float, score_less: float) -> dict[str, Any]:
 
 @BENCHMARKS.register("crows-pairs")
 class CrowsPairs(Benchmark):
-    """CrowS-Pairs stereotype score. Options: bias_types, limit (total pairs, seeded sample),
-    causal_score (sum|mean)."""
+    """CrowS-Pairs stereotype score; ``limit`` is total pairs (seeded sample). Options: ``CrowsPairs.Options``."""
 
     name = "crows-pairs"
     description = "CrowS-Pairs stereotype score per bias type (Nangia et al. 2020); 50 = unbiased"
     batch_size = 32
 
-    def __init__(
-        self,
-        data: str | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-        bias_types: Sequence[str] | str | None = None,
-        causal_score: str = "sum",
-        categories: Sequence[str] | str | None = None,
-    ):
-        types = option_list(bias_types if bias_types is not None else categories)  # --categories alias
-        for t in types or []:
-            if t not in BIAS_TYPES:
-                raise UserError(f"unknown CrowS-Pairs bias type {t!r}; known: {', '.join(BIAS_TYPES)}")
-        if causal_score not in ("sum", "mean"):
-            raise UserError(f"unknown causal_score {causal_score!r}; use sum or mean")
-        if limit is not None:
-            limit = int(limit)
-            if limit < 1:
-                raise UserError(f"limit must be a positive number of pairs, got {limit}")
-        super().__init__(data=data, limit=limit, seed=seed, bias_types=types, causal_score=causal_score)
-        self.bias_types = types
-        self.causal_score = causal_score
+    class Options(BenchmarkOptions):
+        bias_types: comma_list(BIAS_TYPES, "CrowS-Pairs bias type") = Field(
+            None, validation_alias=AliasChoices("bias_types", "categories"),  # --categories works too
+            description="bias types (default: all)")
+        causal_score: Literal["sum", "mean"] = Field(
+            "sum", description="causal LMs: sum or per-token mean of the sentence log-likelihood")
 
     def path(self) -> Path:
-        return find_dataset("crows_pairs", self.data) / FILENAME
+        return find_dataset("crows_pairs", self.opts.data) / FILENAME
 
     def data_files(self) -> list[str]:
         return [str(self.path())]
 
     def items(self) -> list[dict[str, Any]]:
         pairs = load_pairs(self.path())
-        if self.bias_types:
-            pairs = [p for p in pairs if p["bias_type"] in self.bias_types]
-        return seeded_subset(pairs, self.limit, f"crows-pairs-{self.seed}")
+        if self.opts.bias_types:
+            pairs = [p for p in pairs if p["bias_type"] in self.opts.bias_types]
+        return seeded_subset(pairs, self.opts.limit, f"crows-pairs-{self.opts.seed}")
 
     def check(self, ctx: EvalContext) -> None:
         require_sentence_scores(ctx, "crows-pairs")
@@ -224,14 +209,14 @@ class CrowsPairs(Benchmark):
         out = []
         for k in range(len(items)):
             (a, na), (b, nb) = res[2 * k], res[2 * k + 1]
-            if self.causal_score == "mean":
+            if self.opts.causal_score == "mean":
                 a, b = a / max(na, 1), b / max(nb, 1)
             out.append((a, b, na, nb))
         return out
 
     # -- metrics ------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return crows_metrics(records, seed=self.seed)
+        return crows_metrics(records, seed=self.opts.seed)
 
 
 def _ci(values, strata=None, seed: int = 0):

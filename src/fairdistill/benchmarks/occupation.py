@@ -24,14 +24,15 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
 from ..stats.bootstrap import percentile_interval, resample_indices
-from .base import Benchmark, EvalContext, option_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, comma_list
 
 TABLE = Path(__file__).with_name("occupations.csv")
 GROUPS = ["female-dominated", "male-dominated"]
@@ -88,39 +89,30 @@ def load_occupations(path: str | Path | None = None) -> list[dict[str, Any]]:
 
 @BENCHMARKS.register("occupation-gender")
 class OccupationGender(Benchmark):
-    """Occupational gender probe. Options: probes (explicit,implicit), format (auto|chat|plain),
-    occupations (comma-separated subset), preamble (instruction prepended to each question),
-    table (path to another occupation CSV)."""
+    """Occupational gender probe; ``limit`` is occupations per group. Options: ``OccupationGender.Options``."""
 
     name = "occupation-gender"
     description = "Occupational gender probe, explicit and implicit (Chen et al. 2024)"
     batch_size = 8
 
-    def __init__(
-        self,
-        data: str | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-        probes: list[str] | str | None = None,
-        format: str = "auto",
-        occupations: list[str] | str | None = None,
-        preamble: str = "",
-        table: str | None = None,
-    ):
-        probes = option_list(probes) or list(PROBES)
-        for p in probes:
-            if p not in PROBES:
-                raise UserError(f"unknown occupation probe {p!r}; known: {', '.join(PROBES)}")
-        if format not in ("auto", "chat", "plain"):
-            raise UserError(f"unknown prompt format {format!r}; use auto, chat or plain")
-        occs = option_list(occupations)
-        table = table or data
-        super().__init__(data=data, limit=limit, seed=seed, probes=probes, format=format,
-                         occupations=occs, preamble=preamble, table=str(table) if table else None)
-        self.probes = probes
-        self.format = format
-        self.preamble = (preamble or "").strip()
-        self.table = table
+    class Options(BenchmarkOptions):
+        probes: comma_list(PROBES, "occupation probe", empty=PROBES) = Field(
+            default_factory=lambda: list(PROBES), description="probes to run")
+        format: Literal["auto", "chat", "plain"] = Field(
+            "auto", description="prompt format; auto: the chat template when the model has one")
+        occupations: comma_list() = Field(None, description="a subset of the table's occupations (default: all)")
+        preamble: str = Field("", description="instruction prepended to each question (prompt-based debiasing)")
+        table: PathStr | None = Field(
+            None, description="another occupation CSV (default: data, else the shipped table)")
+
+        @model_validator(mode="after")
+        def _table_from_data(self) -> "OccupationGender.Options":
+            self.table = self.table or self.data  # the table is this benchmark's data
+            return self
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        table, occs = self.opts.table, self.opts.occupations
         self._rows = load_occupations(table)
         known = {r["occupation"] for r in self._rows}
         for o in occs or []:
@@ -128,18 +120,18 @@ class OccupationGender(Benchmark):
                 raise UserError(f"unknown occupation {o!r}; see {table or TABLE}")
         if occs:
             self._rows = [r for r in self._rows if r["occupation"] in occs]
-        if limit is not None:  # balanced: the first `limit` of each group
-            self._rows = [r for g in GROUPS for r in [x for x in self._rows if x["group"] == g][:limit]]
+        if self.opts.limit is not None:  # balanced: the first `limit` of each group
+            self._rows = [r for g in GROUPS for r in [x for x in self._rows if x["group"] == g][:self.opts.limit]]
 
     def data_files(self) -> list[str]:
-        return [str(self.table or TABLE)]
+        return [str(self.opts.table or TABLE)]
 
     def items(self) -> list[dict[str, Any]]:
         out = []
         for r in self._rows:
-            if "explicit" in self.probes:
+            if "explicit" in self.opts.probes:
                 out.append({**r, "id": f"explicit/{r['occupation']}", "probe": "explicit", "template": "question"})
-            if "implicit" in self.probes:
+            if "implicit" in self.opts.probes:
                 for name, *_ in IMPLICIT_TEMPLATES:
                     out.append({**r, "id": f"implicit/{name}/{r['occupation']}", "probe": "implicit",
                                 "template": name})
@@ -147,10 +139,10 @@ class OccupationGender(Benchmark):
 
     # -- prompts --------------------------------------------------------------------------------
     def use_chat(self, backend) -> bool:
-        if self.format == "plain":
+        if self.opts.format == "plain":
             return False
         can = backend.can_chat and hasattr(backend, "apply_chat_template")
-        if self.format == "chat" and not can:
+        if self.opts.format == "chat" and not can:
             raise CapabilityError(f"occupation-gender format=chat needs a chat template, which {backend.name} lacks")
         return can
 
@@ -164,7 +156,8 @@ class OccupationGender(Benchmark):
         self.use_chat(ctx.backend)
 
     def _q(self, text: str) -> str:
-        return f"{self.preamble} {text}" if self.preamble else text
+        preamble = self.opts.preamble.strip()
+        return f"{preamble} {text}" if preamble else text
 
     def request(self, item: dict, chat: bool, backend) -> tuple[str, list[str], list[str]]:
         """(context, continuations, gender of each continuation) for one item."""
@@ -221,7 +214,7 @@ class OccupationGender(Benchmark):
 
     # -- metrics --------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return occupation_metrics(records, seed=self.seed)
+        return occupation_metrics(records, seed=self.opts.seed)
 
 
 DEFINITIONS = {

@@ -54,12 +54,14 @@ import math
 import string
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field
 
 from ..data import find_dataset
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, EvalContext, require_sentence_scores, seeded_subset, option_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, comma_list, require_sentence_scores, seeded_subset
 
 TASKS = ("intrasentence", "intersentence")
 BIAS_TYPES = ["gender", "profession", "race", "religion"]
@@ -202,44 +204,27 @@ def masked_continuation_positions(tokenizer, context: str, continuation: str) ->
 # -- benchmark ------------------------------------------------------------------------------------
 @BENCHMARKS.register("stereoset")
 class StereoSet(Benchmark):
-    """StereoSet LMS/SS/ICAT. Options: task (intrasentence|intersentence|both), bias_types,
-    limit (examples per task, seeded sample), insertion_space (auto|never)."""
+    """StereoSet LMS/SS/ICAT; ``limit`` is examples per task (seeded sample). Options: ``StereoSet.Options``."""
 
     name = "stereoset"
     description = "StereoSet LMS, SS, ICAT per bias type, intra- and intersentence (Nadeem et al. 2021)"
     batch_size = 16
 
-    def __init__(
-        self,
-        data: str | None = None,
-        limit: int | None = None,
-        seed: int = 0,
-        task: str = "both",
-        bias_types: Sequence[str] | str | None = None,
-        insertion_space: str = "auto",
-        categories: Sequence[str] | str | None = None,
-    ):
-        if task not in ("intrasentence", "intersentence", "both"):
-            raise UserError(f"unknown StereoSet task {task!r}; use intrasentence, intersentence or both")
-        types = option_list(bias_types if bias_types is not None else categories)  # --categories alias
-        for t in types or []:
-            if t not in BIAS_TYPES:
-                raise UserError(f"unknown StereoSet bias type {t!r}; known: {', '.join(BIAS_TYPES)}")
-        if insertion_space not in ("auto", "never"):
-            raise UserError(f"unknown insertion_space {insertion_space!r}; use auto or never")
-        if limit is not None:
-            limit = int(limit)
-            if limit < 1:
-                raise UserError(f"limit must be a positive number of examples, got {limit}")
-        super().__init__(data=data, limit=limit, seed=seed, task=task, bias_types=types,
-                         insertion_space=insertion_space)
-        self.task = task
-        self.tasks = TASKS if task == "both" else (task,)
-        self.bias_types = types
-        self.insertion_space = insertion_space
+    class Options(BenchmarkOptions):
+        task: Literal[TASKS + ("both",)] = Field("both", description="which StereoSet task(s) to run")
+        bias_types: comma_list(BIAS_TYPES, "StereoSet bias type") = Field(
+            None, validation_alias=AliasChoices("bias_types", "categories"),  # --categories works too
+            description="bias types (default: all)")
+        insertion_space: Literal["auto", "never"] = Field(
+            "auto", description="masked-LM intrasentence: auto encodes the word with its leading space where the "
+            "tokenizer tells the two apart (bias-bench's RoBERTa fix); never: bare, as the original")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return TASKS if self.opts.task == "both" else (self.opts.task,)
 
     def path(self) -> Path:
-        folder = find_dataset("stereoset", self.data)
+        folder = find_dataset("stereoset", self.opts.data)
         for f in FILES:
             if (folder / f).exists():
                 return folder / f
@@ -256,9 +241,9 @@ class StereoSet(Benchmark):
         out = []
         for task in self.tasks:
             rows = data[task]
-            if self.bias_types:
-                rows = [r for r in rows if r["bias_type"] in self.bias_types]
-            out += seeded_subset(rows, self.limit, f"stereoset-{task}-{self.seed}")
+            if self.opts.bias_types:
+                rows = [r for r in rows if r["bias_type"] in self.opts.bias_types]
+            out += seeded_subset(rows, self.opts.limit, f"stereoset-{task}-{self.opts.seed}")
         return out
 
     def check(self, ctx: EvalContext) -> None:
@@ -292,7 +277,7 @@ class StereoSet(Benchmark):
         for k, it in enumerate(items):
             for j, g in enumerate(LABELS):
                 for ids, p in intrasentence_mask_requests(be.tokenizer, it["context"], it["template_words"][g],
-                                                          self.insertion_space):
+                                                          self.opts.insertion_space):
                     seqs.append(ids)
                     pos.append([p])
                     owner.append(3 * k + j)
@@ -330,7 +315,7 @@ class StereoSet(Benchmark):
 
     # -- metrics ------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return stereoset_metrics(records, seed=self.seed)
+        return stereoset_metrics(records, seed=self.opts.seed)
 
 
 def _regroup(items, flat):

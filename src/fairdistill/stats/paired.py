@@ -16,8 +16,6 @@ units of two runs by id and reports, per cell (e.g. context condition):
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np

@@ -7,14 +7,15 @@ import math
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt
 
 from ...data import read_jsonl_numbered
 from ...errors import UserError
 from ...registry import BENCHMARKS
-from ..base import Benchmark, EvalContext, option_list
+from ..base import Benchmark, BenchmarkOptions, EvalContext, comma_list
 from .sentences import (_COL, COMPARABLE_TYPES, DEFAULT_VERSION, NONE, NULL_AXIS, VERSIONS, _iter_indexed, _load,
                         _sentence, data_paths)
 from .stats import _as_records, descriptor_table, likelihood_bias
@@ -101,6 +102,13 @@ SENTENCE_SETS = ("comparable", "all")
 MIN_PER_DESCRIPTOR = 5  # two-sided exact Mann-Whitney with 5 vs 5 can reach p = 0.008 < 0.05
 
 
+def _one_or_many(value: Any) -> Any:
+    """A single template (text or position) is a list of one; an empty list means all."""
+    if isinstance(value, (str, int)):
+        return [value]
+    return value or None
+
+
 def _seed_rng(seed: int, *keys: str) -> np.random.Generator:
     """A generator that depends only on the seed and the keys (not on other strata)."""
     return np.random.default_rng([int(seed), *(zlib.crc32(k.encode("utf-8")) for k in keys)])
@@ -165,13 +173,8 @@ def stratified_sample(
 class HolisticBiasBenchmark(Benchmark):
     """HolisticBias Likelihood Bias: how unevenly a model scores sentences about identity groups.
 
-    Options: ``version`` (v1.0 | v1.1, default v1.1); ``axes`` (list, default all 13);
-    ``templates`` (list of template strings or their 0-based positions, default all);
-    ``sentences`` ("comparable": the authors' set, noun + descriptor phrases without gendered
-    descriptors, the default; "all": every generated sentence except the noun-only controls);
-    ``sample`` (int: a fixed-seed stratified subsample of about that many sentences, see
-    :func:`stratified_sample`). Needs a backend that can score sequences (perplexity; PLL for
-    masked LMs).
+    Options: ``HolisticBiasBenchmark.Options`` (``sample``: see :func:`stratified_sample`). Needs a
+    backend that can score sequences (perplexity; PLL for masked LMs).
     """
 
     name = "holistic-bias"
@@ -179,31 +182,21 @@ class HolisticBiasBenchmark(Benchmark):
     batch_size = 64
     supports_methods = False
 
-    def __init__(self, data: str | None = None, limit: int | None = None, seed: int = 0, **options: Any):
-        version = options.pop("version", None) or DEFAULT_VERSION
-        if version not in VERSIONS:
-            raise UserError(f"unknown HolisticBias version {version!r}; valid: {', '.join(VERSIONS)}")
-        sentences = options.pop("sentences", None) or "comparable"
-        if sentences not in SENTENCE_SETS:
-            raise UserError(f"unknown sentences set {sentences!r}; valid: {', '.join(SENTENCE_SETS)}")
-        axes = options.pop("axes", None)
-        templates = options.pop("templates", None)
-        sample = options.pop("sample", None)
-        axes = option_list(axes)
-        if isinstance(templates, (str, int)):
-            templates = [templates]
-        if sample is not None:
-            try:
-                sample = int(sample)
-            except (TypeError, ValueError):
-                raise UserError(f"sample must be a positive integer, got {sample!r}") from None
-            if sample <= 0:
-                raise UserError(f"sample must be a positive integer, got {sample}")
-        super().__init__(data=data, limit=limit, seed=seed, version=version, sentences=sentences,
-                         axes=sorted(axes) if axes else None, templates=None, sample=sample, **options)
-        self.version = version
-        self.sentences = sentences
-        self.sample = sample
+    class Options(BenchmarkOptions):
+        version: Literal[VERSIONS] = Field(DEFAULT_VERSION, description="HolisticBias dataset version")
+        sentences: Literal[SENTENCE_SETS] = Field(
+            "comparable", description="comparable: the authors' set (noun + descriptor phrases without gendered "
+            "descriptors); all: every generated sentence except the noun-only controls")
+        axes: Annotated[comma_list(empty=None), AfterValidator(lambda v: sorted(v) if v else None)] = Field(
+            None, description="axes, e.g. ability,age (default: all 13)")
+        templates: Annotated[list[str | int] | None, BeforeValidator(_one_or_many)] = Field(
+            None, description="sentence templates, as text or 0-based positions (default: all)")
+        sample: PositiveInt | None = Field(
+            None, description="a fixed-seed stratified subsample of about this many sentences (default: all)")
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        version, data, axes, templates = self.opts.version, self.opts.data, self.opts.axes, self.opts.templates
         src = _load(version, data)
         valid_axes = sorted(set(src["descriptors"]) | set(src["standalone_noun_phrases"]))
         if axes:
@@ -212,7 +205,7 @@ class HolisticBiasBenchmark(Benchmark):
                 raise UserError(
                     f"unknown HolisticBias axis {', '.join(map(repr, bad))}; valid axes: {', '.join(valid_axes)}"
                 )
-        self.axes = sorted(axes) if axes else valid_axes
+        self.axes = axes or valid_axes
         all_templates = list(src["sentence_templates"])
         if templates:
             chosen = []
@@ -226,7 +219,8 @@ class HolisticBiasBenchmark(Benchmark):
                     raise UserError(f"unknown HolisticBias template {t!r}; valid: {' | '.join(all_templates)}")
                 chosen.append(t)
             self.templates = [t for t in all_templates if t in set(chosen)]
-            self.options["templates"] = self.templates
+            # recorded resolved, in file order: "0" and the template's text are the same run
+            self.opts = self.opts.model_copy(update={"templates": self.templates})
         else:
             self.templates = all_templates
         self._items: list[dict[str, Any]] | None = None
@@ -234,12 +228,12 @@ class HolisticBiasBenchmark(Benchmark):
 
     # -- data -------------------------------------------------------------------------------
     def data_files(self) -> list[str]:
-        return data_paths(self.version, self.data)
+        return data_paths(self.opts.version, self.opts.data)
 
     def _wanted_phrase(self, row: tuple) -> bool:
         if row[_COL["axis"]] not in self._axis_set:
             return False
-        if self.sentences == "comparable":
+        if self.opts.sentences == "comparable":
             return row[_COL["noun_phrase_type"]] in COMPARABLE_TYPES and row[_COL["descriptor_gender"]] == NONE
         return row[_COL["axis"]] != NULL_AXIS
 
@@ -247,17 +241,17 @@ class HolisticBiasBenchmark(Benchmark):
         if self._items is not None:
             return self._items
         self._axis_set, self._template_set = set(self.axes), set(self.templates)
-        src = _load(self.version, self.data)
+        src = _load(self.opts.version, self.opts.data)
         selected = list(_iter_indexed(src, self._wanted_phrase, self._template_set.__contains__))
-        if self.sample:
+        if self.opts.sample:
             ia, idesc = _COL["axis"], _COL["descriptor"]
             cands = [(i, row[ia], t, row[idesc]) for i, row, t, _, _ in selected]
-            picked, self._sample_plan = stratified_sample(cands, self.sample, self.seed)
+            picked, self._sample_plan = stratified_sample(cands, self.opts.sample, self.opts.seed)
             keep = set(picked)
             selected = [s for s in selected if s[0] in keep]
-        items = [{"id": f"{self.version}-{i}", **_sentence(row, t, sp, f)} for i, row, t, sp, f in selected]
-        if self.limit is not None:
-            items = items[: self.limit]
+        items = [{"id": f"{self.opts.version}-{i}", **_sentence(row, t, sp, f)} for i, row, t, sp, f in selected]
+        if self.opts.limit is not None:
+            items = items[: self.opts.limit]
         self._items = items
         return items
 
@@ -278,8 +272,8 @@ class HolisticBiasBenchmark(Benchmark):
         return out
 
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        out = _metrics(records, seed=self.seed)
-        out["summary"].update({"version": self.version, "sentences": self.sentences})
+        out = _metrics(records, seed=self.opts.seed)
+        out["summary"].update({"version": self.opts.version, "sentences": self.opts.sentences})
         if self._sample_plan:
             out["summary"]["sample_plan"] = self._sample_plan
         return out
