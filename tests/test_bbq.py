@@ -68,10 +68,10 @@ def test_generate_mode_needs_chat_model(tiny_gpt2, tmp_path):
 
 
 def test_interrupted_run_resumes_to_identical_metrics(tiny_gpt2, tmp_path, monkeypatch):
-    full = run_benchmark(BBQ(categories=["Religion"], limit=40, mode="loglik"), EvalContext(backend=tiny_gpt2),
+    full = run_benchmark(BBQ(categories=["Religion"], limit=100, mode="loglik"), EvalContext(backend=tiny_gpt2),
                          RunStore(tmp_path / "full"), show_progress=False)
 
-    bench = BBQ(categories=["Religion"], limit=40, mode="loglik")
+    bench = BBQ(categories=["Religion"], limit=100, mode="loglik")
     calls = {"n": 0}
     real = BBQ.evaluate
 
@@ -85,7 +85,7 @@ def test_interrupted_run_resumes_to_identical_metrics(tiny_gpt2, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(bench, EvalContext(backend=tiny_gpt2), RunStore(tmp_path / "resumed"), show_progress=False)
     partial = RunStore(tmp_path / "resumed").load_results()
-    assert 0 < len(partial) < 40
+    assert 0 < len(partial) < 100
     # a torn last line (process died mid-write) is discarded on resume
     with open(tmp_path / "resumed" / "results.jsonl", "a") as f:
         f.write('{"id": "Religion-99999", "pr')
@@ -93,8 +93,8 @@ def test_interrupted_run_resumes_to_identical_metrics(tiny_gpt2, tmp_path, monke
     resumed = run_benchmark(bench, EvalContext(backend=tiny_gpt2), RunStore(tmp_path / "resumed"), show_progress=False)
     lines = (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()
     ids = [json.loads(x)["id"] for x in lines]
-    assert len(ids) == 40 and len(set(ids)) == 40
-    assert resumed["meta"]["new_items_this_session"] == 40 - len(partial)
+    assert len(ids) == 100 and len(set(ids)) == 100
+    assert resumed["meta"]["new_items_this_session"] == 100 - len(partial)
     assert resumed["rows"] == full["rows"]
 
 

@@ -143,7 +143,7 @@ def run_benchmark(
     try:
         with progress_bar(disable=not show_progress) as prog:
             task = prog.add_task(benchmark.name, total=len(items), completed=len(items) - len(todo), rate="")
-            bs = max(1, benchmark.batch_size)
+            bs = max(1, benchmark.batch_size_for(ctx))
             for i in range(0, len(todo), bs):
                 batch = todo[i : i + bs]
                 records = benchmark.evaluate(batch, ctx)

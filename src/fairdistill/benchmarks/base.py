@@ -187,6 +187,10 @@ class Benchmark:
     description: ClassVar[str] = ""
     #: items handed to one ``evaluate`` call; the unit of incremental saving
     batch_size: ClassVar[int] = 16
+
+    def batch_size_for(self, ctx: "EvalContext") -> int:
+        """Items per ``evaluate`` call (and per save) for this context; default ``batch_size``."""
+        return self.batch_size
     #: whether the benchmark can run through an inference-time method
     supports_methods: ClassVar[bool] = False
 
