@@ -87,7 +87,7 @@ def test_bf16_with_fp32_rescoring_equals_fp32_on_rescored_items(tiny_gpt2_path, 
     every = HFBackend.from_spec(str(tiny_gpt2_path), device="cpu", dtype="bfloat16", rescore_margin=1e9)
     assert every.model.dtype == torch.bfloat16
     got = every.loglikelihood_choices(reqs)
-    assert every.stats() == {"loglik_requests": 3, "rescored_fp32": 3}
+    assert every.stats() == {"loglik_requests": 3, "rescored_fp32": 3, "first_token_fp32": 0, "regenerated": 0}
     for a, b in zip(got, fp32):
         assert a == pytest.approx(b, abs=1e-4)
     assert every.model.dtype == torch.bfloat16  # weights swapped back after the pass
@@ -126,3 +126,21 @@ def test_auto_dtype_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(hf, "native_bf16", lambda device: False)
     assert hf._resolve_dtype("auto", "cpu") == torch.float32
     assert hf._resolve_dtype("bf16", "cpu") == torch.bfloat16
+
+
+def test_bf16_generation_decides_near_tied_first_tokens_in_fp32(tiny_llama_chat_path, tiny_llama_chat):
+    """Greedy bf16 generation: a first token under the margin is taken from the float32 pass, the
+    rest regenerated after it; with an infinite margin every first token equals float32's."""
+    from fairdistill.backends.hf import HFBackend
+
+    reqs = [GenerationRequest(messages=[{"role": "user", "content": f"Who was forgetful? Option {k}"}],
+                              max_new_tokens=3) for k in range(6)]
+    fp32 = tiny_llama_chat.generate(reqs)
+    every = HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="bfloat16", rescore_margin=1e9)
+    got = every.generate(reqs)
+    st = every.stats()
+    assert st["first_token_fp32"] == 6 and 0 <= st["regenerated"] <= 6
+    tok = every.tokenizer
+    first = lambda text: tok(text, add_special_tokens=False)["input_ids"][:1]  # noqa: E731
+    assert [first(g.text) for g in got] == [first(f.text) for f in fp32]
+    assert all(g.completion_tokens <= 3 for g in got)

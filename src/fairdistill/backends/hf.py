@@ -102,6 +102,7 @@ class HFBackend(Backend):
         self._weights_dir = weights_dir
         self._fp32 = None
         self.n_scored = self.n_rescored = 0
+        self.n_first_fp32 = self.n_regenerated = 0
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -160,7 +161,8 @@ class HFBackend(Backend):
     def stats(self) -> dict[str, Any]:
         if not self.rescore_margin:
             return {}
-        return {"loglik_requests": self.n_scored, "rescored_fp32": self.n_rescored}
+        return {"loglik_requests": self.n_scored, "rescored_fp32": self.n_rescored,
+                "first_token_fp32": self.n_first_fp32, "regenerated": self.n_regenerated}
 
     # -- capabilities ---------------------------------------------------------------------------
     @property
@@ -424,20 +426,26 @@ class HFBackend(Backend):
 
     def _last_token_logprobs(self, encs: list[list[int]], token_ids: list[list[int]]) -> list[list[float]]:
         """log P(token | sequence) at the end of each encoded sequence, for the given token ids."""
+        rows = self._last_logits(encs)
+        return [[float(lp[t]) for t in ids] for lp, ids in zip(rows, token_ids)]
+
+    def _last_logits(self, encs: list[list[int]]):
+        """Log-softmax of the next-token logits after each sequence (left-padded batches, last position only)."""
         torch = self._torch
-        res: dict[int, list[float]] = {}
+        res: dict[int, Any] = {}
         with torch.inference_mode():
             for batch in self._batches([len(e) for e in encs]):
                 maxlen = max(len(encs[k]) for k in batch)
                 ids = torch.full((len(batch), maxlen), self.tokenizer.pad_token_id, dtype=torch.long)
                 att = torch.zeros_like(ids)
                 for r, k in enumerate(batch):
-                    ids[r, : len(encs[k])] = torch.tensor(encs[k])
-                    att[r, : len(encs[k])] = 1
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+                    ids[r, maxlen - len(encs[k]):] = torch.tensor(encs[k])
+                    att[r, maxlen - len(encs[k]):] = 1
+                pos = (att.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device),
+                                    position_ids=pos.to(self.device), logits_to_keep=1).logits
                 for r, k in enumerate(batch):
-                    lp = torch.log_softmax(logits[r, len(encs[k]) - 1].float(), -1)
-                    res[k] = [float(lp[t]) for t in token_ids[k]]
+                    res[k] = torch.log_softmax(logits[r, -1].float(), -1)
         return [res[k] for k in range(len(encs))]
 
     def first_token_id(self, context: str, candidate: str) -> int:
@@ -451,38 +459,25 @@ class HFBackend(Backend):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        torch = self._torch
         tok = self.tokenizer
         prompts = [self.apply_chat_template(r.messages) for r in requests]
         # chat templates already contain BOS where the model wants one
         encs = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         results: list[GenerationResult | None] = [None] * len(requests)
+        eos = _eos_ids(self.model, tok)
         # group by sampling settings so a batch shares one generate() call and one seed
         groups: dict[tuple, list[int]] = {}
         for k, r in enumerate(requests):
             groups.setdefault((r.max_new_tokens, r.temperature, r.top_p, r.seed), []).append(k)
         for (max_new, temp, top_p, seed), idxs in groups.items():
+            greedy = not (temp and temp > 0)
             for batch in self._batches([len(encs[k]) for k in idxs]):
                 ks = [idxs[b] for b in batch]
-                maxlen = max(len(encs[k]) for k in ks)
-                ids = torch.full((len(ks), maxlen), tok.pad_token_id, dtype=torch.long)
-                att = torch.zeros_like(ids)
-                for r, k in enumerate(ks):  # left padding for generation
-                    ids[r, maxlen - len(encs[k]):] = torch.tensor(encs[k])
-                    att[r, maxlen - len(encs[k]):] = 1
-                kwargs: dict[str, Any] = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
-                if temp and temp > 0:
-                    kwargs.update(do_sample=True, temperature=temp, top_p=top_p, top_k=0)
-                    torch.manual_seed(seed if seed is not None else 0)
-                else:
-                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                with torch.inference_mode():
-                    out = self.model.generate(
-                        input_ids=ids.to(self.device), attention_mask=att.to(self.device), **kwargs
-                    )
-                for r, k in enumerate(ks):
-                    new = out[r, maxlen:].tolist()
-                    eos = _eos_ids(self.model, tok)
+                check = greedy and self.rescore_margin > 0
+                news, margins = self._generate_ids([encs[k] for k in ks], max_new, temp, top_p, seed, margins=check)
+                if check:
+                    self._fix_first_tokens([encs[k] for k in ks], news, margins, max_new, eos)
+                for new, k in zip(news, ks):
                     n = next((i for i, t in enumerate(new) if t in eos), len(new))
                     text = tok.decode(new[:n], skip_special_tokens=True)
                     for s in requests[k].stop:
@@ -490,6 +485,60 @@ class HFBackend(Backend):
                             text = text[: text.index(s)]
                     results[k] = GenerationResult(text=text.strip(), prompt_tokens=len(encs[k]), completion_tokens=n)
         return results  # type: ignore[return-value]
+
+    def _generate_ids(self, encs: list[list[int]], max_new: int, temp: float, top_p: float, seed: int | None,
+                      margins: bool = False) -> tuple[list[list[int]], list[float] | None]:
+        """New token ids per prompt (left-padded batch), and the first step's top-two log-prob margins."""
+        torch = self._torch
+        tok = self.tokenizer
+        maxlen = max(len(e) for e in encs)
+        ids = torch.full((len(encs), maxlen), tok.pad_token_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for r, e in enumerate(encs):
+            ids[r, maxlen - len(e):] = torch.tensor(e)
+            att[r, maxlen - len(e):] = 1
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id)
+        if temp and temp > 0:
+            kwargs.update(do_sample=True, temperature=temp, top_p=top_p, top_k=0)
+            torch.manual_seed(seed if seed is not None else 0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if margins:
+            kwargs.update(output_scores=True, return_dict_in_generate=True)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device), **kwargs)
+        seqs = out.sequences if margins else out
+        news = [seqs[r, maxlen:].tolist() for r in range(len(encs))]
+        if not margins:
+            return news, None
+        top2 = torch.log_softmax(out.scores[0].float(), -1).topk(2, -1).values
+        return news, (top2[:, 0] - top2[:, 1]).tolist()
+
+    def _fix_first_tokens(self, encs, news, margins, max_new, eos) -> None:
+        """Greedy bf16 answers whose first token was a near-tie: that token decided in float32, the rest
+        regenerated after it when it changed. (In a short answer the first token is the answer.)"""
+        near = [r for r, m in enumerate(margins) if m < self.rescore_margin and news[r]]
+        if not near:
+            return
+        if self._fp32 is None:
+            from .precision import Float32Weights
+
+            self._fp32 = Float32Weights(self.model, self._weights_dir)
+        with self._fp32.active():
+            first = self._last_token_argmax([encs[r] for r in near])
+        self.n_first_fp32 += len(near)
+        redo = [(r, t) for r, t in zip(near, first) if t != news[r][0]]
+        self.n_regenerated += len(redo)
+        cont_rows = [(r, t) for r, t in redo if t not in eos and max_new > 1]
+        conts = self._generate_ids([encs[r] + [t] for r, t in cont_rows], max_new - 1, 0.0, 1.0, None)[0] \
+            if cont_rows else []
+        for r, t in redo:
+            news[r] = [t]
+        for (r, t), c in zip(cont_rows, conts):
+            news[r] = [t] + c
+
+    def _last_token_argmax(self, encs: list[list[int]]) -> list[int]:
+        return [int(lp.argmax()) for lp in self._last_logits(encs)]
 
 
 def _top2_margin(row: Sequence[float]) -> float:
