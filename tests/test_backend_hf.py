@@ -144,3 +144,21 @@ def test_bf16_generation_decides_near_tied_first_tokens_in_fp32(tiny_llama_chat_
     first = lambda text: tok(text, add_special_tokens=False)["input_ids"][:1]  # noqa: E731
     assert [first(g.text) for g in got] == [first(f.text) for f in fp32]
     assert all(g.completion_tokens <= 3 for g in got)
+
+
+def test_declared_capabilities_and_the_cache_covers_token_pll(tiny_bert, tiny_llama_chat, tiny_gpt2, tmp_path):
+    from fairdistill.backends.base import Backend
+    from fairdistill.backends.cache import CachingBackend
+    from fairdistill.errors import CapabilityError
+
+    assert tiny_bert.capabilities() == {"model_object", "token_pll"}
+    assert {"chat_template", "chat_choice_logprobs"} <= tiny_llama_chat.capabilities()
+    assert "chat_template" not in tiny_gpt2.capabilities()  # no chat template in its tokenizer
+    with pytest.raises(CapabilityError):
+        Backend().pll_positions([[1]], [[0]])
+    cached = CachingBackend(tiny_bert, tmp_path / "c.sqlite")
+    assert cached.capabilities() == tiny_bert.capabilities() and cached.tokenizer is tiny_bert.tokenizer
+    ids = tiny_bert.tokenizer("the doctor is here.")["input_ids"]
+    first = cached.pll_positions([ids], [[1, 2]])
+    again = cached.pll_positions([ids], [[1, 2]])
+    assert first == again == tiny_bert.pll_positions([ids], [[1, 2]]) and cached.hits == 1

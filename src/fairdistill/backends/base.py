@@ -10,6 +10,17 @@ A backend answers four kinds of request (cf. lm-evaluation-harness's ``LM``):
 - ``generate``: a chat completion from a list of messages (greedy or sampled).
 
 A backend that cannot serve a request kind raises :class:`CapabilityError` with one clear line.
+
+Beyond these, a backend declares optional abilities in :meth:`Backend.capabilities`, which
+benchmarks ask instead of probing attributes:
+
+- ``"chat_template"``: :meth:`apply_chat_template` renders a conversation as the prompt text;
+- ``"chat_choice_logprobs"``: :meth:`chat_choice_logprobs` scores the first token of a chat reply;
+- ``"token_pll"``: :meth:`pll_positions` scores chosen token positions of a masked LM (with ``tokenizer``);
+- ``"model_object"``: :meth:`model_and_tokenizer` hands over the in-process model (lm-eval's HFLM).
+
+A backend registers under the model-string prefix it serves (``@BACKENDS.register("hf")`` serves
+``hf:...``) and is built by its ``from_spec(target, **options)`` classmethod.
 """
 from __future__ import annotations
 
@@ -44,6 +55,17 @@ class Backend:
     name: str = "backend"
     #: "causal" or "masked"
     model_type: str = "causal"
+    #: the tokenizer, where the backend has one in-process (masked-LM token scoring needs it)
+    tokenizer: Any = None
+
+    @classmethod
+    def from_spec(cls, target: str, **options: Any) -> "Backend":
+        """Build the backend from the part of a model string after its prefix."""
+        raise UserError(f"backend {cls.__name__} cannot be built from a model string")
+
+    def capabilities(self) -> set[str]:
+        """Optional abilities (see the module docstring); the four request kinds are not listed."""
+        return set()
 
     # -- capabilities -----------------------------------------------------------------------
     @property
@@ -87,6 +109,15 @@ class Backend:
     ) -> list[list[float]]:
         """log P(first token of each candidate) as the start of the assistant's reply to each conversation."""
         raise CapabilityError(f"{self.name} cannot score the first token of a chat reply")
+
+    def apply_chat_template(self, messages: list[ChatMessage]) -> str:
+        raise CapabilityError(f"{self.name} cannot render a chat template as text")
+
+    def pll_positions(self, seqs: list[list[int]], positions: list[list[int]]) -> list[tuple[float, int]]:
+        raise CapabilityError(f"{self.name} cannot score token positions of a masked LM")
+
+    def model_and_tokenizer(self) -> tuple[Any, Any]:
+        raise CapabilityError(f"{self.name} holds no in-process model object (needs the hf backend)")
 
     def stats(self) -> dict[str, Any]:
         """Counters worth recording with a run (e.g. items re-scored in float32)."""

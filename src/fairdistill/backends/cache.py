@@ -67,6 +67,27 @@ class CachingBackend(Backend):
     def stats(self) -> dict[str, Any]:
         return self.backend.stats()
 
+    # -- optional abilities: the wrapped backend's; scores are cached like every request kind ---------
+    def capabilities(self) -> set[str]:
+        return self.backend.capabilities()
+
+    @property
+    def tokenizer(self):  # type: ignore[override]
+        return self.backend.tokenizer
+
+    def apply_chat_template(self, messages):
+        return self.backend.apply_chat_template(messages)
+
+    def model_and_tokenizer(self):
+        return self.backend.model_and_tokenizer()
+
+    def pll_positions(self, seqs, positions):
+        payloads = [[list(s), list(p)] for s, p in zip(seqs, positions)]
+        res = self._cached("pll_positions", payloads, [True] * len(payloads),
+                           lambda idx: [list(v) for v in self.backend.pll_positions([seqs[i] for i in idx],
+                                                                                   [positions[i] for i in idx])])
+        return [(float(a), int(b)) for a, b in res]
+
     def __getattr__(self, attr: str):  # backend-specific helpers (apply_chat_template, pll_positions...)
         if attr == "backend":
             raise AttributeError(attr)

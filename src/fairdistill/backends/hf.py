@@ -165,6 +165,17 @@ class HFBackend(Backend):
                 "first_token_fp32": self.n_first_fp32, "regenerated": self.n_regenerated}
 
     # -- capabilities ---------------------------------------------------------------------------
+    def capabilities(self) -> set[str]:
+        caps = {"model_object"}
+        if self.model_type == "masked":
+            caps.add("token_pll")
+        elif self.can_chat:
+            caps |= {"chat_template", "chat_choice_logprobs"}
+        return caps
+
+    def model_and_tokenizer(self):
+        return self.model, self.tokenizer
+
     @property
     def can_chat(self) -> bool:
         return self.model_type == "causal" and bool(getattr(self.tokenizer, "chat_template", None))

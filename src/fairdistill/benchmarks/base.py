@@ -279,7 +279,7 @@ def require_sentence_scores(ctx: EvalContext, what: str) -> None:
     """Sentence-scoring benchmarks: token-level PLL on a masked LM, sequence log-likelihood otherwise."""
     be = ctx.backend
     if be.model_type == "masked":
-        if not hasattr(be, "pll_positions") or getattr(be, "tokenizer", None) is None:
+        if "token_pll" not in be.capabilities():
             raise CapabilityError(f"{what} on a masked LM needs token-level PLL, which {be.name} cannot do")
     else:
         be.require(score=True, what=what)

@@ -175,11 +175,11 @@ class Capability(Benchmark):
     def check(self, ctx: EvalContext) -> None:
         if ctx.method is not None:
             raise UserError("capability runs lm-eval on the model itself; inference-time methods do not apply")
-        if not (hasattr(ctx.backend, "model") and hasattr(ctx.backend, "tokenizer")):
+        if "model_object" not in ctx.backend.capabilities():
             raise CapabilityError(
                 f"capability needs the in-process Hugging Face backend (hf:...); {type(ctx.backend).__name__} "
                 "has no model object to hand to lm-eval")
-        if getattr(ctx.backend, "model_type", "causal") != "causal":
+        if ctx.backend.model_type != "causal":
             raise CapabilityError("capability (lm-eval HFLM) needs a causal LM, not a masked LM")
         try:
             import lm_eval  # noqa: F401
@@ -193,7 +193,8 @@ class Capability(Benchmark):
         cached = getattr(ctx.backend, "_fd_hflm", None)
         if cached is not None:
             return cached
-        lm = HFLM(pretrained=ctx.backend.model, tokenizer=ctx.backend.tokenizer,
+        model, tokenizer = ctx.backend.model_and_tokenizer()
+        lm = HFLM(pretrained=model, tokenizer=tokenizer,
                   batch_size=self.opts.lm_eval_batch_size)
         try:
             ctx.backend._fd_hflm = lm  # one wrapper per backend

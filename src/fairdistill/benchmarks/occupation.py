@@ -141,14 +141,14 @@ class OccupationGender(Benchmark):
     def use_chat(self, backend) -> bool:
         if self.opts.format == "plain":
             return False
-        can = backend.can_chat and hasattr(backend, "apply_chat_template")
+        can = backend.can_chat and "chat_template" in backend.capabilities()
         if self.opts.format == "chat" and not can:
             raise CapabilityError(f"occupation-gender format=chat needs a chat template, which {backend.name} lacks")
         return can
 
     def check(self, ctx: EvalContext) -> None:
         ctx.backend.require(score=True, what="occupation-gender")
-        if getattr(ctx.backend, "model_type", "causal") != "causal":
+        if ctx.backend.model_type != "causal":
             raise CapabilityError(f"occupation-gender needs a causal LM; {ctx.backend.name} is a masked LM")
         if ctx.method is not None:
             raise UserError("occupation-gender reads probabilities and cannot run through a method; "
