@@ -87,3 +87,28 @@ def test_lora_adapter_output_is_merged_for_evaluation(tiny_gpt2_path, tmp_path):
     assert a != b  # the adapter's (random, non-zero) update is in the merged weights
     with pytest.raises(UserError, match="no model folder"):
         _Study._trained_dir({}, tmp_path / "empty", str(tiny_gpt2_path))
+
+
+def test_the_qwen_study_file_is_valid_before_any_model_loads():
+    """examples/qwen_study.yaml (the long Qwen evidence run): every benchmark option, method name and
+    training option is one the code knows, so the study cannot fail hours in on a typo."""
+    import dataclasses
+
+    from fairdistill.distill.fairdistill import FairDistillConfig
+    from fairdistill.distill.self_distill import SelfDistillConfig
+    from fairdistill.registry import METHODS
+    from fairdistill.runner import build_benchmark
+    from fairdistill.study import load_study
+
+    cfg, _ = load_study(Path(__file__).resolve().parents[1] / "examples" / "qwen_study.yaml")
+    assert cfg.cache and {m.model for m in cfg.models} == {"qwen2.5-coder-1.5b"}
+    keys = {b.key for b in cfg.benchmarks}
+    for b in cfg.benchmarks:
+        build_benchmark(b.name, b.options, seed=cfg.seed)
+    for m in cfg.methods:
+        METHODS.get(m.name)
+        assert set(m.benchmarks) <= keys
+    known = {"fairdistill": {f.name for f in dataclasses.fields(FairDistillConfig)} | {"student", "rules", "data"},
+             "self_distill": {f.name for f in dataclasses.fields(SelfDistillConfig)} | {"method", "prompts"}}
+    for t in cfg.training:
+        assert set(t.options) <= known[t.kind], (t.name, set(t.options) - known[t.kind])

@@ -81,6 +81,8 @@ class StudyConfig(_Strict):
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 16
+    cache: bool = Field(False, description="a response cache per model in the study folder: overlapping runs "
+                                           "(the plain model's rotation 0 and its plain run) and reruns never re-ask it")
     data: str | None = Field(None, description="evaluation-data root holding bbq/, mmlu/, ... (default: auto)")
     models: list[ModelEntry] = Field(min_length=1)
     benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
@@ -180,7 +182,13 @@ class _Study:
         entry = next((m for m in self.cfg.models if m.name == name), None)
         device = (entry.device if entry and entry.device else self.cfg.device)
         dtype = (entry.dtype if entry and entry.dtype else self.cfg.dtype)
-        return load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size)
+        backend = load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size)
+        if self.cfg.cache:
+            from .backends.cache import CachingBackend
+
+            (self.out / name).mkdir(parents=True, exist_ok=True)
+            backend = CachingBackend(backend, self.out / name / "responses.sqlite")
+        return backend
 
     def spec(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> RunSpec:
         run_dir = self.out / model_name / (bench.key + (f"--{method.name}" if method else ""))
