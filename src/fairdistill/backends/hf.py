@@ -481,20 +481,26 @@ class HFBackend(Backend):
         for k, r in enumerate(requests):
             groups.setdefault((r.max_new_tokens, r.temperature, r.top_p, r.seed), []).append(k)
         for (max_new, temp, top_p, seed), idxs in groups.items():
-            greedy = not (temp and temp > 0)
+            check = not (temp and temp > 0) and self.rescore_margin > 0
+            new_of: dict[int, list[int]] = {}
+            margin_of: dict[int, float] = {}
             for batch in self._batches([len(encs[k]) for k in idxs]):
                 ks = [idxs[b] for b in batch]
-                check = greedy and self.rescore_margin > 0
                 news, margins = self._generate_ids([encs[k] for k in ks], max_new, temp, top_p, seed, margins=check)
-                if check:
-                    self._fix_first_tokens([encs[k] for k in ks], news, margins, max_new, eos)
-                for new, k in zip(news, ks):
-                    n = next((i for i, t in enumerate(new) if t in eos), len(new))
-                    text = tok.decode(new[:n], skip_special_tokens=True)
-                    for s in requests[k].stop:
-                        if s in text:
-                            text = text[: text.index(s)]
-                    results[k] = GenerationResult(text=text.strip(), prompt_tokens=len(encs[k]), completion_tokens=n)
+                new_of.update(zip(ks, news))
+                margin_of.update(zip(ks, margins or []))
+            if check:  # one float32 pass for all the near-ties of the call: its cost is streaming the weights
+                news = [new_of[k] for k in idxs]
+                self._fix_first_tokens([encs[k] for k in idxs], news, [margin_of[k] for k in idxs], max_new, eos)
+                new_of = dict(zip(idxs, news))
+            for k in idxs:
+                new = new_of[k]
+                n = next((i for i, t in enumerate(new) if t in eos), len(new))
+                text = tok.decode(new[:n], skip_special_tokens=True)
+                for s in requests[k].stop:
+                    if s in text:
+                        text = text[: text.index(s)]
+                results[k] = GenerationResult(text=text.strip(), prompt_tokens=len(encs[k]), completion_tokens=n)
         return results  # type: ignore[return-value]
 
     def _generate_ids(self, encs: list[list[int]], max_new: int, temp: float, top_p: float, seed: int | None,
