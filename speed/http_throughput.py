@@ -62,7 +62,7 @@ def main() -> None:
             res = backend.generate(reqs)
             dt = time.perf_counter() - t0
             toks = sum(r.completion_tokens for r in res)
-            rows.append((c, len(res), dt, len(res) / dt, toks / dt, backend.stats["retries"]))
+            rows.append((c, len(res), dt, len(res) / dt, toks / dt, backend.stats()["retries"]))
         print(f"server: {url}  model: {model}  max_tokens: {args.max_tokens}")
         print(f"{'concurrency':>11} {'requests':>8} {'seconds':>8} {'req/s':>7} {'gen tok/s':>9} {'retries':>7}")
         for c, n, dt, rps, tps, retries in rows:

@@ -201,7 +201,7 @@ class OpenAIBackend(Backend):
         self._reached = False  # once the server answered, connection failures mean "down mid-run"
         self._trust_env = not _is_loopback(parts.hostname)  # no HTTP(S)_PROXY detour for loopback
         self._spans: dict[tuple[str, str], _Span] = {}  # memo: choices and lengths share one request
-        self.stats = {"requests": 0, "retries": 0}
+        self.counts = {"requests": 0, "retries": 0}
 
     @classmethod
     def from_spec(cls, target: str, **options: Any) -> "OpenAIBackend":
@@ -216,6 +216,9 @@ class OpenAIBackend(Backend):
 
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.base_url!r}, model={self.model!r})"
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.counts)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model, "base_url": self.base_url, "model_type": "causal"}
@@ -277,7 +280,7 @@ class OpenAIBackend(Backend):
         import httpx
 
         async with sem:
-            self.stats["requests"] += 1
+            self.counts["requests"] += 1
             try:
                 resp = await client.post(url, json=payload, headers=self._headers())
             except httpx.ConnectError as e:
@@ -316,7 +319,7 @@ class OpenAIBackend(Backend):
                 if f.retry_after is not None:
                     delay = min(max(f.retry_after, delay), max(self.backoff_max, 60.0))
                 attempt += 1
-                self.stats["retries"] += 1
+                self.counts["retries"] += 1
                 log.warning("%s%s: %s; retry %d/%d in %.1fs", self.base_url, endpoint, f, attempt, limit, delay)
                 await asyncio.sleep(delay)
 
