@@ -167,7 +167,7 @@ def resolve_builtin(name: str) -> str:
 
 def resolve_gguf_file(path: str) -> str:
     """A local ``.gguf`` file -> its converted HF directory in the cache (keyed by path, size, mtime)."""
-    p = Path(path).expanduser().resolve()
+    p = Path(path).expanduser().absolute()  # a link keeps its own name in the cache
     st = p.stat()
     key = hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
     out = cache_dir() / "models" / f"gguf-{p.stem}-{key}"
