@@ -418,3 +418,16 @@ def test_cmaf_finetune_prefers_accepted_answers(tiny_llama_chat_path, tmp_path):
     assert all(a < b - 0.3 for a, b in zip(after[0], before[0])), msg
     assert sum(after[0]) / len(acc) + 0.25 < sum(after[1]) / len(rej), msg
     assert abs(sum(before[0]) / len(acc) - sum(before[1]) / len(rej)) < 0.1, msg
+
+
+def test_self_distill_reads_letters_as_bbq_does():
+    """One letter grammar for every multiple-choice parser: "a doctor, probably" names no option."""
+    from fairdistill.distill.self_distill import parse_answer
+    from fairdistill.methods.base import Question
+
+    q = Question(prompt="Who? A. a nurse B. a doctor C. unknown", options=["a nurse", "a doctor", "unknown"])
+    assert parse_answer(q, "a doctor, probably") == (1, "ok")  # the option's text, not letter A
+    assert parse_answer(q, "B") == (1, "ok") and parse_answer(q, "Answer: (c)") == (2, "ok")
+    assert parse_answer(q, "**A**") == (0, "ok") and parse_answer(q, "D") == (None, "unparseable")
+    q5 = Question(prompt="?", options=["v", "w", "x", "y", "z"])
+    assert parse_answer(q5, "The answer is E.") == (4, "ok")

@@ -201,28 +201,41 @@ _REFUSAL_RE = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
 
 # Letter forms, most explicit first. Upper-case letters anywhere in these frames; a lower-case
 # letter only in parentheses or followed by ")"/"."/end, so "the answer is a person" is not "A".
-_LETTER_PATTERNS = [
-    # the whole response is a letter: "B", "(b)", "B.", "b)", "[C]", "$B"
-    re.compile(r"^\s*[\(\[]?\$?([A-Ca-c])[\)\]]?[.:)]?\s*$"),
-    # "Answer: B", "ANSWER: $B", "The answer is C.", "final answer: (a)", "answer is option B"
-    re.compile(
-        r"(?i:answer)\s*(?:(?i:is|would be)|:|-|=)?\s*:?\s*(?:(?i:option|choice)\s+)?\$?"
-        r"(?:\(([A-Ca-c])\)|\[([A-Ca-c])\]|([A-C])\b|([a-c])(?=\s*$|[).:,]))"
-    ),
-    # leading "B) ...", "(b) ...", "B. The grandson", "B: ..."
-    re.compile(r"^\s*(?:\(([A-Ca-c])\)|\[([A-Ca-c])\]|([A-C])[).:]|([a-c])\))(?:\s|$)"),
-    # "Option B" / "choice (c)" anywhere
-    re.compile(r"\b(?i:option|choice)\s+(?:\(([A-Ca-c])\)|([A-C])\b)"),
-]
+def _letter_patterns(letters: str) -> list[re.Pattern]:
+    up, low = f"[{letters[0]}-{letters[-1]}]", f"[{letters[0].lower()}-{letters[-1].lower()}]"
+    both = f"[{letters[0]}-{letters[-1]}{letters[0].lower()}-{letters[-1].lower()}]"
+    return [
+        # the whole response is a letter: "B", "(b)", "B.", "b)", "[C]", "$B"
+        re.compile(rf"^\s*[\(\[]?\$?({both})[\)\]]?[.:)]?\s*$"),
+        # "Answer: B", "ANSWER: $B", "The answer is C.", "final answer: (a)", "answer is option B"
+        re.compile(
+            rf"(?i:answer)\s*(?:(?i:is|would be)|:|-|=)?\s*:?\s*(?:(?i:option|choice)\s+)?\$?"
+            rf"(?:\(({both})\)|\[({both})\]|({up})\b|({low})(?=\s*$|[).:,]))"
+        ),
+        # leading "B) ...", "(b) ...", "B. The grandson", "B: ..."
+        re.compile(rf"^\s*(?:\(({both})\)|\[({both})\]|({up})[).:]|({low})\))(?:\s|$)"),
+        # "Option B" / "choice (c)" anywhere
+        re.compile(rf"\b(?i:option|choice)\s+(?:\(({both})\)|({up})\b)"),
+    ]
 
 
-def _letter(text: str) -> int | None:
-    for pat in _LETTER_PATTERNS:
+_PATTERNS: dict[str, list[re.Pattern]] = {}
+
+
+def parse_letter(text: str, letters: str = "ABC") -> int | None:
+    """The option index a response names by letter ("B", "(b)", "Answer: B", "ANSWER: $B", "B) ..."),
+    or None; ``letters`` are the option letters in order. "a doctor, probably" names no letter."""
+    pats = _PATTERNS.setdefault(letters, _letter_patterns(letters))
+    for pat in pats:
         m = pat.search(text)
         if m:
             letter = next(g for g in m.groups() if g)
-            return "abc".index(letter.lower())
+            return letters.lower().index(letter.lower())
     return None
+
+
+def _letter(text: str) -> int | None:
+    return parse_letter(text, "ABC")
 
 
 def parse_generated_answer(row: dict, text: str | None) -> tuple[int | None, str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -166,9 +165,6 @@ def split_questions(qs: Sequence[Question], heldout: float, seed: int) -> tuple[
 
 
 # -- parsing -------------------------------------------------------------------------------------
-_LETTER_RE = re.compile(r"^\W*\(?([A-J])\)?(?:[.):\s]|$)|answer(?: is)?\s*:?\s*\(?([A-J])\b", re.IGNORECASE)
-
-
 def parse_answer(q: Question, text: str) -> tuple[int | None, str]:
     """Option index of a final answer: BBQ's own parser for BBQ questions, else a letter pattern or
     an option's text. Returns (index or None, status)."""
@@ -177,13 +173,12 @@ def parse_answer(q: Question, text: str) -> tuple[int | None, str]:
         from ..benchmarks.bbq_scoring import parse_generated_answer
 
         return parse_generated_answer(row, text)
-    t = (text or "").strip()
-    m = _LETTER_RE.search(t)
-    n = len(q.options) or len(LETTERS)
-    if m:
-        k = LETTERS.index((m.group(1) or m.group(2)).upper())
-        if k < n:
-            return k, "ok"
+    from ..benchmarks.bbq_scoring import parse_letter
+
+    t = (text or "").strip().replace("**", "")
+    k = parse_letter(t, LETTERS[: len(q.options) or len(LETTERS)])
+    if k is not None:
+        return k, "ok"
     low = t.lower()
     hits = [i for i, o in enumerate(q.options) if o and o.lower() in low]
     if len(hits) == 1:
