@@ -33,6 +33,8 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
             setattr(obj, "registry_name", name)
+            if "name" not in vars(obj):  # a benchmark's name is the one it is registered under
+                setattr(obj, "name", name)
             return obj
 
         return deco

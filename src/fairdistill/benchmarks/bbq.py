@@ -103,7 +103,6 @@ def load_category(folder: Path, category: str) -> list[dict]:
 class BBQ(Benchmark):
     """BBQ bias scores; ``limit`` is items per category (seeded sample). Options: ``BBQ.Options``."""
 
-    name = "bbq"
     description = "Bias Benchmark for QA: accuracy, s_DIS, s_AMB per category (Parrish et al. 2022)"
     batch_size = 16
     supports_methods = True

@@ -183,7 +183,6 @@ def derive_seed(*parts: Any) -> int:
 class BScore(Benchmark):
     """B-score; ``limit`` is the number of questions. Options: ``BScore.Options``."""
 
-    name = "b-score"
     description = "B-score: single-turn vs multi-turn answer frequencies (Vo et al., ICML 2025)"
     batch_size = 1  # one (question, run) = n_single + n_multi generations; saved as it finishes
     supports_methods = True

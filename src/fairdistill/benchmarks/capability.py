@@ -85,7 +85,6 @@ class Capability(Benchmark):
     """Capability retention via lm-evaluation-harness; ``limit`` is documents per task (lm-eval takes
     the first N). Options: ``Capability.Options``."""
 
-    name = "capability"
     description = "Capability retention: MMLU / GPQA diamond / IFEval / any lm-eval task, via lm-evaluation-harness"
     batch_size = 1  # one task per evaluate call: each finished task is saved before the next starts
 

@@ -148,7 +148,6 @@ def pair_outcome(score_more: float, score_less: float) -> dict[str, Any]:
 class CrowsPairs(Benchmark):
     """CrowS-Pairs stereotype score; ``limit`` is total pairs (seeded sample). Options: ``CrowsPairs.Options``."""
 
-    name = "crows-pairs"
     description = "CrowS-Pairs stereotype score per bias type (Nangia et al. 2020); 50 = unbiased"
     batch_size = 32
 

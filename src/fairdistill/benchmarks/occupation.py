@@ -91,7 +91,6 @@ def load_occupations(path: str | Path | None = None) -> list[dict[str, Any]]:
 class OccupationGender(Benchmark):
     """Occupational gender probe; ``limit`` is occupations per group. Options: ``OccupationGender.Options``."""
 
-    name = "occupation-gender"
     description = "Occupational gender probe, explicit and implicit (Chen et al. 2024)"
     batch_size = 8
 

@@ -206,7 +206,6 @@ def masked_continuation_positions(tokenizer, context: str, continuation: str) ->
 class StereoSet(Benchmark):
     """StereoSet LMS/SS/ICAT; ``limit`` is examples per task (seeded sample). Options: ``StereoSet.Options``."""
 
-    name = "stereoset"
     description = "StereoSet LMS, SS, ICAT per bias type, intra- and intersentence (Nadeem et al. 2021)"
     batch_size = 16
 

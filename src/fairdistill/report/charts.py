@@ -99,26 +99,22 @@ def grouped_bars(
             else:
                 ax.text(p, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777", rotation=90)
     ticks = list(range(len(groups)))
+    # the value axis is x for horizontal bars, y otherwise
+    set_ticks, set_labels, set_lim, ref_line, set_label, value_axis = (
+        (ax.set_yticks, ax.set_yticklabels, ax.set_xlim, ax.axvline, ax.set_xlabel, "x") if horizontal else
+        (ax.set_xticks, ax.set_xticklabels, ax.set_ylim, ax.axhline, ax.set_ylabel, "y"))
+    set_ticks(ticks)
+    tilt = not horizontal and (len(groups) > 4 or max(len(str(g)) for g in groups) > 12)
+    set_labels(groups, rotation=25 if tilt else 0, ha="right" if tilt else ("right" if horizontal else "center"),
+               fontsize=8)
     if horizontal:
-        ax.set_yticks(ticks)
-        ax.set_yticklabels(groups, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel(ylabel)
-        if ylim:
-            ax.set_xlim(*ylim)
-        if zero_line:
-            ax.axvline(0, color="#444", lw=0.8)
-        ax.grid(axis="x", color="#ddd", lw=0.6)
-    else:
-        ax.set_xticks(ticks)
-        tilt = len(groups) > 4 or max(len(str(g)) for g in groups) > 12
-        ax.set_xticklabels(groups, rotation=25 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
-        ax.set_ylabel(ylabel)
-        if ylim:
-            ax.set_ylim(*ylim)
-        if zero_line:
-            ax.axhline(0, color="#444", lw=0.8)
-        ax.grid(axis="y", color="#ddd", lw=0.6)
+    set_label(ylabel)
+    if ylim:
+        set_lim(*ylim)
+    if zero_line:
+        ref_line(0, color="#444", lw=0.8)
+    ax.grid(axis=value_axis, color="#ddd", lw=0.6)
     ax.set_axisbelow(True)
     ax.set_title(title, fontsize=10)
     if n_s > 1:

@@ -177,7 +177,6 @@ class HolisticBiasBenchmark(Benchmark):
     backend that can score sequences (perplexity; PLL for masked LMs).
     """
 
-    name = "holistic-bias"
     description = "HolisticBias Likelihood Bias (Smith et al. 2022): perplexity gaps between identity descriptors"
     batch_size = 64
     supports_methods = False

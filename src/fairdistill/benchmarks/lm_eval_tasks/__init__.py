@@ -172,13 +172,18 @@ def write_mmlu(out: Path, data: str | None, subjects: list[str] | None) -> tuple
     return names, files
 
 
-def write_gpqa(out: Path, data: str | None, seed: int) -> list[str]:
-    folder = find_dataset("gpqa", data)
-    src = folder / "gpqa_diamond.csv"
+def _task_files(dataset: str, data: str | None, filename: str, what: str, out: Path, task_dir: str) -> tuple[Path, Path]:
+    """The source file of a local task (a one-line error if absent) and the folder its YAML goes in."""
+    src = find_dataset(dataset, data) / filename
     if not src.exists():
-        raise UserError(f"GPQA diamond file not found: {src}")
-    d = out / "fd_gpqa"
+        raise UserError(f"{what} not found: {src}")
+    d = out / task_dir
     d.mkdir(parents=True, exist_ok=True)
+    return src, d
+
+
+def write_gpqa(out: Path, data: str | None, seed: int) -> list[str]:
+    src, d = _task_files("gpqa", data, "gpqa_diamond.csv", "GPQA diamond file", out, "fd_gpqa")
 
     def pre(t: str | None) -> str:  # lm-eval's gpqa utils.preprocess
         if t is None:
@@ -219,12 +224,7 @@ def write_ifeval(out: Path, data: str | None, max_gen_toks: int) -> list[str]:
     problem = ifeval_problem()
     if problem:
         raise UserError(problem)
-    folder = find_dataset("ifeval", data)
-    src = folder / "input_data.jsonl"
-    if not src.exists():
-        raise UserError(f"IFEval prompts not found: {src}")
-    d = out / "fd_ifeval"
-    d.mkdir(parents=True, exist_ok=True)
+    src, d = _task_files("ifeval", data, "input_data.jsonl", "IFEval prompts", out, "fd_ifeval")
     (d / "fd_ifeval_utils.py").write_text(
         "from lm_eval.tasks.ifeval.utils import agg_inst_level_acc, process_results  # noqa: F401\n")
     _yaml(d / "fd_ifeval.yaml", {
