@@ -63,7 +63,7 @@ def print_position(metrics: dict) -> None:
     pos = metrics.get("position") or {}
     print_rows(pos.get("rows", []), title="answer letters (position bias)")
     if pos.get("warning"):
-        console.print(f"[yellow]warning:[/yellow] {pos['warning']}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {pos['warning']}", highlight=False, soft_wrap=True)
 
 
 def print_definitions(metrics: dict) -> None:
