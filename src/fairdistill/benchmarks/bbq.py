@@ -330,6 +330,8 @@ def _letter_logprob_sums(backend, answers: list[dict]) -> list[float] | None:
     from ..errors import CapabilityError
 
     convs = [a["transcript"][:-1] for a in answers]
+    if not all(convs) or any(c[-1].get("role") == "assistant" for c in convs):
+        return None  # a method whose final turn is not a reply to the last message: nothing to score
     try:
         lps = backend.chat_choice_logprobs(convs, list(LETTERS))
     except CapabilityError:
