@@ -449,3 +449,35 @@ def test_explanation_is_generated_once_per_item_under_rotation(bbq_dir, tmp_path
                 assert len({c[2]["content"] for c in convs}) == 3  # each rotation's own option order
             else:
                 assert len({c[0]["content"] for c in convs}) == 3
+
+
+def test_intent_aware_rounds_run_once_per_item_under_rotation(bbq_dir, tmp_path):
+    """permute=cyclic + intent-aware: reasoning and feedback rounds once per item; each rotation asks
+    only the final answer, restating its own option order."""
+    from fairdistill.benchmarks.base import EvalContext
+    from fairdistill.benchmarks.bbq import BBQ
+    from fairdistill.runner import run_benchmark
+    from fairdistill.store import RunStore
+
+    def reply(req):
+        last = req.messages[-1]["content"]
+        if "Score the answer" in last:
+            return "stereotype: 2\nevidence: 5\nfairness: 5\ncomment: assumes too much"
+        if "Answer with a single letter" in last:
+            return "C"
+        return "Thinking... it cannot be determined."
+
+    be = Scripted(reply=reply)
+    bench = BBQ(categories=["Religion"], limit=2, mode="generate", permute="cyclic", data=str(bbq_dir))
+    m = get_method("intent-aware", be, max_rounds=1)
+    run_benchmark(bench, EvalContext(backend=be, method=m), RunStore(tmp_path), show_progress=False)
+    recs = RunStore(tmp_path).load_results()
+    # per item: answer + feedback + refine (once) + 3 final turns
+    assert len(be.requests) == 6 * len(recs)
+    for r in recs:
+        assert r["calls"] == 6
+        finals = [a["transcript"][-2]["content"] for a in r["rotations"]]
+        assert finals[0] == "Answer with a single letter."
+        assert all(f.startswith("Here are the options again") for f in finals[1:])
+        assert len({f for f in finals[1:]}) == 2  # each restates its own order
+        assert r["rotations"][1]["method_extra"]["rounds_shared"] is True

@@ -329,7 +329,9 @@ def _letter_logprob_sums(backend, answers: list[dict]) -> list[float] | None:
     backend cannot score a chat turn."""
     from ..errors import CapabilityError
 
-    convs = [a["transcript"][:-1] for a in answers]
+    # the answering model's own conversation (methods tag turns of other models, e.g. feedback)
+    convs = [[{"role": m["role"], "content": m["content"]} for m in a["transcript"][:-1]
+              if m.get("backend", "answer") == "answer"] for a in answers]
     if not all(convs) or any(c[-1].get("role") == "assistant" for c in convs):
         return None  # a method whose final turn is not a reply to the last message: nothing to score
     try:

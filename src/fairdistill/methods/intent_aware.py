@@ -90,7 +90,39 @@ class IntentAware(PromptedMethod):
         return all(s is not None and s >= self.threshold for s in scores.values())
 
     def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:
+        """Rounds per item; under option rotation (several questions with one ``meta["id"]``) the
+        reasoning and feedback rounds run once, on the item's first question, and each rotation asks
+        only the final answer, restating its own options (``final_rotated`` template)."""
         gen = gen or GenerationConfig()
+        lead: dict = {}
+        src = [lead.setdefault((q.meta or {}).get("id") or ("#", k), k) for k, q in enumerate(questions)]
+        leads = sorted(set(src))
+        if len(leads) == len(questions) or not self.final_turn:
+            return self._answer(questions, gen)
+        done = dict(zip(leads, self._answer([questions[k] for k in leads], gen, final=False)))
+        return self._final_turns(questions, src, done, gen)
+
+    def _final_turns(self, questions, src, done, gen) -> list[MethodResult]:
+        convs, results = [], []
+        for k, q in enumerate(questions):
+            base = done[src[k]]
+            own = src[k] == k
+            text = fill(self.t["final" if own else "final_rotated"], **self.base_values(q))
+            log = [dict(m) for m in base.transcript] + [{"role": "user", "content": text, "backend": "answer"}]
+            convs.append([{"role": m["role"], "content": m["content"]} for m in log if m.get("backend") == "answer"])
+            results.append((log, base, own))
+        outs = self._chat(convs, gen)
+        out = []
+        for (log, base, own), o in zip(results, outs):
+            log.append({"role": "assistant", "content": o.text, "backend": "answer"})
+            extra = {**base.extra, **({} if own else {"rounds_shared": True})}
+            out.append(MethodResult(text=o.text, transcript=log, calls=(base.calls if own else 0) + 1,
+                                    prompt_tokens=(base.prompt_tokens if own else 0) + o.prompt_tokens,
+                                    completion_tokens=(base.completion_tokens if own else 0) + o.completion_tokens,
+                                    extra=extra))
+        return out
+
+    def _answer(self, questions: Sequence[Question], gen: GenerationConfig, final: bool = True) -> list[MethodResult]:
         n = len(questions)
         convs = [[{"role": "user", "content": fill(self.t["answer"], **self.base_values(q))}] for q in questions]
         calls = [0] * n
@@ -144,8 +176,8 @@ class IntentAware(PromptedMethod):
                     latest[k] = o.text
             active = refine
 
-        final = list(latest)
-        if self.final_turn and n:
+        final_text = list(latest)
+        if final and self.final_turn and n:
             for k, q in enumerate(questions):
                 msg = {"role": "user", "content": fill(self.t["final"], **self.base_values(q))}
                 convs[k].append(msg)
@@ -155,11 +187,11 @@ class IntentAware(PromptedMethod):
                 account(k, o)
                 convs[k].append({"role": "assistant", "content": o.text})
                 logs[k].append({"role": "assistant", "content": o.text, "backend": "answer"})
-                final[k] = o.text
+                final_text[k] = o.text
         fb_name = self.feedback_backend.describe() if self.feedback_backend is not self.backend else "self"
         return [
             MethodResult(
-                text=final[k], transcript=logs[k], calls=calls[k], prompt_tokens=ptok[k], completion_tokens=ctok[k],
+                text=final_text[k], transcript=logs[k], calls=calls[k], prompt_tokens=ptok[k], completion_tokens=ctok[k],
                 extra={"rounds": rounds[k], "stopped": stopped[k], "reasoned_answer": latest[k],
                        "feedback_model": fb_name, "threshold": self.threshold, "max_rounds": self.max_rounds},
             )
