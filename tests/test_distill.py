@@ -431,3 +431,29 @@ def test_self_distill_reads_letters_as_bbq_does():
     assert parse_answer(q, "**A**") == (0, "ok") and parse_answer(q, "D") == (None, "unparseable")
     q5 = Question(prompt="?", options=["v", "w", "x", "y", "z"])
     assert parse_answer(q5, "The answer is E.") == (4, "ok")
+
+
+def test_option_target_under_shuffled_order_and_template_split(bbq_dir):
+    """target=option: the completion is the teacher's option text, shown under a per-item shuffled
+    order; split=template: held-out items come from templates never trained on."""
+    from fairdistill.distill.self_distill import SelfDistillConfig, load_prompt_questions, sft_example, split_questions
+
+    cfg = SelfDistillConfig.from_kwargs(limit=60, seed=0, categories="Age", target="option", split="template")
+    qs = load_prompt_questions(str(bbq_dir), cfg)
+    train, held = split_questions(qs, 0.3, 0, by="template")
+    tmpl = lambda q: (q.meta["bbq_row"]["category"], q.meta["bbq_row"]["question_index"])  # noqa: E731
+    assert held and not {tmpl(q) for q in train} & {tmpl(q) for q in held}
+    assert abs(len(held) - 18) <= 8  # about the held-out fraction, in whole templates
+    orders = set()
+    for q in train[:20]:
+        row = q.meta["bbq_row"]
+        ex = sft_example(q, {"pred": int(row["label"]), "final_text": "B"}, "option", seed=0)
+        assert ex["completion"] == row[f"ans{row['label']}"]
+        shown = ex["messages"][0]["content"]
+        for d, o in enumerate(ex["order"]):
+            assert f"{'ABC'[d]}. {row[f'ans{o}']}" in shown
+        orders.add(tuple(ex["order"]))
+        assert ex == sft_example(q, {"pred": int(row["label"]), "final_text": "B"}, "option", seed=0)  # seeded
+    assert len(orders) > 2
+    with pytest.raises(UserError, match="split"):
+        SelfDistillConfig.from_kwargs(split="by-vibes")

@@ -9,11 +9,13 @@ the teacher's final answer in one call. Loss is on the answer tokens only (the p
 Pipeline (:func:`run_self_distill`):
 
 1. questions from the prompt set (BBQ rows -> lettered multiple choice, or a jsonl of prompts);
-   split into train / held-out (seeded);
+   split into train / held-out (seeded; ``split="template"`` holds out whole BBQ templates);
 2. teacher answers (all questions; cached in ``out/teacher.jsonl``, reused on a rerun), and the
    untrained model's baseline answers on the held-out split;
-3. SFT targets: the teacher's parsed letter (``target="letter"``) or its final text
-   (``target="text"``); answers that do not parse are counted and left out;
+3. SFT targets: the teacher's parsed letter (``target="letter"``), its final text
+   (``target="text"``), or the chosen option's text shown under a seeded shuffled option order
+   (``target="option"``: a letter prior cannot pass for the behaviour); answers that do not parse
+   are counted and left out;
 4. LoRA SFT with transformers' Trainer (checkpoints / resume / grad accumulation / bf16 on CUDA);
 5. evaluation on held-out (and train) items: agreement with the teacher's answers for the
    untrained model and for the student, model calls per item, and for BBQ rows the ambiguous bias
@@ -50,7 +52,10 @@ class SelfDistillConfig:
     seed: int = 0
     categories: str | None = None     # BBQ: comma-separated categories (default: all present)
     condition: str = "both"           # BBQ: both | ambig | disambig
-    target: str = "letter"            # SFT target: the teacher's parsed letter, or its final "text"
+    target: str = "letter"            # SFT target: the teacher's parsed "letter", its final "text", or
+                                      # "option": the chosen option's text under a shuffled option order
+                                      # (BBQ), so a letter prior cannot pass for the behaviour
+    split: str = "random"             # held-out items: "random", or "template" (whole BBQ templates held out)
     max_new_tokens: int = 16          # generation length of teacher / student answers
     method_options: dict = field(default_factory=dict)  # passed to get_method(...)
     learning_rate: float = 2e-4
@@ -79,8 +84,10 @@ class SelfDistillConfig:
     def from_kwargs(cls, **kw: Any) -> "SelfDistillConfig":
         reject_unknown_options(kw, (f.name for f in fields(cls)), "self-distillation")
         cfg = cls(**kw)
-        if cfg.target not in ("letter", "text"):
-            raise UserError(f"unknown target {cfg.target!r}; use letter or text")
+        if cfg.target not in ("letter", "text", "option"):
+            raise UserError(f"unknown target {cfg.target!r}; use letter, text or option")
+        if cfg.split not in ("random", "template"):
+            raise UserError(f"unknown split {cfg.split!r}; use random or template")
         if not 0 <= cfg.heldout < 1:
             raise UserError("heldout must be a fraction in [0, 1)")
         return cfg
@@ -156,12 +163,54 @@ def load_prompt_questions(prompts: str | Sequence[Question], cfg: SelfDistillCon
     return qs[: cfg.limit]
 
 
-def split_questions(qs: Sequence[Question], heldout: float, seed: int) -> tuple[list[Question], list[Question]]:
-    idx = list(range(len(qs)))
-    random.Random(f"split-{seed}").shuffle(idx)
+def split_questions(qs: Sequence[Question], heldout: float, seed: int,
+                    by: str = "random") -> tuple[list[Question], list[Question]]:
+    """(train, held-out). ``by="template"``: whole BBQ templates (category + question_index) are held
+    out, so held-out items are other templates, not paraphrases of trained ones."""
     n_held = int(round(len(qs) * heldout))
-    held = set(idx[:n_held])
+    if by == "template":
+        def key(q):
+            row = (q.meta or {}).get("bbq_row") or {}
+            return (row.get("category"), row.get("question_index")) if row else ("#", q.meta.get("id"))
+
+        groups: dict = {}
+        for k, q in enumerate(qs):
+            groups.setdefault(key(q), []).append(k)
+        order = sorted(groups, key=str)
+        random.Random(f"split-{seed}").shuffle(order)
+        held: set[int] = set()
+        for g in order:
+            if len(held) >= n_held:
+                break
+            held.update(groups[g])
+    elif by == "random":
+        idx = list(range(len(qs)))
+        random.Random(f"split-{seed}").shuffle(idx)
+        held = set(idx[:n_held])
+    else:
+        raise UserError(f"unknown split {by!r}; use random or template")
     return [q for k, q in enumerate(qs) if k not in held], [q for k, q in enumerate(qs) if k in held]
+
+
+def sft_example(q: Question, teacher_record: dict, target: str, seed: int) -> dict[str, Any]:
+    """One SFT example: the baseline prompt and the completion the student should learn."""
+    row = (q.meta or {}).get("bbq_row")
+    pred = teacher_record["pred"]
+    if target == "letter":
+        return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": LETTERS[pred]}
+    if target == "text":
+        return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": teacher_record["final_text"]}
+    if target != "option":
+        raise UserError(f"unknown self-distillation target {target!r}; use letter, text or option")
+    if row is None:  # a free-form prompt's options cannot be reordered: the option text, as asked
+        return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": q.options[pred]}
+    from ..benchmarks.bbq import mc_question
+
+    order = [0, 1, 2]
+    random.Random(f"order-{seed}-{q.meta.get('id')}").shuffle(order)
+    shown = mc_question(row, order)
+    return {"messages": [{"role": "user", "content": user_turn(shown)}], "completion": row[f"ans{pred}"],
+            "order": order}
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -413,7 +462,7 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
     backend = model if isinstance(model, HFBackend) else HFBackend.from_spec(str(model), device=device, dtype="float32")
     backend.require(chat=True, what="self-distillation")
     qs = load_prompt_questions(prompts, cfg)
-    train_q, held_q = split_questions(qs, cfg.heldout, cfg.seed)
+    train_q, held_q = split_questions(qs, cfg.heldout, cfg.seed, by=cfg.split)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
 
     # 1. teacher answers (cached)
@@ -452,8 +501,7 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
         if r["pred"] is None:
             skipped += 1
             continue
-        target = LETTERS[r["pred"]] if cfg.target == "letter" else r["final_text"]
-        sft.append({"id": r["id"], "messages": [{"role": "user", "content": user_turn(q)}], "completion": target})
+        sft.append({"id": r["id"], **sft_example(q, r, cfg.target, cfg.seed)})
     _write_jsonl(outp / "sft.jsonl", sft)
 
     # 4. LoRA SFT
