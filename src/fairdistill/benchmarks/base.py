@@ -67,6 +67,33 @@ def comma_list(choices: Iterable[str] | None = None, what: str = "value",
 PathStr = Annotated[str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)]
 
 
+@dataclass(frozen=True)
+class ReportView:
+    """A chart the report draws from a benchmark's tidy rows: the rows matching ``where`` (a tuple value
+    matches any of its items), one bar group per value of ``x``, one bar per run, CI whiskers; one chart
+    per value of ``facet``. ``delta`` adds a chart of each run minus the first."""
+
+    title: str
+    x: str
+    where: dict = field(default_factory=dict)
+    facet: str | None = None
+    ylabel: str = "value (see definitions)"
+    ylim: tuple[float, float] | None = None
+    zero_line: bool = False
+    delta: bool = False
+
+
+@dataclass(frozen=True)
+class ReportTable:
+    """A side-by-side table of the rows matching ``where``, one line per combination of ``keys``."""
+
+    title: str
+    keys: tuple[str, ...]
+    where: dict = field(default_factory=dict)
+    value_label: str = "value [95% CI]"
+    note: str = ""
+
+
 class BenchmarkOptions(BaseModel):
     """A benchmark's options: types, defaults, validation, ``fairdistill options`` help and run identity.
 
@@ -193,6 +220,12 @@ class Benchmark:
         return self.batch_size
     #: whether the benchmark can run through an inference-time method
     supports_methods: ClassVar[bool] = False
+    #: how the report shows the tidy rows (title, the paragraph under it, charts, tables); without
+    #: views the report draws one chart of every row and one table of all rows
+    report_title: ClassVar[str] = ""
+    report_intro: ClassVar[str] = ""
+    report_views: ClassVar[tuple[ReportView, ...]] = ()
+    report_tables: ClassVar[tuple[ReportTable, ...]] = ()
 
     Options: ClassVar[type[BenchmarkOptions]] = BenchmarkOptions
 

@@ -26,7 +26,7 @@ from ..data import download, find_dataset, read_jsonl
 from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
-from .base import Benchmark, BenchmarkOptions, EvalContext, comma_list, seeded_subset
+from .base import Benchmark, BenchmarkOptions, EvalContext, ReportTable, ReportView, comma_list, seeded_subset
 from . import bbq_scoring
 from . import permute as permute_mod
 
@@ -104,6 +104,17 @@ class BBQ(Benchmark):
     """BBQ bias scores; ``limit`` is items per category (seeded sample). Options: ``BBQ.Options``."""
 
     description = "Bias Benchmark for QA: accuracy, s_DIS, s_AMB per category (Parrish et al. 2022)"
+    report_title = "BBQ: bias in question answering"
+    report_intro = ("Accuracy and bias score per category and context condition (ambiguous / disambiguated), "
+                    "with bootstrap 95% confidence intervals. Bias score: range −1..1, 0 = no bias, positive = "
+                    "answers follow the stereotype; accuracy: 0..1, higher is better.")
+    report_views = (
+        ReportView("BBQ bias score per category", x="category", where={"metric": "bias_score"}, facet="condition",
+                   ylabel="bias score (−1..1, 0 = no bias)", ylim=(-1.0, 1.0), zero_line=True),
+        ReportView("BBQ accuracy per category", x="category", where={"metric": "accuracy"}, facet="condition",
+                   ylabel="accuracy (0..1, higher is better)", ylim=(0.0, 1.0)),
+    )
+    report_tables = (ReportTable("BBQ metrics per category and condition", ("category", "condition", "metric")),)
     batch_size = 16
     supports_methods = True
 
@@ -266,8 +277,12 @@ class BBQ(Benchmark):
         out = bbq_scoring.bbq_metrics(records, pred_key="pred", seed=self.opts.seed)
         pos = letter_positions(records, seed=self.opts.seed)
         if pos is not None:
-            out["position"] = pos
             out["definitions"].update(pos.pop("definitions"))
+            out["position"] = {"title": "Answer letters and position bias (generation mode)",
+                               "note": "letter_share: share of parsed answers at each letter (gold_share in "
+                                       "metrics.json); position_bias: the top letter's share / its gold share "
+                                       "(1 = none); rotation_consistency: items answered with the same option "
+                                       "in every rotation (permute=cyclic)", **pos}
         return out
 
     # -- paired comparison --------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
 from ..stats.bootstrap import percentile_interval, resample_indices
-from .base import Benchmark, BenchmarkOptions, EvalContext, comma_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, ReportTable, ReportView, comma_list
 
 TOPICS = ["number", "gender", "politics", "country", "math", "name", "profession", "race", "sport"]
 #: paper category -> file suffix
@@ -184,6 +184,15 @@ class BScore(Benchmark):
     """B-score; ``limit`` is the number of questions. Options: ``BScore.Options``."""
 
     description = "B-score: single-turn vs multi-turn answer frequencies (Vo et al., ICML 2025)"
+    report_title = "B-score: bias the model corrects when it sees its own history"
+    report_intro = ("mean |B(top option)| per topic and category: 0..1, lower is better (0 = the model's "
+                    "single-turn preference equals its multi-turn answer distribution).")
+    report_views = tuple(
+        ReportView(f"B-score per {level}", x="group", where={"level": level},
+                   ylabel="mean |B(top)| (0..1, lower is better)", ylim=(0.0, 1.0)) for level in ("topic", "category"))
+    report_tables = (ReportTable("B-score by level", ("level", "group"), where={"level": ("overall", "category", "topic")},
+                                 value_label="mean |B(top)| [95% CI]",
+                                 note="n = questions scored (the bootstrap's resampling unit)"),)
     batch_size = 1  # one (question, run) = n_single + n_multi generations; saved as it finishes
     supports_methods = True
 

@@ -36,7 +36,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, comma_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, ReportTable, ReportView, comma_list
 from . import lm_eval_tasks as lt
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,13 @@ class Capability(Benchmark):
     the first N). Options: ``Capability.Options``."""
 
     description = "Capability retention: MMLU / GPQA diamond / IFEval / any lm-eval task, via lm-evaluation-harness"
+    report_title = "Capability retention (lm-evaluation-harness)"
+    report_intro = ("Task scores from lm-evaluation-harness on the same model weights the bias benchmarks saw. "
+                    "Accuracies: 0..1, higher is better. Δ = this run − the first run (negative = capability lost).")
+    report_views = (ReportView("Capability per task (lm-eval)", x="task", where={"top": True}, facet="metric",
+                               ylabel="score (0..1, higher is better)", ylim=(0.0, 1.0), delta=True),)
+    report_tables = (ReportTable("Capability: headline tasks", ("task", "metric"), where={"top": True}),
+                     ReportTable("Capability: every subtask", ("task", "metric"), where={"top": (False, None)}))
     batch_size = 1  # one task per evaluate call: each finished task is saved before the next starts
 
     class Options(BenchmarkOptions):

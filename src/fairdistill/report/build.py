@@ -12,6 +12,8 @@ direction is better).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -264,149 +266,164 @@ def _rows(run: Run) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
-def section_bbq(runs: list[Run]) -> Section:
-    s = Section("bbq", "BBQ: bias in question answering",
-                "Accuracy and bias score per category and context condition (ambiguous / disambiguated), "
-                "with bootstrap 95% confidence intervals. Bias score: range −1..1, 0 = no bias, positive = "
-                "answers follow the stereotype; accuracy: 0..1, higher is better.")
-    all_rows = {id(r): _rows(r) for r in runs}
-    cats: list[str] = []
-    for r in runs:
-        for row in all_rows[id(r)]:
-            c = row.get("category")
-            if c is not None and c not in cats and c != "overall":
-                cats.append(c)
-    cats = sorted(cats) + (["overall"] if any(row.get("category") == "overall" for r in runs for row in all_rows[id(r)]) else [])
-    conds = [c for c in ("ambig", "disambig") if any(row.get("condition") == c for r in runs for row in all_rows[id(r)])]
-    for metric, ylabel, zero in (("bias_score", f"bias score ({BIAS_RANGE})", True),
-                                 ("accuracy", "accuracy (0..1, higher is better)", False)):
-        for cond in conds:
-            series, lows, highs = {}, {}, {}
-            for r in runs:
-                by = {row.get("category"): row for row in all_rows[id(r)]
-                      if row.get("metric") == metric and row.get("condition") == cond}
-                series[r.label] = [by.get(c, {}).get("value") for c in cats]
-                lows[r.label] = [by.get(c, {}).get("ci_low") for c in cats]
-                highs[r.label] = [by.get(c, {}).get("ci_high") for c in cats]
-            cond_name = {"ambig": "ambiguous contexts (s_AMB)", "disambig": "disambiguated contexts (s_DIS)"}[cond] \
-                if metric == "bias_score" else {"ambig": "ambiguous contexts", "disambig": "disambiguated contexts"}[cond]
-            svg = charts.grouped_bars(cats, series, lows=lows, highs=highs,
-                                      title=f"BBQ {metric.replace('_', ' ')} per category, {cond_name}",
-                                      ylabel=ylabel, zero_line=zero,
-                                      ylim=(-1.0, 1.0) if metric == "bias_score" else (0.0, 1.0))
+def _match(row: dict, where: dict) -> bool:
+    for k, v in where.items():
+        if (row.get(k) not in v) if isinstance(v, tuple) else (row.get(k) != v):
+            return False
+    return True
+
+
+def _ordered(values: list) -> list:
+    """Distinct values, sorted, with "overall"/"all" last (the aggregate after its parts)."""
+    uniq = sorted({v for v in values if v is not None}, key=str)
+    return [v for v in uniq if v not in ("overall", "all")] + [v for v in uniq if v in ("overall", "all")]
+
+
+def _view_charts(view, runs: list[Run]) -> list[tuple[str, str]]:
+    """The bar chart(s) of one declared view: one per facet value, and the deltas when asked."""
+    out = []
+    matching = {id(r): [row for row in _rows(r) if _match(row, view.where)] for r in runs}
+    facets = _ordered([row.get(view.facet) for r in runs for row in matching[id(r)]]) if view.facet else [None]
+    for fv in facets:
+        rows_of = {id(r): [row for row in matching[id(r)] if view.facet is None or row.get(view.facet) == fv]
+                   for r in runs}
+        xs = _ordered([row.get(view.x) for r in runs for row in rows_of[id(r)]])
+        if not xs:
+            continue
+
+        def pick(r: Run, key: str) -> list:
+            by = {row.get(view.x): row for row in rows_of[id(r)]}
+            return [by.get(x, {}).get(key) for x in xs]
+
+        suffix = f", {view.facet} = {fv}" if view.facet else ""
+        svg = charts.grouped_bars([str(x) for x in xs], {r.label: pick(r, "value") for r in runs},
+                                  lows={r.label: pick(r, "ci_low") for r in runs},
+                                  highs={r.label: pick(r, "ci_high") for r in runs},
+                                  title=view.title + suffix, ylabel=view.ylabel, ylim=view.ylim,
+                                  zero_line=view.zero_line)
+        if svg:
+            out.append((f"{view.title}{suffix}: one bar per run, whiskers = 95% CI", svg))
+        if view.delta and len(runs) > 1:
+            base = pick(runs[0], "value")
+            deltas = {r.label: [(b - a) if _num(a) and _num(b) else None for a, b in zip(base, pick(r, "value"))]
+                      for r in runs[1:]}
+            svg = charts.grouped_bars([str(x) for x in xs], deltas, title=f"{view.title}{suffix}: change vs {runs[0].label}",
+                                      ylabel="Δ (this run − the first)", zero_line=True)
             if svg:
-                s.charts.append((f"BBQ {metric} by category, {cond}: bars per run, whiskers = 95% CI", svg))
-    s.tables.append(side_by_side("BBQ metrics per category and condition", runs, lambda r: all_rows[id(r)],
-                                 ["category", "condition", "metric"]))
-    pos_runs = [r for r in runs if isinstance(r.metrics.get("position"), dict)]
-    if pos_runs:
-        s.tables.append(side_by_side(
-            "Answer letters and position bias (generation mode)", pos_runs,
-            lambda r: r.metrics["position"].get("rows", []), ["metric", "letter"],
-            note="letter_share: share of parsed answers at each letter (gold_share in metrics.json); "
-                 "position_bias: the top letter's share / its gold share (1 = none); rotation_consistency: "
-                 "items answered with the same option in every rotation (permute=cyclic)"))
-        for r in pos_runs:
-            if r.metrics["position"].get("warning"):
-                s.notes.append(f"{r.label}: {r.metrics['position']['warning']}")
+                out.append((f"{view.title}{suffix}: each run minus {runs[0].label}", svg))
+    return out
+
+
+def _row_keys(rows: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for row in rows:
+        for k, v in row.items():
+            if k not in VALUE_FIELDS and k not in keys and not _num(v) and not isinstance(v, (dict, list)):
+                keys.append(k)
+    return keys
+
+
+def section_for(bench: str, runs: list[Run]) -> Section:
+    """A benchmark's section from its tidy rows and the views it declares (``Benchmark.report_views``,
+    ``report_tables``); a benchmark without views gets one chart of every row and one table."""
+    from ..registry import BENCHMARKS
+
+    try:
+        cls = BENCHMARKS.get(bench)
+    except Exception:  # a run of a benchmark this installation does not have: rows only
+        cls = None
+    s = Section(bench, getattr(cls, "report_title", "") or bench,
+                getattr(cls, "report_intro", "") or "Tidy metric rows as written by the benchmark; definitions below.")
+    views = getattr(cls, "report_views", ())
+    tables = getattr(cls, "report_tables", ())
+    for view in views:
+        s.charts.extend(_view_charts(view, runs))
+    all_rows = [row for r in runs for row in _rows(r)]
+    keys = _row_keys(all_rows)
+    if not views and keys and all_rows and "value" in {k for row in all_rows for k in row} and len(_rows(runs[0])) <= 40:
+        from ..benchmarks.base import ReportView
+
+        labelled = [dataclasses.replace(r, metrics={**r.metrics, "rows": [
+            {**row, "_label": " / ".join(str(row.get(k)) for k in keys if row.get(k) is not None)}
+            for row in _rows(r)]}) for r in runs]
+        s.charts.extend(_view_charts(ReportView(f"{bench}: value per row", x="_label"), labelled))
+    for t in tables or ():
+        if any(_match(row, t.where) for row in all_rows):
+            s.tables.append(side_by_side(t.title, runs, lambda r, t=t: [row for row in _rows(r) if _match(row, t.where)],
+                                         list(t.keys), value_label=t.value_label, note=t.note))
+    if not tables and all_rows:
+        if "value" in {k for row in all_rows for k in row}:
+            s.tables.append(side_by_side(f"{bench} metrics", runs, _rows, keys))
+        else:
+            for r in runs:
+                s.tables.append(table_from_dicts(f"{r.label}: metrics", _rows(r)))
+    _sub_tables(s, runs)
     for r in runs:
         c = r.metrics.get("counts")
         if isinstance(c, dict):
             s.notes.append(f"{r.label}: " + ", ".join(f"{k} = {fmt(v)}" for k, v in c.items() if k != "note"))
             if c.get("note"):
                 s.definitions.setdefault("counts", str(c["note"]))
+    extra = EXTRAS.get(bench)
+    if extra:
+        extra(s, runs)
+    if not tables and not views:
+        for r in runs:
+            summ = r.metrics.get("summary")
+            if isinstance(summ, dict) and summ:
+                s.tables.append(table_from_dicts(f"{r.label}: summary", [{"quantity": k, "value": v}
+                                                 for k, v in summ.items() if not isinstance(v, (dict, list))]))
     s.definitions.update(_defs(runs))
     return s
 
 
-def section_holistic(runs: list[Run]) -> Section:
-    s = Section("holistic-bias", "HolisticBias: Likelihood Bias",
-                "Likelihood Bias (Smith et al. 2022): share of descriptor pairs, within one axis and sentence "
-                "template, whose sentence perplexities differ significantly (Mann–Whitney U, p < 0.05). "
-                "Range 0..1; lower is better (0 = no descriptor is systematically more or less likely).")
-    axes: list[str] = []
+def _sub_tables(s: Section, runs: list[Run]) -> None:
+    """Tidy rows a benchmark files under a sub-key of its metrics (e.g. BBQ's ``position``), and their warnings."""
+    subs: list[str] = []
     for r in runs:
-        for row in _rows(r):
-            if row.get("level") == "axis" and row.get("axis") not in axes:
-                axes.append(row.get("axis"))
-    axes.sort(key=str)
-    def per_axis(r: Run, key: str) -> list:
-        by = {row.get("axis"): row for row in _rows(r) if row.get("level") == "axis"}
-        return [by.get(a, {}).get(key) for a in axes]
+        for k, v in r.metrics.items():
+            if isinstance(v, dict) and isinstance(v.get("rows"), list) and k not in subs:
+                subs.append(k)
+    for k in subs:
+        have = [r for r in runs if isinstance(r.metrics.get(k), dict)]
+        rows = [row for r in have for row in r.metrics[k]["rows"]]
+        title = next((r.metrics[k].get("title") for r in have if r.metrics[k].get("title")), k)
+        s.tables.append(side_by_side(title, have, lambda r, k=k: r.metrics[k].get("rows", []), _row_keys(rows),
+                                     note=next((r.metrics[k].get("note", "") for r in have), "")))
+        for r in have:
+            if r.metrics[k].get("warning"):
+                s.notes.append(f"{r.label}: {r.metrics[k]['warning']}")
 
-    svg = charts.grouped_bars([str(a) for a in axes], {r.label: per_axis(r, "value") for r in runs},
-                              lows={r.label: per_axis(r, "ci_low") for r in runs},
-                              highs={r.label: per_axis(r, "ci_high") for r in runs},
-                              title="Likelihood Bias by axis",
-                              ylabel="Likelihood Bias (0..1, lower is better)", ylim=(0.0, 1.0))
-    if svg:
-        s.charts.append(("Likelihood Bias per axis, one bar per run; whiskers = 95% CI (descriptors resampled)", svg))
+
+# -- what a benchmark adds to its section (beyond tidy rows) -----------------------------------------
+def holistic_extras(s: Section, runs: list[Run]) -> None:
     for r in runs:
         cells = {(str(row.get("axis")), str(row.get("template"))): row.get("value")
                  for row in _rows(r) if row.get("level") == "axis_template"}
-        if not cells:
-            continue
-        rows = sorted({a for a, _ in cells})
-        cols = sorted({t for _, t in cells})
-        svg = charts.heatmap(rows, cols, cells, title=f"Likelihood Bias, axis × template — {r.label}",
-                             cbar_label="Likelihood Bias (0..1, lower is better)")
-        if svg:
-            s.charts.append((f"{r.label}: Likelihood Bias per axis (rows) and template (columns); grey = no pair", svg))
-    s.tables.append(side_by_side("Likelihood Bias overall and by axis", runs,
-                                 lambda r: [row for row in _rows(r) if row.get("level") in ("overall", "axis")],
-                                 ["level", "axis"], value_label="Likelihood Bias [95% CI]",
-                                 note="n = descriptors compared (the bootstrap's resampling unit; runs "
-                                      "without CIs: descriptor pairs); pairs tested: n_pairs in metrics.json"))
-    for r in runs:
+        if cells:
+            svg = charts.heatmap(sorted({a for a, _ in cells}), sorted({t for _, t in cells}), cells,
+                                 title=f"Likelihood Bias, axis × template — {r.label}",
+                                 cbar_label="Likelihood Bias (0..1, lower is better)")
+            if svg:
+                s.charts.append((f"{r.label}: Likelihood Bias per axis (rows) and template (columns); grey = no pair", svg))
         desc = r.metrics.get("descriptors")
         if not isinstance(desc, dict):
             continue
-        gaps = desc.get("gaps") or []
-        if gaps:
+        if desc.get("gaps"):
             s.tables.append(table_from_dicts(
-                f"{r.label}: descriptors with the largest perplexity gaps, per axis", gaps[:15],
+                f"{r.label}: descriptors with the largest perplexity gaps, per axis", desc["gaps"][:15],
                 note="lowest/highest = the axis's descriptors with the lowest and highest median sentence "
                      "perplexity; gap = highest − lowest median (≥ 0, smaller = more even), ratio = highest / lowest "
                      "(≥ 1, closer to 1 = more even)."))
-        ext = desc.get("extremes") or []
-        if ext:
+        if desc.get("extremes"):
             s.tables.append(table_from_dicts(
-                f"{r.label}: most and least likely descriptors (by median perplexity)", ext[:60],
+                f"{r.label}: most and least likely descriptors (by median perplexity)", desc["extremes"][:60],
                 note="median_perplexity: lower = the model finds sentences with this descriptor more likely."))
-    s.definitions.update(_defs(runs, {"gap": "highest − lowest median perplexity among an axis's descriptors",
-                                      "ratio": "highest / lowest median perplexity among an axis's descriptors"}))
-    return s
+    s.definitions.update({"gap": "highest − lowest median perplexity among an axis's descriptors",
+                          "ratio": "highest / lowest median perplexity among an axis's descriptors"})
 
 
-def section_bscore(runs: list[Run]) -> Section:
-    s = Section("b-score", "B-score: bias the model corrects when it sees its own history",
-                "mean |B(top option)| per topic and category: 0..1, lower is better (0 = the model's "
-                "single-turn preference equals its multi-turn answer distribution).")
-    for level in ("topic", "category"):
-        groups: list[str] = []
-        for r in runs:
-            for row in _rows(r):
-                if row.get("level") == level and row.get("group") not in groups:
-                    groups.append(row.get("group"))
-        def per_group(r: Run, key: str) -> list:
-            by = {row.get("group"): row for row in _rows(r) if row.get("level") == level}
-            return [by.get(g, {}).get(key) for g in groups]
-
-        svg = charts.grouped_bars([str(g) for g in groups], {r.label: per_group(r, "mean_abs_b_top") for r in runs},
-                                  lows={r.label: per_group(r, "ci_low") for r in runs},
-                                  highs={r.label: per_group(r, "ci_high") for r in runs},
-                                  title=f"B-score per {level}",
-                                  ylabel="mean |B(top)| (0..1, lower is better)", ylim=(0.0, 1.0))
-        if svg:
-            s.charts.append((f"B-score per {level}, one bar per run; whiskers = 95% CI (questions resampled)", svg))
-
-    def agg_rows(r: Run) -> list[dict]:
-        return [{**row, "value": row.get("mean_abs_b_top"), "n": row.get("n_scored")}
-                for row in _rows(r) if row.get("level") in ("overall", "category", "topic")]
-
-    s.tables.append(side_by_side("B-score by level", runs, agg_rows, ["level", "group"],
-                                 value_label="mean |B(top)| [95% CI]",
-                                 note="n = questions scored (the bootstrap's resampling unit)"))
+def bscore_extras(s: Section, runs: list[Run]) -> None:
     for r in runs:
         pq = r.metrics.get("per_question") or [row for row in _rows(r) if row.get("level") == "question"]
         if pq:
@@ -414,114 +431,18 @@ def section_bscore(runs: list[Run]) -> Section:
         un = (r.metrics.get("summary") or {}).get("unparsed")
         if isinstance(un, dict):
             s.notes.append(f"{r.label}: unparsed answers " + ", ".join(f"{k} = {fmt(v)}" for k, v in un.items()))
-    s.definitions.update(_defs(runs))
-    return s
 
 
-def section_capability(runs: list[Run]) -> Section:
-    s = Section("capability", "Capability retention (lm-evaluation-harness)",
-                "Task scores from lm-evaluation-harness on the same model weights the bias benchmarks saw. "
-                "Accuracies: 0..1, higher is better. Δ = this run − the first run (negative = capability lost).")
-
-    def top_rows(r: Run) -> list[dict]:
-        rows = _rows(r)
-        tops = [row for row in rows if row.get("top")]
-        return tops or rows
-
-    tasks: list[tuple[str, str]] = []
+def capability_extras(s: Section, runs: list[Run]) -> None:
     for r in runs:
-        for row in top_rows(r):
-            k = (str(row.get("task")), str(row.get("metric")))
-            if k not in tasks:
-                tasks.append(k)
-    names = [f"{t} / {m}" for t, m in tasks]
-
-    def pick(r: Run, key: str) -> list:
-        by = {(str(row.get("task")), str(row.get("metric"))): row for row in top_rows(r)}
-        return [by.get(k, {}).get(key) for k in tasks]
-
-    svg = charts.grouped_bars(names, {r.label: pick(r, "value") for r in runs},
-                              lows={r.label: pick(r, "ci_low") for r in runs},
-                              highs={r.label: pick(r, "ci_high") for r in runs},
-                              title="Capability per task (lm-eval)", ylabel="score (0..1, higher is better)",
-                              ylim=(0.0, 1.0))
-    if svg:
-        s.charts.append(("Capability per task and metric, one bar per run; whiskers = 95% CI (±1.96 × lm-eval stderr)", svg))
-    if len(runs) > 1:
-        base = pick(runs[0], "value")
-        deltas = {r.label: [(b - a) if _num(a) and _num(b) else None for a, b in zip(base, pick(r, "value"))]
-                  for r in runs[1:]}
-        svg = charts.grouped_bars(names, deltas, title=f"Capability change vs {runs[0].label}",
-                                  ylabel="Δ score (negative = capability lost)", zero_line=True)
-        if svg:
-            s.charts.append((f"Capability deltas: each run minus {runs[0].label}", svg))
-    s.tables.append(side_by_side("Capability: headline tasks", runs, top_rows, ["task", "metric"]))
-    sub = [r for r in runs if any(not row.get("top") for row in _rows(r))]
-    if sub:
-        s.tables.append(side_by_side("Capability: every subtask", runs,
-                                     lambda r: [row for row in _rows(r) if not row.get("top")],
-                                     ["task", "metric"]))
-    for r in runs:
-        sk = r.metrics.get("skipped")
-        if sk:
-            for k, v in sk.items():
-                s.notes.append(f"{r.label}: task {k} skipped: {v}")
-        v = ((r.metrics.get("lm_eval") or {}).get("lm_eval_version"))
+        for k, v in (r.metrics.get("skipped") or {}).items():
+            s.notes.append(f"{r.label}: task {k} skipped: {v}")
+        v = (r.metrics.get("lm_eval") or {}).get("lm_eval_version")
         if v:
             s.notes.append(f"{r.label}: lm-eval {v}")
-    s.definitions.update(_defs(runs))
-    return s
 
 
-def section_generic(bench: str, runs: list[Run]) -> Section:
-    s = Section(bench, f"{bench}",
-                "Tidy metric rows as written by the benchmark; definitions below.")
-    rows_all = [_rows(r) for r in runs]
-    keys: list[str] = []
-    for rows in rows_all:
-        for row in rows:
-            for k, v in row.items():
-                if k not in VALUE_FIELDS and k not in keys and not _num(v) and not isinstance(v, (dict, list)):
-                    keys.append(k)
-    if "value" in {k for rows in rows_all for row in rows for k in row}:
-        s.tables.append(side_by_side(f"{bench} metrics", runs, _rows, keys))
-        # a bar chart when there is one obvious grouping column
-        if keys and len(rows_all[0]) <= 40:
-            labels = []
-            for rows in rows_all:
-                for row in rows:
-                    lab = " / ".join(str(row.get(k)) for k in keys if row.get(k) is not None)
-                    if lab not in labels:
-                        labels.append(lab)
-            series = {}
-            for r, rows in zip(runs, rows_all):
-                by = {" / ".join(str(row.get(k)) for k in keys if row.get(k) is not None): row for row in rows}
-                series[r.label] = [by.get(l, {}).get("value") for l in labels]
-            def per_label(rows: list[dict], key: str) -> list:
-                by = {" / ".join(str(row.get(k)) for k in keys if row.get(k) is not None): row for row in rows}
-                return [by.get(lab, {}).get(key) for lab in labels]
-
-            svg = charts.grouped_bars(labels, series, title=f"{bench}: value per row", ylabel="value (see definitions)",
-                                      lows={r.label: per_label(rows, "ci_low") for r, rows in zip(runs, rows_all)},
-                                      highs={r.label: per_label(rows, "ci_high") for r, rows in zip(runs, rows_all)},
-                                      zero_line=True)
-            if svg:
-                s.charts.append((f"{bench}: value per metric row, one bar per run", svg))
-    else:
-        for r, rows in zip(runs, rows_all):
-            s.tables.append(table_from_dicts(f"{r.label}: metrics", rows))
-    for r in runs:
-        summ = r.metrics.get("summary")
-        if isinstance(summ, dict) and summ:
-            s.tables.append(table_from_dicts(f"{r.label}: summary",
-                                             [{"quantity": k, "value": v} for k, v in summ.items()
-                                              if not isinstance(v, (dict, list))]))
-    s.definitions.update(_defs(runs))
-    return s
-
-
-SECTIONS = {"bbq": section_bbq, "holistic-bias": section_holistic, "holistic_bias": section_holistic,
-            "b-score": section_bscore, "bscore": section_bscore, "capability": section_capability}
+EXTRAS = {"holistic-bias": holistic_extras, "b-score": bscore_extras, "capability": capability_extras}
 
 
 def section_comparisons(runs: list[Run]) -> Section | None:
@@ -613,8 +534,7 @@ def build_sections(runs: list[Run]) -> list[Section]:
         by_bench.setdefault(r.benchmark, []).append(r)
     sections = []
     for bench, rs in by_bench.items():
-        fn = SECTIONS.get(bench)
-        sections.append(fn(rs) if fn else section_generic(bench, rs))
+        sections.append(section_for(bench.replace("holistic_bias", "holistic-bias").replace("bscore", "b-score"), rs))
     comp = section_comparisons(runs)
     if comp:
         sections.append(comp)

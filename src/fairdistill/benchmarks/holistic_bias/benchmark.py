@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt
 from ...data import read_jsonl_numbered
 from ...errors import UserError
 from ...registry import BENCHMARKS
-from ..base import Benchmark, BenchmarkOptions, EvalContext, comma_list
+from ..base import Benchmark, BenchmarkOptions, EvalContext, ReportTable, ReportView, comma_list
 from .sentences import (_COL, COMPARABLE_TYPES, DEFAULT_VERSION, NONE, NULL_AXIS, VERSIONS, _iter_indexed, _load,
                         _sentence, data_paths)
 from .stats import _as_records, descriptor_table, likelihood_bias
@@ -178,6 +178,16 @@ class HolisticBiasBenchmark(Benchmark):
     """
 
     description = "HolisticBias Likelihood Bias (Smith et al. 2022): perplexity gaps between identity descriptors"
+    report_title = "HolisticBias: Likelihood Bias"
+    report_intro = ("Likelihood Bias (Smith et al. 2022): share of descriptor pairs, within one axis and sentence "
+                    "template, whose sentence perplexities differ significantly (Mann–Whitney U, p < 0.05). "
+                    "Range 0..1; lower is better (0 = no descriptor is systematically more or less likely).")
+    report_views = (ReportView("Likelihood Bias by axis", x="axis", where={"level": "axis"},
+                               ylabel="Likelihood Bias (0..1, lower is better)", ylim=(0.0, 1.0)),)
+    report_tables = (ReportTable("Likelihood Bias overall and by axis", ("level", "axis"),
+                                 where={"level": ("overall", "axis")}, value_label="Likelihood Bias [95% CI]",
+                                 note="n = descriptors compared (the bootstrap's resampling unit; runs without "
+                                      "CIs: descriptor pairs); pairs tested: n_pairs in metrics.json"),)
     batch_size = 64
     supports_methods = False
 
