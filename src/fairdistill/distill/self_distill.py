@@ -437,7 +437,8 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
             rerun), ``sft.jsonl`` (the SFT set), ``adapter/`` (the LoRA adapter + tokenizer; load
             with peft), ``checkpoints/``, ``eval.jsonl`` (held-out answers), ``self_distill.json``.
         **config: any :class:`SelfDistillConfig` field: limit (60), heldout (0.3), seed,
-            categories, condition (both|ambig|disambig), target (letter|text), max_new_tokens (16),
+            categories, condition (both|ambig|disambig), target (letter|text|option), split
+            (random|template), max_new_tokens (16),
             method_options, learning_rate (2e-4), epochs (3), max_steps, batch_size (4),
             grad_accum, warmup, max_length (512), lora_r (8) / lora_alpha (16) / lora_dropout /
             lora_target (all-linear), save_steps, mixed_precision, device, progress, resume,
@@ -465,8 +466,40 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
     train_q, held_q = split_questions(qs, cfg.heldout, cfg.seed, by=cfg.split)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
 
-    # 1. teacher answers (cached)
-    t_log = JsonlLog(outp / "teacher.jsonl")  # appended per batch: an interrupted run resumes from here
+    t_recs, n_cached, teacher_seconds = _teacher_answers(method, backend, qs, gen, cfg, outp)
+    # the untrained model, baseline prompt, one call (before the adapter exists)
+    eval_q = list(held_q) + (list(train_q) if cfg.eval_train else [])
+    base_recs = _answers_records(eval_q, _answer_all(get_method("baseline", backend), eval_q, gen,
+                                                     desc="untrained model", show=cfg.progress)) if cfg.evaluate else []
+    sft, skipped = _sft_set(train_q, t_recs, cfg, outp)
+    peft_model, train_info = train_lora_sft(backend.model, backend.tokenizer, sft, outp, cfg)
+    try:
+        summary: dict[str, Any] = {
+            "model": str(model) if isinstance(model, str) else backend.name,
+            "method": method if isinstance(method, str) else getattr(method, "name", type(method).__name__),
+            "prompts": str(prompts) if isinstance(prompts, (str, os.PathLike)) else "inline",
+            "config": asdict(cfg), "n_prompts": len(qs), "n_train": len(train_q), "n_heldout": len(held_q),
+            "sft_examples": len(sft), "sft_skipped_unparsed_teacher": skipped,
+            "teacher_seconds": round(teacher_seconds, 2), "teacher_cached": n_cached, **train_info,
+        }
+        if cfg.evaluate:
+            student_be = HFBackend(peft_model, backend.tokenizer, name=f"{backend.name}+self-distill",
+                                   batch_size=backend.batch_size, device=backend.device)
+            stud_recs = _answers_records(eval_q, _answer_all(get_method("baseline", student_be), eval_q, gen,
+                                                             desc="student", show=cfg.progress))
+            summary.update(_evaluation(train_q, held_q, t_recs, base_recs, stud_recs, cfg, outp))
+        (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
+    finally:
+        if isinstance(model, HFBackend):  # peft injected the adapter into the caller's model: take it out
+            peft_model.unload()
+    return summary
+
+
+def _teacher_answers(method, backend, qs: Sequence[Question], gen: GenerationConfig, cfg: SelfDistillConfig,
+                     outp: Path) -> tuple[dict[str, dict], int, float]:
+    """The teacher's answer to every question, appended to ``teacher.jsonl`` batch by batch and reused
+    on a rerun. Returns (records by id, how many were cached, seconds spent now)."""
+    t_log = JsonlLog(outp / "teacher.jsonl")
     cached = t_log.load() if cfg.resume else {}
     todo = [q for q in qs if (q.meta or {}).get("id") not in cached]
     t0 = time.perf_counter()
@@ -485,16 +518,12 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
                         show=cfg.progress, on_batch=keep)
         finally:
             t_log.close()
-    teacher_seconds = time.perf_counter() - t0
-    t_recs = {q.meta["id"]: cached[q.meta["id"]] for q in qs}
+    return {q.meta["id"]: cached[q.meta["id"]] for q in qs}, len(qs) - len(todo), time.perf_counter() - t0
 
-    # 2. untrained model, baseline prompt, one call (before the adapter exists)
-    base_method = get_method("baseline", backend)
-    eval_q = list(held_q) + (list(train_q) if cfg.eval_train else [])
-    base_recs = _answers_records(eval_q, _answer_all(base_method, eval_q, gen, desc="untrained model",
-                                                     show=cfg.progress)) if cfg.evaluate else []
 
-    # 3. SFT set: baseline prompt -> teacher's final answer
+def _sft_set(train_q: Sequence[Question], t_recs: dict, cfg: SelfDistillConfig, outp: Path) -> tuple[list[dict], int]:
+    """Baseline prompt -> the teacher's final answer (``cfg.target``), written to ``sft.jsonl``;
+    teacher answers that did not parse are left out and counted."""
     sft, skipped = [], 0
     for q in train_q:
         r = t_recs[q.meta["id"]]
@@ -503,61 +532,45 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
             continue
         sft.append({"id": r["id"], **sft_example(q, r, cfg.target, cfg.seed)})
     _write_jsonl(outp / "sft.jsonl", sft)
+    return sft, skipped
 
-    # 4. LoRA SFT
-    peft_model, train_info = train_lora_sft(backend.model, backend.tokenizer, sft, outp, cfg)
 
-    try:
-        # 5. evaluation
-        summary: dict[str, Any] = {
-            "model": str(model) if isinstance(model, str) else backend.name,
-            "method": method if isinstance(method, str) else getattr(method, "name", type(method).__name__),
-            "prompts": str(prompts) if isinstance(prompts, (str, os.PathLike)) else "inline",
-            "config": asdict(cfg), "n_prompts": len(qs), "n_train": len(train_q), "n_heldout": len(held_q),
-            "sft_examples": len(sft), "sft_skipped_unparsed_teacher": skipped,
-            "teacher_seconds": round(teacher_seconds, 2), "teacher_cached": len(qs) - len(todo), **train_info,
+def _evaluation(train_q, held_q, t_recs: dict, base_recs: list[dict], stud_recs: list[dict],
+                cfg: SelfDistillConfig, outp: Path) -> dict[str, Any]:
+    """Per split: agreement of untrained model, student and a constant answer with the teacher, letter
+    counts, the items the teacher changed, calls per item, unparsed answers and BBQ scores; and
+    ``eval.jsonl`` with every item's answers."""
+    nh = len(held_q)
+    splits = {"heldout": (held_q, slice(0, nh))}
+    if cfg.eval_train:
+        splits["train"] = (train_q, slice(nh, None))
+    # the trivial student: always the teacher's most frequent training answer
+    majority = max(range(len(LETTERS)), key=[t_recs[q.meta["id"]]["pred"] for q in train_q].count)
+    out: dict[str, Any] = {}
+    for name, (sq, sl) in splits.items():
+        t_split = [t_recs[q.meta["id"]] for q in sq]
+        b_split, s_split = base_recs[sl], stud_recs[sl]
+        out[name] = {
+            "untrained_vs_teacher": _agreement(b_split, t_split),
+            "student_vs_teacher": _agreement(s_split, t_split),
+            "constant_answer_vs_teacher": {"answer": LETTERS[majority],
+                                           **_agreement([{"pred": majority}] * len(t_split), t_split)},
+            "answers": {k: _letter_counts(v) for k, v in
+                        (("teacher", t_split), ("untrained", b_split), ("student", s_split))},
+            "where_teacher_changed_answer": _changed_items(b_split, s_split, t_split),
+            "calls_per_item": {"teacher": _mean_calls(t_split), "untrained": 1, "student": _mean_calls(s_split)},
+            "unparsed": {"teacher": sum(r["pred"] is None for r in t_split),
+                         "untrained": sum(r["pred"] is None for r in b_split),
+                         "student": sum(r["pred"] is None for r in s_split)},
         }
-        if cfg.evaluate:
-            student_be = HFBackend(peft_model, backend.tokenizer, name=f"{backend.name}+self-distill",
-                                   batch_size=backend.batch_size, device=backend.device)
-            stud_recs = _answers_records(eval_q, _answer_all(get_method("baseline", student_be), eval_q, gen,
-                                                             desc="student", show=cfg.progress))
-            nh = len(held_q)
-            splits = {"heldout": (held_q, slice(0, nh))}
-            if cfg.eval_train:
-                splits["train"] = (train_q, slice(nh, None))
-            # the trivial student: always the teacher's most frequent training answer
-            majority = max(range(len(LETTERS)), key=[t_recs[q.meta["id"]]["pred"] for q in train_q].count)
-            for name, (sq, sl) in splits.items():
-                t_split = [t_recs[q.meta["id"]] for q in sq]
-                b_split, s_split = base_recs[sl], stud_recs[sl]
-                summary[name] = {
-                    "untrained_vs_teacher": _agreement(b_split, t_split),
-                    "student_vs_teacher": _agreement(s_split, t_split),
-                    "constant_answer_vs_teacher": {"answer": LETTERS[majority],
-                                                   **_agreement([{"pred": majority}] * len(t_split), t_split)},
-                    "answers": {k: _letter_counts(v) for k, v in
-                                (("teacher", t_split), ("untrained", b_split), ("student", s_split))},
-                    "where_teacher_changed_answer": _changed_items(b_split, s_split, t_split),
-                    "calls_per_item": {"teacher": _mean_calls(t_split), "untrained": 1,
-                                       "student": _mean_calls(s_split)},
-                    "unparsed": {"teacher": sum(r["pred"] is None for r in t_split),
-                                 "untrained": sum(r["pred"] is None for r in b_split),
-                                 "student": sum(r["pred"] is None for r in s_split)},
-                }
-                bbq = {k: _bbq_summary(sq, v)
-                       for k, v in (("teacher", t_split), ("untrained", b_split), ("student", s_split))}
-                if all(v is not None for v in bbq.values()):
-                    summary[name]["bbq"] = bbq
-            _write_jsonl(outp / "eval.jsonl", [{"split": "heldout" if k < nh else "train", "id": b["id"],
-                                                "teacher": t_recs[b["id"]]["pred"], "untrained": b["pred"],
-                                                "student": s["pred"], "student_text": s["final_text"]}
-                                               for k, (b, s) in enumerate(zip(base_recs, stud_recs))])
-        (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
-    finally:
-        if isinstance(model, HFBackend):  # peft injected the adapter into the caller's model: take it out
-            peft_model.unload()
-    return summary
+        bbq = {k: _bbq_summary(sq, v) for k, v in (("teacher", t_split), ("untrained", b_split), ("student", s_split))}
+        if all(v is not None for v in bbq.values()):
+            out[name]["bbq"] = bbq
+    _write_jsonl(outp / "eval.jsonl", [{"split": "heldout" if k < nh else "train", "id": b["id"],
+                                        "teacher": t_recs[b["id"]]["pred"], "untrained": b["pred"],
+                                        "student": s["pred"], "student_text": s["final_text"]}
+                                       for k, (b, s) in enumerate(zip(base_recs, stud_recs))])
+    return out
 
 
 # -- CMAF ----------------------------------------------------------------------------------------
