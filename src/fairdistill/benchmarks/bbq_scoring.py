@@ -609,6 +609,27 @@ def _interpret(row: dict, value: Any) -> tuple[int | None, str]:
     return parse_generated_answer(row, s)
 
 
+def _read_prediction_rows(p: Path, column: str) -> list[dict]:
+    """The rows of a predictions file, each a BBQ row holding ``column`` (one-line errors otherwise)."""
+    from ..data import read_jsonl
+
+    rows = list(read_jsonl(p))
+    if not rows:
+        raise UserError(f"{p}: no rows")
+    missing = [k for k in range(len(rows)) if column not in rows[k]]
+    if missing:
+        have = sorted(rows[missing[0]].keys())
+        raise UserError(
+            f"{p}: column {column!r} missing in {len(missing)} of {len(rows)} rows (first: row {missing[0] + 1}); "
+            f"columns present: {', '.join(have)}"
+        )
+    for k, r in enumerate(rows):
+        lacking = [f for f in _REQUIRED if f not in r]
+        if lacking:
+            raise UserError(f"{p}: row {k + 1} is not a BBQ row (missing {', '.join(lacking)})")
+    return rows
+
+
 def score_predictions_file(
     path: str | Path,
     column: str,
@@ -645,24 +666,10 @@ def score_predictions_file(
     Raises UserError for a malformed line (file and line named), a missing column (column and
     file named) or a row without BBQ fields.
     """
-    from ..data import find_dataset, read_jsonl
+    from ..data import find_dataset
 
     p = Path(path)
-    rows = list(read_jsonl(p))
-    if not rows:
-        raise UserError(f"{p}: no rows")
-    missing = [k for k in range(len(rows)) if column not in rows[k]]
-    if missing:
-        have = sorted(rows[missing[0]].keys())
-        raise UserError(
-            f"{p}: column {column!r} missing in {len(missing)} of {len(rows)} rows (first: row {missing[0] + 1}); "
-            f"columns present: {', '.join(have)}"
-        )
-    for k, r in enumerate(rows):
-        lacking = [f for f in _REQUIRED if f not in r]
-        if lacking:
-            raise UserError(f"{p}: row {k + 1} is not a BBQ row (missing {', '.join(lacking)})")
-
+    rows = _read_prediction_rows(p, column)
     if data_dir is not None:
         ddir: Path | None = find_dataset("bbq", data_dir)
     else:
