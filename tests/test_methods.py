@@ -481,3 +481,17 @@ def test_intent_aware_rounds_run_once_per_item_under_rotation(bbq_dir, tmp_path)
         assert all(f.startswith("Here are the options again") for f in finals[1:])
         assert len({f for f in finals[1:]}) == 2  # each restates its own order
         assert r["rotations"][1]["method_extra"]["rounds_shared"] is True
+
+
+def test_method_options_are_declared_and_listed(capsys):
+    from fairdistill.cli import main
+
+    with pytest.raises(UserError, match="intent-aware option max_rounds") as e:
+        get_method("intent-aware", Scripted(), max_rounds=-1)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="method 'prefix-3' has no option 'atribute'; options: prompts, attribute"):
+        get_method("prefix-3", Scripted(), atribute="age")
+    assert get_method("intent-aware", Scripted(), final_turn="false").final_turn is False
+    assert main(["options", "intent-aware"]) == 0
+    out = capsys.readouterr().out
+    assert "--method-option" in out and "feedback_tokens" in out and "max_rounds" in out

@@ -247,13 +247,16 @@ def self_distill_cmd(
 
 
 @app.command("options")
-def options_cmd(benchmark: str = typer.Argument(..., help="benchmark name (see `fairdistill list`)")):
-    """List a benchmark's options (`-o key=value` of `fairdistill eval`): type, default, description."""
+def options_cmd(name: str = typer.Argument(..., help="benchmark or method name (see `fairdistill list`)")):
+    """List a benchmark's options (`-o key=value`) or a method's (`--method-option key=value`)."""
     from .benchmarks.base import describe_options
-    from .registry import BENCHMARKS
+    from .registry import BENCHMARKS, METHODS
 
-    cls = BENCHMARKS.get(benchmark)
-    t = Table(title=f"{benchmark} options (-o key=value; lists as a,b)")
+    if name in METHODS.names() and name not in BENCHMARKS.names():
+        cls, how = METHODS.get(name), "--method-option key=value"
+    else:
+        cls, how = BENCHMARKS.get(name), "-o key=value; lists as a,b"
+    t = Table(title=f"{name} options ({how})")
     for col in ("option", "type", "default", "description"):
         t.add_column(col, overflow="fold")
     for row in describe_options(cls.Options):

@@ -134,8 +134,9 @@ def option_aliases(model: type[BenchmarkOptions]) -> dict[str, str]:
             for a in getattr(f.validation_alias, "choices", []) if a != name}
 
 
-def parse_options(model: type[BenchmarkOptions], benchmark: str, options: dict[str, Any]) -> BenchmarkOptions:
-    """Validated options; anything wrong is one UserError line naming the option and what it accepts."""
+def parse_options(model: type[BaseModel], benchmark: str, options: dict[str, Any], kind: str = "benchmark") -> Any:
+    """Validated options (of a benchmark, or of a method with ``kind="method"``); anything wrong is one
+    UserError line naming the option and what it accepts."""
     try:
         return model(**options)
     except ValidationError as e:
@@ -144,9 +145,9 @@ def parse_options(model: type[BenchmarkOptions], benchmark: str, options: dict[s
     aliases = option_aliases(model)
     twice = [f"{a} and {aliases[a]}" for a in unknown if a in aliases]
     if twice:  # pydantic reports an alias given beside its option as an unknown option
-        raise UserError(f"benchmark {benchmark!r}: {', '.join(twice)} name the same option; give one")
+        raise UserError(f"{kind} {benchmark!r}: {', '.join(twice)} name the same option; give one")
     if unknown:
-        raise UserError(f"benchmark {benchmark!r} has no option {', '.join(map(repr, unknown))}; "
+        raise UserError(f"{kind} {benchmark!r} has no option {', '.join(map(repr, unknown))}; "
                         f"options: {', '.join([*model.model_fields, *aliases])}")
     raise UserError(" | ".join(_explain(model, benchmark, err) for err in errors))
 

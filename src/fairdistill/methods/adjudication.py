@@ -41,7 +41,9 @@ from ..backends.base import Backend
 from ..errors import UserError
 from ..registry import METHODS
 from .base import GenerationConfig, MethodResult, Question
-from .prompts import PromptedMethod, as_int, backend_list, fill, parse_option
+from pydantic import Field
+
+from .prompts import PromptedMethod, PromptedOptions, backend_list, fill, parse_option
 
 
 def parse_verdict(text: str) -> str:
@@ -69,7 +71,10 @@ class Adjudication(PromptedMethod):
 
     name = "adjudication"
     section = "adjudication"
-    option_names = ("panel", "judge_tokens")
+
+    class Options(PromptedOptions):
+        panel: Any = Field(None, description="the other panel members: model strings (comma-separated) or backends")
+        judge_tokens: int = Field(8, ge=1, description="length cap of each verdict")
 
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
@@ -81,7 +86,7 @@ class Adjudication(PromptedMethod):
             raise UserError("adjudication needs a panel of at least two models: add panel=MODEL[,MODEL...] "
                             "(the other members; the evaluated model is the first)")
         self.members: list[Backend] = [backend] + backend_list(spec, "adjudication panel")
-        self.judge_tokens = as_int(options, "judge_tokens", 8, 1)
+        self.judge_tokens = self.opts.judge_tokens
 
     def check(self) -> None:
         for i, m in enumerate(self.members):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+from pydantic import BaseModel, ConfigDict
+
 from ..backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult
 
 
@@ -51,12 +53,25 @@ class GenerationConfig:
     seed: int | None = None
 
 
+class MethodOptions(BaseModel):
+    """A method's options, declared once: defaults, validation (one-line errors), `fairdistill list`.
+    The run identity records the options as given (see :meth:`Method.identity`)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
 class Method:
     name: ClassVar[str] = "method"
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, backend: Backend, **options: Any):
+        from ..benchmarks.base import parse_options
+
         self.backend = backend
         self.options = options
+        # keys starting with "_" are internal hand-overs between components, not user options
+        self.opts = parse_options(self.Options, self.name, {k: v for k, v in options.items()
+                                                            if not k.startswith("_") and v is not None}, kind="method")
 
     def identity(self) -> dict[str, Any]:
         return {"method": self.name, **{k: v for k, v in self.options.items() if not k.startswith("_")}}

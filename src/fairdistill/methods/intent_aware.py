@@ -37,7 +37,9 @@ from ..backends.base import Backend
 from ..errors import UserError
 from ..registry import METHODS
 from .base import GenerationConfig, MethodResult, Question
-from .prompts import PromptedMethod, as_float, as_int, backend_list, fill
+from pydantic import Field
+
+from .prompts import PromptedMethod, PromptedOptions, backend_list, fill
 
 
 def parse_scores(text: str, aspects: Sequence[str]) -> dict[str, float | None]:
@@ -49,10 +51,6 @@ def parse_scores(text: str, aspects: Sequence[str]) -> dict[str, float | None]:
     return out
 
 
-def _truthy(v: Any) -> bool:
-    return str(v).strip().lower() not in ("0", "false", "no", "off", "")
-
-
 @METHODS.register("intent-aware")
 class IntentAware(PromptedMethod):
     """Debiasing instruction + chain of thought + scored multi-aspect feedback + refinement;
@@ -60,7 +58,14 @@ class IntentAware(PromptedMethod):
 
     name = "intent-aware"
     section = "intent_aware"
-    option_names = ("feedback_model", "max_rounds", "threshold", "cot_tokens", "feedback_tokens", "final_turn")
+
+    class Options(PromptedOptions):
+        feedback_model: Any = Field(None, description="model string (or backend) that gives the feedback; default: the model itself")
+        max_rounds: int = Field(2, ge=0, description="feedback and refinement rounds at most")
+        threshold: float = Field(4.0, description="every aspect scoring at least this (1-5) stops the rounds")
+        cot_tokens: int = Field(160, ge=1, description="length cap of the reasoned answers")
+        feedback_tokens: int = Field(64, ge=1, description="length cap of the feedback")
+        final_turn: bool = Field(True, description="ask for the answer in the benchmark's format at the end")
 
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
@@ -69,11 +74,11 @@ class IntentAware(PromptedMethod):
         if len(fbs) > 1:
             raise UserError("intent-aware takes one feedback_model, not a list")
         self.feedback_backend: Backend = fbs[0] if fbs else backend
-        self.max_rounds = as_int(options, "max_rounds", 2, 0)
-        self.threshold = as_float(options, "threshold", 4.0)
-        self.cot_tokens = as_int(options, "cot_tokens", 160, 1)
-        self.feedback_tokens = as_int(options, "feedback_tokens", 64, 1)
-        self.final_turn = _truthy(options.get("final_turn", True))
+        self.max_rounds = self.opts.max_rounds
+        self.threshold = self.opts.threshold
+        self.cot_tokens = self.opts.cot_tokens
+        self.feedback_tokens = self.opts.feedback_tokens
+        self.final_turn = self.opts.final_turn
         self.aspects: dict[str, str] = dict(self.t["aspects"])
 
     def check(self) -> None:

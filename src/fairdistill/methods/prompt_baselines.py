@@ -29,21 +29,26 @@ from typing import Sequence
 from ..errors import UserError
 from ..registry import METHODS
 from .base import GenerationConfig, MethodResult, Question
-from .prompts import PromptedMethod, fill
+from pydantic import Field
+
+from .prompts import PromptedMethod, PromptedOptions, fill
 
 LEVELS = ("1", "2", "3", "4", "5", "6")
 
 
 class PrefixBaseline(PromptedMethod):
     section = "prefix"
-    option_names = ("attribute",)
+
+    class Options(PromptedOptions):
+        attribute: str = Field("gender", description='the social attribute the instruction names; "auto": '
+                                                     "each question's own (BBQ: the item's category)")
     level: str = "1"
 
     def prefix_text(self, q: Question | None = None) -> str:
         levels = self.t.get("levels", {})
         if self.level not in levels:
             raise UserError(f"prompts: no prefix level {self.level!r} (section prefix.levels)")
-        attribute = str(self.options.get("attribute", "gender"))
+        attribute = self.opts.attribute
         if attribute == "auto":  # per question; the identity shows the placeholder
             attribute = "{attribute}" if q is None else str((q.meta or {}).get("attribute") or "gender")
         return fill(levels[self.level], attribute=attribute)

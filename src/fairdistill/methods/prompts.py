@@ -18,9 +18,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import Field
+
 from ..backends.base import Backend
 from ..errors import UserError
-from .base import Method, Question
+from .base import Method, MethodOptions, Question
 
 DEFAULT_FILE = Path(__file__).with_name("prompts.yaml")
 PLACEHOLDERS = {"question", "instruction", "answer", "feedback", "attribute", "prefix", "aspects", "format"}
@@ -89,19 +91,18 @@ def fill(template: str, **values: Any) -> str:
         raise UserError(f"prompt template needs a value for {e} that this method does not provide") from None
 
 
+class PromptedOptions(MethodOptions):
+    prompts: str | None = Field(None, description="YAML file overriding prompt templates (prompts.yaml's shape)")
+
+
 class PromptedMethod(Method):
     """A method whose texts come from the prompt templates (option ``prompts=PATH``)."""
 
     section: str = ""
-    #: option names the method understands (besides ``prompts``); others are a one-line error
-    option_names: tuple[str, ...] = ()
+    Options = PromptedOptions
 
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
-        unknown = sorted(k for k in options if not k.startswith("_") and k not in self.option_names + ("prompts",))
-        if unknown:
-            known = ", ".join(self.option_names + ("prompts",))
-            raise UserError(f"method {self.name!r} has no option {unknown[0]!r}; options: {known}")
         self.prompts = load_prompts(options.get("prompts"))
         self.t = self.prompts[self.section] if self.section else {}
 
@@ -130,25 +131,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     return str(v)
-
-
-def as_int(options: dict, key: str, default: int, minimum: int = 0) -> int:
-    v = options.get(key, default)
-    try:
-        iv = int(v)
-    except (TypeError, ValueError):
-        raise UserError(f"method option {key}={v!r} must be an integer") from None
-    if iv < minimum:
-        raise UserError(f"method option {key}={v!r} must be at least {minimum}")
-    return iv
-
-
-def as_float(options: dict, key: str, default: float) -> float:
-    v = options.get(key, default)
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise UserError(f"method option {key}={v!r} must be a number") from None
 
 
 def backend_list(spec: Any, what: str) -> list[Backend]:

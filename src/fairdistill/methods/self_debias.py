@@ -31,7 +31,9 @@ from typing import Sequence
 
 from ..registry import METHODS
 from .base import GenerationConfig, MethodResult, Question
-from .prompts import PromptedMethod, as_int, fill
+from pydantic import Field
+
+from .prompts import PromptedMethod, PromptedOptions, fill
 
 
 class _TwoTurnMethod(PromptedMethod):
@@ -82,12 +84,14 @@ class Explanation(_TwoTurnMethod):
 
     name = "explanation"
     section = "explanation"
-    option_names = ("explain_tokens",)
+
+    class Options(PromptedOptions):
+        explain_tokens: int = Field(128, ge=1, description="length cap of the generated explanation, in tokens")
     first_template, second_template, first_key = "explain", "answer", "explanation"
     share_first_turn = True
 
     def first_tokens(self) -> int | None:
-        return as_int(self.options, "explain_tokens", 128, 1)
+        return self.opts.explain_tokens
 
 
 @METHODS.register("reprompting")
