@@ -235,9 +235,11 @@ def distill_cmd(
 def self_distill_cmd(
     model: str = typer.Option("smollm2", "--model", "-m", help="chat model to debias"),
     method: str = typer.Option("reprompting", help="the teacher: an inference-time method wrapping the model"),
-    prompts: str = typer.Option("bbq", help="'bbq', a BBQ folder/file, or a jsonl of {prompt, ...} rows"),
-    out: Path = typer.Option(..., help="output folder (teacher answers are reused on a rerun)"),
-    option: list[str] = typer.Option([], "--option", "-o", help="option key=value, e.g. limit=200 epochs=2 condition=ambig"),
+    prompts: str = typer.Option("bbq", help="a benchmark that takes methods (bbq), its data folder, or one BBQ category file"),
+    out: Path = typer.Option(..., help="output folder; rerun the same command to resume"),
+    option: list[str] = typer.Option([], "--option", "-o", help="option key=value, e.g. limit=50 (per category and "
+                                     "condition) permute=cyclic target=option split=template epochs=3 "
+                                     "transfer=occupation-gender"),
 ):
     """Distil a self-debiased teacher (multi-call method) into a LoRA adapter that answers in one call."""
     from .distill import run_self_distill

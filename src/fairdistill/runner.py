@@ -62,14 +62,18 @@ def build_benchmark(name: str, options: dict[str, Any], *, seed: int = 0, data: 
     return BENCHMARKS.get(name)(**{"data": data, "limit": limit, "seed": seed, **options})
 
 
-def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, show_progress: bool = True,
+def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, method=None, show_progress: bool = True,
             extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Run ``spec`` on ``backend`` (resuming what its folder holds); return the folder and the metrics."""
+    """Run ``spec`` on ``backend`` (resuming what its folder holds); return the folder and the metrics.
+
+    ``method``: a ready :class:`~fairdistill.methods.base.Method` object to use instead of building
+    ``spec.method`` from the registry (a custom teacher, a test double)."""
     from .methods.base import get_method
 
     bench = bench or spec.build_benchmark()
     bench.load_items()
-    method = get_method(spec.method, backend, **spec.method_options) if spec.method else None
+    if method is None and spec.method:
+        method = get_method(spec.method, backend, **spec.method_options)
     run_dir = spec.out or spec.default_out(bench)
     config = {"run_spec": json.loads(spec.model_dump_json()), **(extra_config or {})}
     metrics = run_benchmark(bench, EvalContext(backend=backend, method=method, seed=spec.seed), RunStore(run_dir),

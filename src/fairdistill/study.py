@@ -269,6 +269,9 @@ class _Study:
                                  data=opts.pop("data"), out=str(out), **opts)
                 else:
                     opts.setdefault("seed", self.cfg.seed)
+                    if self.cfg.cache:  # the teacher's answers are those its method runs above already got
+                        opts.setdefault("cache", str(self.out / t.base / "responses.sqlite"))
+                    opts.setdefault("dtype", self.cfg.dtype)
                     summary = fn(model=base_spec, out=str(out), **opts)
             except ModuleNotFoundError as e:
                 raise UserError(f"training kind {t.kind!r} is not available in this installation ({e})") from None

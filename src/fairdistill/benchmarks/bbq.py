@@ -285,6 +285,19 @@ class BBQ(Benchmark):
                                        "in every rotation (permute=cyclic)", **pos}
         return out
 
+    # -- self-distillation ----------------------------------------------------------------------
+    def question(self, item: dict[str, Any], order: list[int] | None = None) -> Question:
+        return mc_question(item, order)
+
+    def template_key(self, item: dict[str, Any]) -> Any:
+        return (item["category"], item["question_index"])
+
+    def answer_role(self, item: dict[str, Any], option: int) -> str | None:
+        if option == bbq_scoring.unknown_index(item):
+            return "unknown"
+        b = bbq_scoring.is_biased(item, option)
+        return None if b is None else ("biased" if b else "anti-biased")
+
     # -- paired comparison --------------------------------------------------------------------
     paired_binary = ("accuracy", "correct")
 
