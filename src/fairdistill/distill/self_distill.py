@@ -249,103 +249,131 @@ def run_self_distill(model: str | Any, method: str | Method | type | Callable, p
 
     Returns the summary written to ``out/self_distill.json``.
     """
-    from ..backends.hf import HFBackend
-    from ..runner import execute
-    from ..store import RunStore
-
-    cfg = SelfDistillConfig.from_kwargs(**config)
-    outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
-    in_process = isinstance(model, HFBackend)
-    model_name = model.name if in_process else str(model)
-    specs = item_specs(model_name, prompts, cfg)
-    benches = {c: s.build_benchmark() for c, s in specs.items()}  # bad options or data fail before a model loads
-    items = {c: b.load_items() for c, b in benches.items()}
-    cond_of = {it["id"]: c for c in items for it in items[c]}
-    item_by_id = {it["id"]: it for c in items for it in items[c]}
-    if len(cond_of) != sum(map(len, items.values())):
-        raise UserError("item ids repeat across conditions; self-distillation needs unique ids")
-    held = split_items(benches, items, cfg.heldout, cfg.seed, by=cfg.split)
-    train = [i for i in cond_of if i not in held]
-    progress = cfg.progress
-
-    def run(cond: str, who: str, backend, *, ids: Sequence[str] | None = None, teacher: Method | None = None,
-            sub: str = "heldout") -> Path:
-        spec = specs[cond]
-        opts = dict(spec.options) if ids is None else {**spec.options, "ids": [i for i in ids if cond_of[i] == cond]}
-        upd = {"options": opts, "model": model_name if who != "student" else student_name,
-               "out": outp / (f"teacher/{cond}" if sub == "all" else f"{sub}/{cond}/{who}")}
-        if teacher is not None:
-            upd.update(method=teacher_name, method_options=cfg.method_options)
-        run_dir, _ = execute(spec.model_copy(update=upd), backend, method=teacher, show_progress=progress,
-                             extra_config={"self_distill": {"role": who, "split": sub}})
-        return run_dir
-
-    def records(run_dir: Path) -> dict[str, dict]:
-        return {r["id"]: r for r in RunStore(run_dir).load_results()}
-
-    # stage 2: the teacher on every item; the untrained model where it is evaluated
-    eval_be = _eval_backend(model, cfg, outp)
-    teacher, teacher_name = make_teacher(method, eval_be, cfg.method_options)
-    t_recs: dict[str, dict] = {}
-    for c in specs:
-        t_recs.update(records(run(c, "teacher", eval_be, teacher=teacher, sub="all")))
-    dirs: dict[str, dict[str, dict[str, Path]]] = {}
-    if cfg.evaluate:
-        for sub, ids in (("heldout", sorted(held)), *((("train", sorted(train)),) if cfg.eval_train else ())):
-            for c in specs:
-                dirs.setdefault(sub, {}).setdefault(c, {})["teacher"] = run(c, "teacher", eval_be, ids=ids,
-                                                                            teacher=teacher, sub=sub)
-                dirs[sub][c]["untrained"] = run(c, "untrained", eval_be, ids=ids, sub=sub)
-        transfer_dirs = {t["name"]: {"untrained": _transfer(t, model_name, eval_be, outp / "transfer", "untrained", cfg)}
-                         for t in map(_transfer_entry, cfg.transfer)}
-
-    # stage 3: SFT set and training
-    sft, skipped = [], 0
-    for i in train:
-        ex = sft_example(benches[cond_of[i]], item_by_id[i], t_recs[i], cfg.target, cfg.seed)
-        if ex is None:
-            skipped += 1
-        else:
-            sft.append({"id": i, **ex})
-    write_jsonl(outp / "sft.jsonl", sft)
-    student_dir = outp / "student_model"
-    student_name = model_name + "+self-distill" if in_process else str(student_dir)
+    job = _Job(model, prompts, Path(out), SelfDistillConfig.from_kwargs(**config))
+    eval_be = _eval_backend(model, job.cfg, job.out)
+    teacher, job.teacher_name = make_teacher(method, eval_be, job.cfg.method_options)
+    t_recs = job.teacher_answers(eval_be, teacher)
+    if job.cfg.evaluate:
+        job.evaluate_before(eval_be, teacher)
+    sft, skipped = job.sft_set(t_recs)
     eval_be.close()  # the in-process model stays usable: an HF backend's close releases nothing
     del eval_be, teacher
     gc.collect()
-    peft_model = None
-    if in_process:
-        peft_model, train_info = train_lora_sft(model.model, model.tokenizer, sft, outp, cfg)
-        student_be = HFBackend(peft_model, model.tokenizer, name=student_name, batch_size=model.batch_size,
-                               device=model.device)
-    else:
-        train_info = _train_and_merge(model_name, sft, outp, student_dir, cfg)
-        from ..backends.base import load_backend
-
-        student_be = load_backend(str(student_dir), dtype=cfg.dtype, device=cfg.device)
+    student_be, peft_model, train_info = job.train(sft)
     summary: dict[str, Any] = {
-        "model": model_name, "method": teacher_name, "benchmark": next(iter(specs.values())).benchmark,
-        "prompts": str(prompts), "config": asdict(cfg), "n_items": len(cond_of), "n_train": len(train),
-        "n_heldout": len(held), "sft_examples": len(sft), "sft_skipped": skipped,
-        **train_info, **({} if in_process else {"model_dir": str(student_dir.resolve())}),
+        "model": job.model_name, "method": job.teacher_name, "benchmark": next(iter(job.specs.values())).benchmark,
+        "prompts": str(prompts), "config": asdict(job.cfg), "n_items": len(job.cond_of), "n_train": len(job.train_ids),
+        "n_heldout": len(job.held), "sft_examples": len(sft), "sft_skipped": skipped, **train_info,
+        **({} if job.in_process else {"model_dir": str(job.student_dir.resolve())}),
     }
     try:
-        if cfg.evaluate:
-            for sub in dirs:
-                for c in specs:
-                    dirs[sub][c]["student"] = run(c, "student", student_be,
-                                                  ids=sorted(held) if sub == "heldout" else sorted(train), sub=sub)
-            for name in transfer_dirs:
-                t = next(t for t in map(_transfer_entry, cfg.transfer) if t["name"] == name)
-                transfer_dirs[name]["student"] = _transfer(t, student_name, student_be, outp / "transfer", "student", cfg)
-            summary.update(_evaluation(benches, cond_of, item_by_id, train, t_recs, dirs, records, cfg))
-            summary["transfer"] = {n: _transfer_summary(d, cfg) for n, d in transfer_dirs.items()}
-        (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
+        if job.cfg.evaluate:
+            summary.update(job.evaluate_after(student_be, t_recs))
+        (job.out / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
     finally:
         if peft_model is not None:  # peft injected the adapter into the caller's model: take it out
             peft_model.unload()
     return summary
+
+
+class _Job:
+    """The state the stages share: items, split, run folders."""
+
+    def __init__(self, model: Any, prompts: str, out: Path, cfg: SelfDistillConfig):
+        from ..backends.hf import HFBackend
+
+        self.cfg, self.out = cfg, out
+        out.mkdir(parents=True, exist_ok=True)
+        self.in_process = isinstance(model, HFBackend)
+        self.model = model
+        self.model_name = model.name if self.in_process else str(model)
+        self.specs = item_specs(self.model_name, prompts, cfg)
+        self.benches = {c: s.build_benchmark() for c, s in self.specs.items()}  # bad options fail before a model loads
+        items = {c: b.load_items() for c, b in self.benches.items()}
+        self.cond_of = {it["id"]: c for c in items for it in items[c]}
+        self.item = {it["id"]: it for c in items for it in items[c]}
+        if len(self.cond_of) != sum(map(len, items.values())):
+            raise UserError("item ids repeat across conditions; self-distillation needs unique ids")
+        self.held = split_items(self.benches, items, cfg.heldout, cfg.seed, by=cfg.split)
+        self.train_ids = [i for i in self.cond_of if i not in self.held]
+        self.splits = {"heldout": sorted(self.held), **({"train": sorted(self.train_ids)} if cfg.eval_train else {})}
+        self.dirs: dict[str, dict[str, dict[str, Path]]] = {}
+        self.transfer = [_transfer_entry(t) for t in cfg.transfer]
+        self.transfer_dirs: dict[str, dict[str, Path]] = {}
+        self.student_dir = out / "student_model"
+        self.student_name = self.model_name + "+self-distill" if self.in_process else str(self.student_dir)
+        self.teacher_name = "teacher"
+
+    def run(self, cond: str, who: str, backend, *, ids: Sequence[str] | None = None, teacher: Method | None = None,
+            sub: str = "heldout") -> Path:
+        from ..runner import execute
+
+        spec = self.specs[cond]
+        opts = dict(spec.options) if ids is None else {**spec.options, "ids": [i for i in ids if self.cond_of[i] == cond]}
+        upd: dict[str, Any] = {"options": opts, "model": self.student_name if who == "student" else self.model_name,
+                               "out": self.out / (f"teacher/{cond}" if sub == "all" else f"{sub}/{cond}/{who}")}
+        if teacher is not None:
+            upd.update(method=self.teacher_name, method_options=self.cfg.method_options)
+        run_dir, _ = execute(spec.model_copy(update=upd), backend, method=teacher, show_progress=self.cfg.progress,
+                             extra_config={"self_distill": {"role": who, "split": sub}})
+        return run_dir
+
+    def teacher_answers(self, backend, teacher: Method) -> dict[str, dict]:
+        return {i: r for c in self.specs for i, r in _records(self.run(c, "teacher", backend, teacher=teacher,
+                                                                       sub="all")).items()}
+
+    def evaluate_before(self, backend, teacher: Method) -> None:
+        """The teacher (from the cache) and the untrained model on the evaluated items; transfer benchmarks."""
+        for sub, ids in self.splits.items():
+            for c in self.specs:
+                d = self.dirs.setdefault(sub, {}).setdefault(c, {})
+                d["teacher"] = self.run(c, "teacher", backend, ids=ids, teacher=teacher, sub=sub)
+                d["untrained"] = self.run(c, "untrained", backend, ids=ids, sub=sub)
+        for t in self.transfer:
+            self.transfer_dirs[t["key"]] = {"untrained": _transfer(t, self.model_name, backend, self.out, "untrained",
+                                                                   self.cfg)}
+
+    def sft_set(self, t_recs: dict[str, dict]) -> tuple[list[dict], int]:
+        sft, skipped = [], 0
+        for i in self.train_ids:
+            ex = sft_example(self.benches[self.cond_of[i]], self.item[i], t_recs[i], self.cfg.target, self.cfg.seed)
+            if ex is None:
+                skipped += 1
+            else:
+                sft.append({"id": i, **ex})
+        write_jsonl(self.out / "sft.jsonl", sft)
+        return sft, skipped
+
+    def train(self, sft: list[dict]):
+        """(student backend, the peft model to unload afterwards or None, train summary)."""
+        from ..backends.hf import HFBackend
+
+        if self.in_process:
+            m = self.model
+            peft_model, info = train_lora_sft(m.model, m.tokenizer, sft, self.out, self.cfg)
+            return (HFBackend(peft_model, m.tokenizer, name=self.student_name, batch_size=m.batch_size, device=m.device),
+                    peft_model, info)
+        from ..backends.base import load_backend
+
+        info = _train_and_merge(self.model_name, sft, self.out, self.student_dir, self.cfg)
+        return load_backend(str(self.student_dir), dtype=self.cfg.dtype, device=self.cfg.device), None, info
+
+    def evaluate_after(self, student_be, t_recs: dict[str, dict]) -> dict[str, Any]:
+        for sub, ids in self.splits.items():
+            for c in self.specs:
+                self.dirs[sub][c]["student"] = self.run(c, "student", student_be, ids=ids, sub=sub)
+        for t in self.transfer:
+            self.transfer_dirs[t["key"]]["student"] = _transfer(t, self.student_name, student_be, self.out, "student",
+                                                                self.cfg)
+        out = _evaluation(self, t_recs)
+        out["transfer"] = {k: _transfer_summary(d, self.cfg) for k, d in self.transfer_dirs.items()}
+        return out
+
+
+def _records(run_dir: Path) -> dict[str, dict]:
+    from ..store import RunStore
+
+    return {r["id"]: r for r in RunStore(run_dir).load_results()}
 
 
 def _eval_backend(model: Any, cfg: SelfDistillConfig, outp: Path):
@@ -386,14 +414,14 @@ def _transfer_entry(t: str | dict) -> dict:
         return {"name": t, "options": {}}
     if not isinstance(t, dict) or "name" not in t:
         raise UserError(f"transfer entry {t!r}: give a benchmark name or {{name, options}}")
-    return {"name": t["name"], "options": dict(t.get("options") or {}), **({"id": t["id"]} if "id" in t else {})}
+    return {"name": t["name"], "options": dict(t.get("options") or {}), "key": t.get("id", t["name"])}
 
 
-def _transfer(t: dict, model_name: str, backend, root: Path, who: str, cfg: SelfDistillConfig) -> Path:
+def _transfer(t: dict, model_name: str, backend, out: Path, who: str, cfg: SelfDistillConfig) -> Path:
     from ..runner import RunSpec, execute
 
     spec = RunSpec(model=model_name, benchmark=t["name"], options=t["options"], seed=cfg.seed,
-                   out=root / t.get("id", t["name"]) / who)
+                   out=out / "transfer" / t["key"] / who)
     run_dir, _ = execute(spec, backend, show_progress=cfg.progress, extra_config={"self_distill": {"role": who}})
     return run_dir
 
@@ -411,29 +439,30 @@ def _transfer_summary(d: dict[str, Path], cfg: SelfDistillConfig) -> dict[str, A
     return out
 
 
-def _evaluation(benches, cond_of, item_by_id, train, t_recs, dirs, records, cfg) -> dict[str, Any]:
+def _evaluation(job: _Job, t_recs: dict[str, dict]) -> dict[str, Any]:
     """Per split: agreement with the teacher, the benchmark's overall metrics (CIs) of teacher, untrained
     model and student, and paired comparisons of teacher and student against the untrained model."""
     from ..compare import compare
 
-    roles = Counter(benches[cond_of[i]].answer_role(item_by_id[i], int(t_recs[i]["pred"]))
-                    for i in train if t_recs[i].get("pred") is not None)
+    bench_of = lambda i: job.benches[job.cond_of[i]]  # noqa: E731
+    roles = Counter(bench_of(i).answer_role(job.item[i], int(t_recs[i]["pred"]))
+                    for i in job.train_ids if t_recs[i].get("pred") is not None)
     # the best constant answer: the role the teacher gave most often on the training items
     constant = roles.most_common(1)[0][0] if roles else None
     out: dict[str, Any] = {"constant_answer_role": constant, "teacher_roles_train": dict(roles)}
-    for sub, per_cond in dirs.items():
-        recs = {who: {} for who in WHO}
+    for sub, per_cond in job.dirs.items():
+        recs: dict[str, dict[str, dict]] = {who: {} for who in WHO}
         block: dict[str, Any] = {"metrics": {}, "comparisons": {}}
         for c, d in per_cond.items():
             for who in WHO:
-                recs[who].update(records(d[who]))
+                recs[who].update(_records(d[who]))
                 block["metrics"].setdefault(c, {})[who] = _overall_rows(d[who])
             for who in ("teacher", "student"):
-                comp = compare(d["untrained"], d[who], seed=cfg.seed)
+                comp = compare(d["untrained"], d[who], seed=job.cfg.seed)
                 (d[who] / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
                 block["comparisons"].setdefault(c, {})[f"{who}_minus_untrained"] = _comparison_rows(comp)
-        ids = {i: item_by_id[i] for i in recs["untrained"]}
-        block["agreement"] = agreement_summary(lambda i: benches[cond_of[i]], ids, recs, constant)
+        ids = {i: job.item[i] for i in recs["untrained"]}
+        block["agreement"] = agreement_summary(bench_of, ids, recs, constant)
         out[sub] = block
     return out
 
