@@ -348,6 +348,15 @@ def test_self_distill_through_the_pipeline(tiny_llama_chat, bbq_dir, tmp_path):
     assert (out / "student_model").exists() is False  # in-process: the adapter, no merged copy
     assert (out / "adapter" / "adapter_config.json").exists()
     assert not any("lora_" in n for n, _ in tiny_llama_chat.model.named_modules())  # handed back clean
+    # the agreement figures are a run folder of tidy rows: a report shows them with the held-out runs
+    from fairdistill.report import build_report
+
+    html = build_report([d for d, _ in s["report_runs"]], tmp_path / "r.html", labels=[x for _, x in s["report_runs"]])
+    text = html.read_text()
+    assert "agreement with teacher" in text and "held-out ambig: student" in text
+    rows = json.loads((out / "summary" / "metrics.json").read_text())["rows"]
+    st = next(r for r in rows if r["model"] == "student" and r["metric"] == "agreement with teacher")
+    assert st["value"] == ag["student_vs_teacher"] and st["ci_low"] < st["value"] <= st["ci_high"]
 
 
 def test_self_distill_teacher_runs_resume(tiny_llama_chat, bbq_dir, tmp_path):

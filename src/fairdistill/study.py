@@ -282,6 +282,10 @@ class _Study:
                                         "seconds": round(time.perf_counter() - t0, 1),
                                         "summary": summary if isinstance(summary, dict) else None},
                                        indent=2, default=str))
+        summary = json.loads(done.read_text()).get("summary") or {}
+        for d, label in summary.get("report_runs") or []:  # e.g. self-distillation's held-out runs and agreement
+            self.runs.append({"dir": d, "label": f"{t.name}: {label}", "model": t.name, "benchmark": None,
+                              "method": None})
         self.models[t.name] = model_dir
         self.trained.append(t.name)
         return model_dir

@@ -222,6 +222,42 @@ def agreement_summary(bench_of: Callable[[str], Any], items: dict[str, dict], re
     return out
 
 
+AGREEMENT_DEFINITIONS = {
+    "agreement with teacher": "share of the items the teacher answered on which this model (or the constant answer) "
+                              "gave the teacher's option; 95% Wilson interval",
+    "p (student vs this)": "McNemar exact test of the student's agreement against this row's, item by item",
+    "constant": "the best constant answer: always the answer role (unknown / biased / anti-biased) the teacher "
+                "gave most often on the training items",
+}
+
+
+def write_summary_run(folder: Path, evaluation: dict[str, Any], identity: dict[str, Any]) -> None:
+    """The agreement figures as a run folder of tidy rows, so reports render them like any benchmark."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for split in ("heldout", "train"):
+        ag = (evaluation.get(split) or {}).get("agreement")
+        if not ag:
+            continue
+        for who in ("student", "untrained", "constant"):
+            v, n = ag[f"{who}_vs_teacher"], ag["n"]
+            lo = hi = None
+            if v is not None and n:
+                ci = binomtest(round(v * n), n).proportion_ci(method="wilson")
+                lo, hi = ci.low, ci.high
+            p = None if who == "student" else ag[f"student_vs_{who}_mcnemar"]["p_value"]
+            rows.append({"split": split, "model": who + (f" ({ag['constant_answer']})" if who == "constant" else ""),
+                         "metric": "agreement with teacher", "value": v, "ci_low": lo, "ci_high": hi, "n": n,
+                         "p (student vs this)": p})
+        for who, calls in ag["calls_per_item"].items():
+            rows.append({"split": split, "model": who, "metric": "calls per item", "value": calls, "n": ag["n"]})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"identity": identity}, indent=2, default=str))
+    (folder / "metrics.json").write_text(json.dumps({"rows": rows, "definitions": AGREEMENT_DEFINITIONS}, indent=2,
+                                                    default=str))
+
+
 def _overall_rows(run_dir: Path) -> list[dict]:
     m = json.loads((run_dir / "metrics.json").read_text())
     return [r for r in m.get("rows", []) if r.get("category", "overall") == "overall"]
@@ -269,6 +305,7 @@ def run_self_distill(model: str | Any, method: str | Method | type | Callable, p
     try:
         if job.cfg.evaluate:
             summary.update(job.evaluate_after(student_be, t_recs))
+        summary["report_runs"] = [[str(d), label] for d, label in job.report_runs()] if job.cfg.evaluate else []
         (job.out / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
     finally:
         if peft_model is not None:  # peft injected the adapter into the caller's model: take it out
@@ -367,7 +404,16 @@ class _Job:
                                                                 self.cfg)
         out = _evaluation(self, t_recs)
         out["transfer"] = {k: _transfer_summary(d, self.cfg) for k, d in self.transfer_dirs.items()}
+        write_summary_run(self.out / "summary", out, {"benchmark": "self-distillation", "model": self.model_name,
+                                                      "method": self.teacher_name, "items": next(iter(self.specs.values())).benchmark})
         return out
+
+    def report_runs(self) -> list[tuple[Path, str]]:
+        """(run folder, label) of what a report shows: the summary, then the held-out runs."""
+        runs = [(self.out / "summary", f"self-distillation of {self.teacher_name}")]
+        for c, d in (self.dirs.get("heldout") or {}).items():
+            runs += [(d[who], f"held-out {c}: {who}") for who in WHO if who in d]
+        return runs
 
 
 def _records(run_dir: Path) -> dict[str, dict]:
