@@ -96,9 +96,14 @@ def eval_cmd(
     cache: Optional[Path] = typer.Option(None, help="sqlite response cache: reruns do not re-query the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
-    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable."""
+    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable.
+    Under `torchrun` / `accelerate launch` the items are sharded over the processes (README "Scaling out")."""
     from .backends.base import load_backend
+    from .distributed import dist_env
     from .runner import RunSpec, execute
+
+    main_rank = dist_env().is_main
+    console.quiet = not main_rank  # every rank returns the metrics; rank 0 alone prints them
 
     opts = parse_options(option)
     for k, v in (("categories", categories), ("mode", mode), ("options", options_protocol)):
@@ -140,7 +145,7 @@ def eval_cmd(
         print_definitions(metrics)
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
         dirs.append(run_dir)
-    if compare:
+    if compare and main_rank:
         from .compare import compare as compare_runs
 
         comp = compare_runs(dirs[0], dirs[1], seed=seed)

@@ -424,11 +424,9 @@ def _quiet(trainer) -> None:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    from ..distributed import local_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return local_device(device)  # under accelerate launch / torchrun: this rank's GPU
 
 
 @dataclass
