@@ -3,8 +3,8 @@
 Those launchers start one process per device and set ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
 (plus ``MASTER_ADDR``/``MASTER_PORT``). This module reads them and offers the few collectives the
 runner and the trainers need: a barrier and gathering a small Python object. They run over a gloo
-process group (CPU sockets: no GPU needed, and alongside a NCCL group that a Trainer created), set
-up on first use. Without those variables, or with ``WORLD_SIZE=1``, every function here is a
+process group (CPU sockets: no GPU traffic, beside the NCCL group of a GPU run), set up on first
+use through accelerate, as a Trainer does. Without those variables, or with ``WORLD_SIZE=1``, every function here is a
 no-op and nothing touches ``torch.distributed``.
 """
 from __future__ import annotations
@@ -68,7 +68,11 @@ def _group():
         if not os.environ.get("MASTER_ADDR"):
             raise UserError("WORLD_SIZE > 1 but MASTER_ADDR is not set: start the processes with "
                             "torchrun or accelerate launch")
-        td.init_process_group("gloo", timeout=timeout)
+        # as a Trainer would (NCCL on GPUs, gloo on CPUs; this rank's GPU made current), so a
+        # Trainer started later in the process finds the group it expects
+        from accelerate import PartialState
+
+        PartialState(timeout=timeout)
     if _GROUP == "unset":
         _GROUP = None if td.get_backend() == "gloo" else td.new_group(backend="gloo", timeout=timeout)
     return _GROUP

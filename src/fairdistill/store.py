@@ -75,6 +75,25 @@ class JsonlLog:
             self._fh = None
 
 
+def rank_path(path: str | os.PathLike, rank: int) -> Path:
+    """The per-rank file beside ``path``: ``results.jsonl`` -> ``results.rank{rank}.jsonl``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.rank{int(rank)}{p.suffix}")
+
+
+def shard_files(path: str | os.PathLike) -> list[Path]:
+    p = Path(path)
+    return sorted(p.parent.glob(f"{p.stem}.rank*{p.suffix}"))
+
+
+def load_with_shards(path: str | os.PathLike) -> dict[Any, dict[str, Any]]:
+    """Records by id from ``path`` and its per-rank files (call while no rank writes them)."""
+    out = JsonlLog(path).load()
+    for p in shard_files(path):
+        out.update(JsonlLog(p).load())
+    return out
+
+
 class RunStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -85,10 +104,10 @@ class RunStore:
     def use_shard(self, rank: int) -> None:
         """Append this process's results to ``results.rank{rank}.jsonl`` (one writer per file)."""
         self.close()
-        self._results = JsonlLog(self.path / f"results.rank{int(rank)}.jsonl")
+        self._results = JsonlLog(rank_path(self.results_path, rank))
 
     def shard_paths(self) -> list[Path]:
-        return sorted(self.path.glob("results.rank*.jsonl"))
+        return shard_files(self.results_path)
 
     def has_results(self) -> bool:
         return self.results_path.exists() or bool(self.shard_paths())
@@ -120,10 +139,7 @@ class RunStore:
 
     # -- results ----------------------------------------------------------------------------
     def _load_all(self) -> dict[Any, dict[str, Any]]:
-        out = JsonlLog(self.results_path).load()
-        for p in self.shard_paths():
-            out.update(JsonlLog(p).load())
-        return out
+        return load_with_shards(self.results_path)
 
     def load_results(self) -> list[dict[str, Any]]:
         """Every finished record: ``results.jsonl`` and any per-rank files (call while no rank writes)."""

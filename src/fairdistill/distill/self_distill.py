@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import UserError, reject_unknown_options
 from ..methods.base import GenerationConfig, Method, MethodResult, Question, user_turn
-from ..store import JsonlLog
+from ..distributed import all_gather, dist_env, map_sharded, shard_batches
+from ..store import JsonlLog, load_with_shards, rank_path
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -273,6 +274,10 @@ def completion_collator(pad_id: int):
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    """Write ``rows``; under several processes rank 0 alone writes (all hold the same rows)."""
+    rows = list(rows)
+    if not dist_env().is_main:
+        return len(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with path.open("w", encoding="utf-8") as f:
@@ -313,8 +318,10 @@ def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: S
     resume = last_checkpoint(out / "checkpoints") if cfg.resume else None
     t0 = time.perf_counter()
     res = trainer.train(resume_from_checkpoint=resume)
-    peft_model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
+    trainer.save_model(str(out / "adapter"))  # rank 0 writes (FSDP / DeepSpeed shards gathered first)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out / "adapter"))
+    trainer.accelerator.wait_for_everyone()
     return peft_model, {"train_examples": len(rows), "global_step": trainer.state.global_step,
                         "train_loss": getattr(res, "training_loss", None), "resumed_from": resume,
                         "train_seconds": round(time.perf_counter() - t0, 2)}
@@ -469,8 +476,10 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
     t_recs, n_cached, teacher_seconds = _teacher_answers(method, backend, qs, gen, cfg, outp)
     # the untrained model, baseline prompt, one call (before the adapter exists)
     eval_q = list(held_q) + (list(train_q) if cfg.eval_train else [])
-    base_recs = _answers_records(eval_q, _answer_all(get_method("baseline", backend), eval_q, gen,
-                                                     desc="untrained model", show=cfg.progress)) if cfg.evaluate else []
+    base = get_method("baseline", backend)
+    base_recs = _answers_records(eval_q, map_sharded(lambda b: _answer_all(base, b, gen, desc="untrained model",
+                                                                           show=cfg.progress), eval_q)) \
+        if cfg.evaluate else []
     sft, skipped = _sft_set(train_q, t_recs, cfg, outp)
     peft_model, train_info = train_lora_sft(backend.model, backend.tokenizer, sft, outp, cfg)
     try:
@@ -485,10 +494,12 @@ def run_self_distill(model: str, method: str | Method | type | Callable, prompts
         if cfg.evaluate:
             student_be = HFBackend(peft_model, backend.tokenizer, name=f"{backend.name}+self-distill",
                                    batch_size=backend.batch_size, device=backend.device)
-            stud_recs = _answers_records(eval_q, _answer_all(get_method("baseline", student_be), eval_q, gen,
-                                                             desc="student", show=cfg.progress))
+            student = get_method("baseline", student_be)
+            stud_recs = _answers_records(eval_q, map_sharded(lambda b: _answer_all(student, b, gen, desc="student",
+                                                                                   show=cfg.progress), eval_q))
             summary.update(_evaluation(train_q, held_q, t_recs, base_recs, stud_recs, cfg, outp))
-        (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
+        if dist_env().is_main:
+            (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
     finally:
         if isinstance(model, HFBackend):  # peft injected the adapter into the caller's model: take it out
             peft_model.unload()
@@ -499,13 +510,18 @@ def _teacher_answers(method, backend, qs: Sequence[Question], gen: GenerationCon
                      outp: Path) -> tuple[dict[str, dict], int, float]:
     """The teacher's answer to every question, appended to ``teacher.jsonl`` batch by batch and reused
     on a rerun. Returns (records by id, how many were cached, seconds spent now)."""
-    t_log = JsonlLog(outp / "teacher.jsonl")
-    cached = t_log.load() if cfg.resume else {}
+    dist = dist_env()
+    path = outp / "teacher.jsonl"
+    cached = load_with_shards(path) if cfg.resume else {}
     todo = [q for q in qs if (q.meta or {}).get("id") not in cached]
+    all_gather(None)  # every rank has read the cache before any appends to it
+    # several processes: each answers its share of the batches into teacher.rank{r}.jsonl
+    t_log = JsonlLog(rank_path(path, dist.rank) if dist.active else path)
+    todo_all, todo = todo, [q for b in shard_batches(todo, 16, dist) for q in b]
     t0 = time.perf_counter()
     if todo:
-        if not cfg.resume:
-            t_log.path.unlink(missing_ok=True)
+        if not cfg.resume and dist.is_main:
+            path.unlink(missing_ok=True)
         teacher = make_teacher(method, backend, cfg.method_options)
 
         def keep(chunk: Sequence[Question], res: list[MethodResult]) -> None:
@@ -518,7 +534,10 @@ def _teacher_answers(method, backend, qs: Sequence[Question], gen: GenerationCon
                         show=cfg.progress, on_batch=keep)
         finally:
             t_log.close()
-    return {q.meta["id"]: cached[q.meta["id"]] for q in qs}, len(qs) - len(todo), time.perf_counter() - t0
+    if dist.active:
+        all_gather(None)
+        cached.update(load_with_shards(path))
+    return {q.meta["id"]: cached[q.meta["id"]] for q in qs}, len(qs) - len(todo_all), time.perf_counter() - t0
 
 
 def _sft_set(train_q: Sequence[Question], t_recs: dict, cfg: SelfDistillConfig, outp: Path) -> tuple[list[dict], int]:
@@ -663,7 +682,8 @@ def run_cmaf_finetune(model: str, adjudicated: str | Sequence[dict], out: str, *
     _, info = train_lora_sft(backend.model, backend.tokenizer, sets["sft"], Path(out), cfg)
     summary = {k: v for k, v in sets.items() if k not in ("sft", "preferences")}
     summary.update(info, model=str(model), config=asdict(cfg))
-    (Path(out) / "cmaf.json").write_text(json.dumps(summary, indent=2, default=str))
+    if dist_env().is_main:
+        (Path(out) / "cmaf.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
