@@ -231,3 +231,51 @@ def test_ddp_distillation_matches_single_process_loss_curve(no_dropout_gpt2, bbq
     assert (tmp_path / "two" / "student" / "config.json").exists()
     if student == "lora":
         assert (tmp_path / "two" / "adapter" / "adapter_config.json").exists()
+
+
+SELF_DISTILL = textwrap.dedent('''
+    """Self-distillation with a scripted teacher (always the 'unknown' option, 3 calls), as one process
+    or under torchrun; argv: model, BBQ file, out."""
+    import sys
+
+    from fairdistill.benchmarks.bbq_scoring import unknown_index
+    from fairdistill.distill.self_distill import run_self_distill
+    from fairdistill.methods.base import Method, MethodResult
+
+    class Scripted(Method):
+        name = "scripted"
+
+        def answer(self, questions, gen=None):
+            return [MethodResult(text="ABC"[unknown_index(q.meta["bbq_row"])], transcript=[], calls=3)
+                    for q in questions]
+
+    run_self_distill(sys.argv[1], Scripted, sys.argv[2], sys.argv[3], limit=40, heldout=0.25, max_steps=2,
+                     batch_size=4, progress=False, device="cpu", max_new_tokens=4)
+''')
+
+
+@pytest.mark.slow
+def test_ddp_self_distillation_answers_each_prompt_once(tiny_llama_chat_path, bbq_dir, tmp_path):
+    """2 processes: the teacher's 40 answers are split over the ranks (batches of 16, 16, 8: rank 0
+    answers 24, rank 1 16; none twice), the SFT set and the untrained model's answers equal one process's."""
+    script = tmp_path / "sd.py"
+    script.write_text(SELF_DISTILL)
+    data = str(bbq_dir / "Gender_identity.jsonl")
+    one = subprocess.run([sys.executable, str(script), str(tiny_llama_chat_path), data, str(tmp_path / "one")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tiny_llama_chat_path), data, str(tmp_path / "two")]
+    two = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    per_rank = [[json.loads(x)["id"] for x in (tmp_path / "two" / f"teacher.rank{r}.jsonl").read_text().splitlines()]
+                for r in (0, 1)]
+    assert [len(x) for x in per_rank] == [24, 16] and not set(per_rank[0]) & set(per_rank[1])
+    single_ids = {json.loads(x)["id"] for x in (tmp_path / "one" / "teacher.jsonl").read_text().splitlines()}
+    assert set(per_rank[0]) | set(per_rank[1]) == single_ids
+    assert (tmp_path / "two" / "sft.jsonl").read_text() == (tmp_path / "one" / "sft.jsonl").read_text()
+    a, b = (json.loads((tmp_path / d / "self_distill.json").read_text()) for d in ("one", "two"))
+    assert a["n_train"] == b["n_train"] == 30 and a["sft_examples"] == b["sft_examples"] == 30
+    assert a["heldout"]["untrained_vs_teacher"] == b["heldout"]["untrained_vs_teacher"]
+    assert a["heldout"]["answers"]["untrained"] == b["heldout"]["answers"]["untrained"]
+    assert (tmp_path / "two" / "adapter" / "adapter_config.json").exists()
