@@ -213,11 +213,15 @@ def run_cmd(
     config: Path = typer.Argument(..., help="study YAML (see examples/study.yaml)"),
     out: Optional[Path] = typer.Option(None, help="study folder (default: the config's `out`, else runs/<name>)"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    executor: str = typer.Option("local", help="local (in this process) or ray (each run a Ray task; "
+                                 "pip install 'fairdistill[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. ray://head:10001 or auto "
+                                              "(default: start a local Ray instance)"),
 ):
     """Run a whole study from a YAML file: models x benchmarks x methods, training, capability before/after, report. Resumable."""
     from .study import run_study
 
-    console.print(f"report: {run_study(config, out=out, show_progress=progress)}")
+    console.print(f"report: {run_study(config, out=out, show_progress=progress, executor=executor, ray_address=ray_address)}")
 
 
 @app.command("distill")
