@@ -279,3 +279,17 @@ def test_ddp_self_distillation_answers_each_prompt_once(tiny_llama_chat_path, bb
     assert a["heldout"]["untrained_vs_teacher"] == b["heldout"]["untrained_vs_teacher"]
     assert a["heldout"]["answers"]["untrained"] == b["heldout"]["answers"]["untrained"]
     assert (tmp_path / "two" / "adapter" / "adapter_config.json").exists()
+
+
+def test_example_accelerate_configs_parse():
+    """The documented FSDP / DeepSpeed / DDP launch files are valid accelerate configs of their kind."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    ex = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+    kinds = {f.stem: load_config_from_file(str(f)) for f in sorted(ex.glob("*.yaml"))}
+    assert {k: v.distributed_type.value for k, v in kinds.items()} == {
+        "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}
+    # the student is saved whole (gathered), and frozen + trainable parameters may be mixed (LoRA)
+    assert kinds["fsdp"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert kinds["fsdp"].fsdp_config["fsdp_use_orig_params"] is True
+    assert kinds["deepspeed_zero2"].deepspeed_config["zero_stage"] == 2
