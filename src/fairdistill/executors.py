@@ -14,7 +14,6 @@ study folder on a shared file system (the tasks write the run folders where the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .errors import UserError
