@@ -96,9 +96,14 @@ def eval_cmd(
     cache: Optional[Path] = typer.Option(None, help="sqlite response cache: reruns do not re-query the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
-    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable."""
+    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable.
+    Under `torchrun` / `accelerate launch` the items are sharded over the processes (README "Scaling out")."""
     from .backends.base import load_backend
+    from .distributed import dist_env
     from .runner import RunSpec, execute
+
+    main_rank = dist_env().is_main
+    console.quiet = not main_rank  # every rank returns the metrics; rank 0 alone prints them
 
     opts = parse_options(option)
     for k, v in (("categories", categories), ("mode", mode), ("options", options_protocol)):
@@ -140,7 +145,7 @@ def eval_cmd(
         print_definitions(metrics)
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
         dirs.append(run_dir)
-    if compare:
+    if compare and main_rank:
         from .compare import compare as compare_runs
 
         comp = compare_runs(dirs[0], dirs[1], seed=seed)
@@ -208,11 +213,15 @@ def run_cmd(
     config: Path = typer.Argument(..., help="study YAML (see examples/study.yaml)"),
     out: Optional[Path] = typer.Option(None, help="study folder (default: the config's `out`, else runs/<name>)"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    executor: str = typer.Option("local", help="local (in this process) or ray (each run a Ray task; "
+                                 "pip install 'fairdistill[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. ray://head:10001 or auto "
+                                              "(default: start a local Ray instance)"),
 ):
     """Run a whole study from a YAML file: models x benchmarks x methods, training, capability before/after, report. Resumable."""
     from .study import run_study
 
-    console.print(f"report: {run_study(config, out=out, show_progress=progress)}")
+    console.print(f"report: {run_study(config, out=out, show_progress=progress, executor=executor, ray_address=ray_address)}")
 
 
 @app.command("distill")

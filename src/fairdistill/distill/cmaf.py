@@ -106,7 +106,10 @@ def run_cmaf_finetune(model: str, adjudicated: str | Sequence[dict], out: str, *
     _, info = train_lora_sft(backend.model, backend.tokenizer, sets["sft"], Path(out), cfg)
     summary = {k: v for k, v in sets.items() if k not in ("sft", "preferences")}
     summary.update(info, model=str(model), config=asdict(cfg))
-    (Path(out) / "cmaf.json").write_text(json.dumps(summary, indent=2, default=str))
+    from ..distributed import dist_env
+
+    if dist_env().is_main:
+        (Path(out) / "cmaf.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

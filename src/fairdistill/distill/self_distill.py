@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..distributed import barrier, dist_env
 from ..errors import UserError, reject_unknown_options
 from ..methods.base import Method, user_turn
 from .sft import SFTConfig, encode_chat_example, train_lora_sft, write_jsonl  # noqa: F401 (re-exported)
@@ -306,7 +307,8 @@ def run_self_distill(model: str | Any, method: str | Method | type | Callable, p
         if job.cfg.evaluate:
             summary.update(job.evaluate_after(student_be, t_recs))
         summary["report_runs"] = [[str(d), label] for d, label in job.report_runs()] if job.cfg.evaluate else []
-        (job.out / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
+        if dist_env().is_main:
+            (job.out / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
     finally:
         if peft_model is not None:  # peft injected the adapter into the caller's model: take it out
             peft_model.unload()
@@ -404,8 +406,10 @@ class _Job:
                                                                 self.cfg)
         out = _evaluation(self, t_recs)
         out["transfer"] = {k: _transfer_summary(d, self.cfg) for k, d in self.transfer_dirs.items()}
-        write_summary_run(self.out / "summary", out, {"benchmark": "self-distillation", "model": self.model_name,
-                                                      "method": self.teacher_name, "items": next(iter(self.specs.values())).benchmark})
+        if dist_env().is_main:
+            write_summary_run(self.out / "summary", out, {"benchmark": "self-distillation", "model": self.model_name,
+                                                          "method": self.teacher_name,
+                                                          "items": next(iter(self.specs.values())).benchmark})
         return out
 
     def report_runs(self) -> list[tuple[Path, str]]:
@@ -441,15 +445,17 @@ def _train_and_merge(model: str, sft: list[dict], outp: Path, student_dir: Path,
         return json.loads(done.read_text())
     be = HFBackend.from_spec(model, device=_resolve_device(cfg.device), dtype="float32")
     peft_model, info = train_lora_sft(be.model, be.tokenizer, sft, outp, cfg)
-    tmp = student_dir.with_name(student_dir.name + ".partial")
-    peft_model.merge_and_unload().save_pretrained(tmp)
-    be.tokenizer.save_pretrained(tmp)
-    if student_dir.exists():
-        import shutil
+    if dist_env().is_main:  # one rank writes the merged student; the others wait for it
+        tmp = student_dir.with_name(student_dir.name + ".partial")
+        peft_model.merge_and_unload().save_pretrained(tmp)
+        be.tokenizer.save_pretrained(tmp)
+        if student_dir.exists():
+            import shutil
 
-        shutil.rmtree(student_dir)
-    os.replace(tmp, student_dir)
-    done.write_text(json.dumps(info, indent=2, default=str))
+            shutil.rmtree(student_dir)
+        os.replace(tmp, student_dir)
+        done.write_text(json.dumps(info, indent=2, default=str))
+    barrier()
     del be, peft_model
     gc.collect()
     return info
@@ -478,7 +484,8 @@ def _transfer_summary(d: dict[str, Path], cfg: SelfDistillConfig) -> dict[str, A
     out: dict[str, Any] = {who: {"dir": str(p), "rows": _overall_rows(p)} for who, p in d.items()}
     try:
         comp = compare(d["untrained"], d["student"], seed=cfg.seed)
-        (d["student"] / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
+        if dist_env().is_main:
+            (d["student"] / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
         out["student_minus_untrained"] = _comparison_rows(comp)
     except UserError as e:  # a benchmark without paired units: its metrics side by side
         out["comparison"] = str(e)
@@ -505,7 +512,8 @@ def _evaluation(job: _Job, t_recs: dict[str, dict]) -> dict[str, Any]:
                 block["metrics"].setdefault(c, {})[who] = _overall_rows(d[who])
             for who in ("teacher", "student"):
                 comp = compare(d["untrained"], d[who], seed=job.cfg.seed)
-                (d[who] / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
+                if dist_env().is_main:
+                    (d[who] / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
                 block["comparisons"].setdefault(c, {})[f"{who}_minus_untrained"] = _comparison_rows(comp)
         ids = {i: job.item[i] for i in recs["untrained"]}
         block["agreement"] = agreement_summary(bench_of, ids, recs, constant)

@@ -79,6 +79,12 @@ def completion_collator(pad_id: int):
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    """Write ``rows``; under several processes rank 0 alone writes (all hold the same rows)."""
+    from ..distributed import dist_env
+
+    rows = list(rows)
+    if not dist_env().is_main:
+        return len(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with path.open("w", encoding="utf-8") as f:
@@ -120,8 +126,10 @@ def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: S
     resume = last_checkpoint(out / "checkpoints") if cfg.resume else None
     t0 = time.perf_counter()
     res = trainer.train(resume_from_checkpoint=resume)
-    peft_model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
+    trainer.save_model(str(out / "adapter"))  # rank 0 writes (FSDP / DeepSpeed shards gathered first)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out / "adapter"))
+    trainer.accelerator.wait_for_everyone()
     return peft_model, {"train_examples": len(rows), "global_step": trainer.state.global_step,
                         "train_loss": getattr(res, "training_loss", None), "resumed_from": resume,
                         "train_seconds": round(time.perf_counter() - t0, 2)}
