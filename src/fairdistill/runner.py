@@ -156,7 +156,9 @@ def run_benchmark(
         store.write_config(config, check_compatible=False)
         store.merge_shards(order)  # an earlier run's rank files, whatever its process count
     barrier()
-    done = store.done_ids()  # results.jsonl only now, and no rank writes it until the end
+    # results.jsonl alone: rank 0 has merged every rank file into it, and a rank that gets here late
+    # must not count the records other ranks have started to append to theirs
+    done = store.done_ids(shards=not dist.active)
     todo = [it for it in items if it["id"] not in done]
     bs = max(1, benchmark.batch_size_for(ctx))
     if dist.active:

@@ -145,8 +145,10 @@ class RunStore:
         """Every finished record: ``results.jsonl`` and any per-rank files (call while no rank writes)."""
         return list(self._load_all().values())
 
-    def done_ids(self) -> set:
-        return set(self._load_all())
+    def done_ids(self, *, shards: bool = True) -> set:
+        """Ids of finished records; ``shards=False``: in ``results.jsonl`` alone (what a sharded run reads
+        once rank 0 has merged, while other ranks may already be appending to their own files)."""
+        return set(self._load_all()) if shards else set(JsonlLog(self.results_path).load())
 
     def merge_shards(self, order: dict[Any, int] | None = None) -> int:
         """Fold the per-rank files into ``results.jsonl`` (records sorted by ``order``, the item
