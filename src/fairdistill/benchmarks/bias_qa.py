@@ -144,6 +144,14 @@ class BiasQA(Benchmark):
                 raise UserError(PERMUTE_NEEDS_GENERATE)
             ctx.backend.require(score=True, what=f"{self.title} log-likelihood mode")
 
+    def check_method_options(self, method: str | None, options: dict[str, Any]) -> None:
+        if method and method != "none":
+            from ..registry import METHODS
+
+            err = METHODS.get(method).language_error(options, self.lang_code)
+            if err:
+                raise UserError(err)
+
     def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:
         if self.resolved_mode(ctx) == "loglik":
             return self._eval_loglik(items, ctx)
