@@ -22,11 +22,14 @@ and says what differs: its language, how roles are found, how answers are read, 
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Sequence
+
+import numpy as np
 
 from pydantic import Field, PositiveInt, model_validator
 
 from ..errors import CapabilityError, UserError
+from ..stats.bootstrap import percentile_interval, summed_statistic
 from ..methods.base import GenerationConfig, Question
 from . import bbq_scoring
 from . import permute as permute_mod
@@ -220,11 +223,11 @@ class BiasQA(Benchmark):
                                        "metrics.json); position_bias: the top letter's share / its gold share "
                                        "(1 = none); rotation_consistency: items answered with the same option "
                                        "in every rotation (permute=cyclic)", **pos}
-        native = self.native_metrics(records)
-        if native:
-            out["rows"] += native["rows"]
-            out["definitions"].update(native["definitions"])
-            out["summary"].update(native.get("summary", {}))
+        native = dict(self.native_metrics(records) or {})
+        out["rows"] += native.pop("rows", [])
+        out["definitions"].update(native.pop("definitions", {}))
+        out["summary"].update(native.pop("summary", {}))
+        out.update(native)  # e.g. notes (one line each, printed by the CLI) and what data is missing
         return out
 
     # -- paired comparison ----------------------------------------------------------------------
@@ -300,3 +303,63 @@ def letter_positions(records: list[dict[str, Any]], seed: int = 0) -> dict[str, 
     if not chosen:
         return None
     return position_metrics(chosen, gold, item, option=option, seed=seed)
+
+
+def summed_rows(metric: str, cells: dict[tuple[str, str], list[Sequence[float]]],
+                statistic: Callable[[np.ndarray], np.ndarray], seed: int = 0, n_boot: int = 1000
+                ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], tuple[float, np.ndarray]]]:
+    """Tidy rows of a statistic of per-item counts (:func:`fairdistill.stats.bootstrap.summed_statistic`)
+    per category and "overall" (items resampled within categories) for each condition, with 95% bootstrap
+    CIs; also each row's ``(value, resampled values)`` by (category, condition), to combine conditions."""
+    rows, boots = [], {}
+    for cond in sorted({c for _, c in cells}):
+        cats = sorted(k for k, c in cells if c == cond and cells[(k, c)])
+        if not cats:
+            continue
+        groups = [(k, np.asarray(cells[(k, cond)], dtype=float), None) for k in cats]
+        strata = np.concatenate([np.full(len(g), j) for j, (_, g, _) in enumerate(groups)])
+        groups.append(("overall", np.concatenate([g for _, g, _ in groups]), strata))
+        for cat, counts, st in groups:
+            value, boot = summed_statistic(counts, statistic, n_boot, seed, st)
+            boots[(cat, cond)] = (value, boot)
+            rows.append(interval_row(metric, cat, cond, value, boot, len(counts)))
+    return rows, boots
+
+
+def interval_row(metric: str, category: str, condition: str, value: float, boot: np.ndarray, n: int) -> dict[str, Any]:
+    """One tidy row with the 95% percentile interval of ``boot``; NaN values become None."""
+    lo, hi = percentile_interval(boot, estimate=value)
+    return {"category": category, "condition": condition, "metric": metric,
+            "value": None if np.isnan(value) else value, "ci_low": lo, "ci_high": hi, "n": int(n)}
+
+
+def score_rows_file(bench: BiasQA, predictions: str, column: str,
+                    to_item: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of predictions made elsewhere: a file of the dataset's own rows (JSON array, jsonl, CSV
+    or TSV) with ``column`` holding each answer: an option index (0-2), a letter ("B", "选项B", "Ｂ") or
+    the option's text, read like a generated answer (unparsed ones are counted, and count as wrong).
+    ``to_item(where, row)`` turns a row into an engine item (one-line errors naming file and row)."""
+    from ..data import read_records
+
+    rows = read_records(predictions)
+    if not rows:
+        raise UserError(f"{predictions}: no rows")
+    lacking = [w for w, r in rows if column not in r]
+    if lacking:
+        raise UserError(f"{predictions}: column {column!r} missing in {len(lacking)} of {len(rows)} rows "
+                        f"(first: {lacking[0]}); columns present: {', '.join(sorted(rows[0][1]))}")
+    records = []
+    for where, r in rows:
+        item = to_item(where, r)
+        value = r[column]
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, type(None))):
+            raise UserError(f"{where}: column {column!r}: expected an option index, letter or text, got {value!r}")
+        text = "" if value is None else str(int(value)) if isinstance(value, (int, float)) else value.strip()
+        if text in ("0", "1", "2"):
+            pred, status = int(text), "ok"
+        else:
+            pred, status = bench.parse_answer(item, [0, 1, 2], text)
+        records.append(bench.record(item, pred=pred, status=status))
+    out = bench.metrics(records)
+    out["source"] = {"predictions": str(predictions), "column": column}
+    return out

@@ -58,10 +58,15 @@ class Language:
     letter_patterns: tuple[re.Pattern, ...] = ()
 
     def is_unknown(self, text: str) -> bool:
-        return norm(text) in {norm(u) for u in self.unknown}
+        return norm(text) in _normed(self.unknown)
 
     def mentions_unknown(self, normed: str) -> bool:
-        return any(norm(u) in normed for u in self.unknown)
+        return any(u in normed for u in _normed(self.unknown))
+
+
+@lru_cache(maxsize=None)
+def _normed(phrases: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(norm(u) for u in phrases)
 
 
 def _letter_patterns(before: Sequence[str], after: Sequence[str]) -> tuple[re.Pattern, ...]:
