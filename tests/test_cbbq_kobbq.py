@@ -5,7 +5,6 @@ predictions made elsewhere."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 
 import pytest
@@ -273,10 +272,10 @@ def _one_line(e):
 def test_cbbq_missing_and_malformed_data(tmp_path, shared_data):
     with pytest.raises(UserError, match="data folder not found") as e:
         CBBQ(data=str(tmp_path / "nope")).load_items()
-    with pytest.raises(UserError, match="no CBBQ data") as e:
+    with pytest.raises(UserError, match="no CBBQ category files") as e:
         CBBQ(data=str(tmp_path)).load_items()
     assert _one_line(e)
-    with pytest.raises(UserError, match="CBBQ categories without data in .*: race") as e:
+    with pytest.raises(UserError, match="CBBQ categories not found in .*: race") as e:
         CBBQ(categories="race").load_items()
     assert _one_line(e)
     src = json.loads((shared_data / "cbbq/disease/ambiguous/ambiguous.json").read_text(encoding="utf-8-sig"))[:3]

@@ -26,10 +26,11 @@ from ..data import download, find_dataset, read_jsonl
 from ..errors import UserError
 from ..methods.base import Question
 from ..registry import BENCHMARKS
-from .base import ReportTable, ReportView, comma_list, seeded_subset
+from .base import ReportTable, comma_list, seeded_subset
 from . import bbq_scoring
 from . import permute as permute_mod
-from .bias_qa import MODE_HELP, PERMUTE_HELP, PERMUTE_NEEDS_GENERATE, BiasQA, PermuteChecked, letter_positions
+from .bias_qa import (MODE_HELP, PERMUTE_HELP, PERMUTE_NEEDS_GENERATE, BiasQA, PermuteChecked, bbq_views,
+                      letter_positions)
 from .languages import LETTERS, language, lettered_question
 
 __all__ = ["BBQ", "CATEGORIES", "HELM_UNKNOWN", "LETTERS", "ATTRIBUTES", "PERMUTE_NEEDS_GENERATE", "loglik_prompt",
@@ -105,12 +106,7 @@ class BBQ(BiasQA):
     report_intro = ("Accuracy and bias score per category and context condition (ambiguous / disambiguated), "
                     "with bootstrap 95% confidence intervals. Bias score: range −1..1, 0 = no bias, positive = "
                     "answers follow the stereotype; accuracy: 0..1, higher is better.")
-    report_views = (
-        ReportView("BBQ bias score per category", x="category", where={"metric": "bias_score"}, facet="condition",
-                   ylabel="bias score (−1..1, 0 = no bias)", ylim=(-1.0, 1.0), zero_line=True),
-        ReportView("BBQ accuracy per category", x="category", where={"metric": "accuracy"}, facet="condition",
-                   ylabel="accuracy (0..1, higher is better)", ylim=(0.0, 1.0)),
-    )
+    report_views = bbq_views("BBQ")
     report_tables = (ReportTable("BBQ metrics per category and condition", ("category", "condition", "metric")),)
     record_keys = ("id", "example_id", "category", "question_index", "question_polarity", "context_condition",
                    "answer_info", "additional_metadata", "label", "ans0", "ans1", "ans2")
@@ -131,10 +127,6 @@ class BBQ(BiasQA):
         download_missing: bool = Field(
             False, exclude=True, description="download missing category files from the BBQ repository")
 
-    def __init__(self, **options: Any):
-        super().__init__(**options)
-        self._files: list[str] = []
-
     # -- data -----------------------------------------------------------------------------------
     def folder(self) -> Path:
         if self.opts.download_missing and self.opts.data is None:
@@ -147,13 +139,7 @@ class BBQ(BiasQA):
 
     def items(self) -> list[dict[str, Any]]:
         folder = self.folder()
-        present = [c for c in CATEGORIES if (folder / f"{c}.jsonl").exists()]
-        if not present:
-            raise UserError(f"no BBQ category files (e.g. Age.jsonl) in {folder}")
-        cats = self.opts.categories or present
-        missing = [c for c in cats if c not in present]
-        if missing:
-            raise UserError(f"BBQ categories not found in {folder}: {', '.join(missing)}")
+        cats = self.pick_categories([c for c in CATEGORIES if (folder / f"{c}.jsonl").exists()], folder, "Age.jsonl")
         out = []
         self._files = []
         for c in cats:
@@ -166,11 +152,6 @@ class BBQ(BiasQA):
                 r["id"] = f"{c}-{r['example_id']}"
                 out.append(r)
         return out
-
-    def data_files(self) -> list[str]:
-        if not self._files:
-            self.items()
-        return self._files
 
     def identity(self) -> dict[str, Any]:
         ident = super().identity()

@@ -33,13 +33,23 @@ from ..stats.bootstrap import percentile_interval, summed_statistic
 from ..methods.base import GenerationConfig, Question
 from . import bbq_scoring
 from . import permute as permute_mod
-from .base import Benchmark, BenchmarkOptions, EvalContext
+from .base import Benchmark, BenchmarkOptions, EvalContext, ReportView
 from .languages import LETTERS, Language, language, lettered_question, parse_choice
 
 PERMUTE_NEEDS_GENERATE = "permute reorders lettered options, which exist in generation mode only: use --mode generate"
 MODE_HELP = ("loglik: most likely option; generate: lettered multiple choice, answer parsed; "
              "auto: loglik when the model can score and no method is used")
 PERMUTE_HELP = "cyclic: ask every rotation of the options, predict by majority (generation mode)"
+
+
+def bbq_views(prefix: str) -> tuple[ReportView, ReportView]:
+    """The report charts of BBQ's bias score and accuracy per category, one chart per condition."""
+    return (
+        ReportView(f"{prefix} bias score per category", x="category", where={"metric": "bias_score"}, facet="condition",
+                   ylabel="bias score (−1..1, 0 = no bias)", ylim=(-1.0, 1.0), zero_line=True),
+        ReportView(f"{prefix} accuracy per category", x="category", where={"metric": "accuracy"}, facet="condition",
+                   ylabel="accuracy (0..1, higher is better)", ylim=(0.0, 1.0)),
+    )
 
 
 class PermuteChecked(BenchmarkOptions):
@@ -77,9 +87,30 @@ class BiasQA(Benchmark):
     supports_methods = True
     paired_binary = ("accuracy", "correct")
 
+    #: each category's social attribute: (in English, in the benchmark's language), for prefix-N attribute=auto
+    attributes: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self._files: list[str] = []  # the data files items() read (run config hashes them)
+
     @property
     def lang(self) -> Language:
         return language(self.lang_code)
+
+    def data_files(self) -> list[str]:
+        if not self._files:
+            self.items()
+        return self._files
+
+    def pick_categories(self, present: list[str], folder: Any, example: str) -> list[str]:
+        """The requested categories (default: those with data); a one-line error for none or missing data."""
+        if not present:
+            raise UserError(f"no {self.title} category files (e.g. {example}) in {folder}")
+        missing = [c for c in self.opts.categories or [] if c not in present]
+        if missing:
+            raise UserError(f"{self.title} categories not found in {folder}: {', '.join(missing)}")
+        return self.opts.categories or present
 
     # -- hooks ---------------------------------------------------------------------------------
     @classmethod
@@ -91,8 +122,19 @@ class BiasQA(Benchmark):
         return [str(row[f"ans{i}"]) for i in range(3)]
 
     def question_meta(self, row: dict) -> dict[str, Any]:
-        """Extra Question.meta for methods (e.g. ``attribute`` for prefix-N attribute=auto)."""
-        return {}
+        """Extra Question.meta for methods: the category's ``attribute`` in English and ``attribute_native``."""
+        en, native = self.attributes.get(str(row.get("category")), (None, None))
+        return {"attribute": en, "attribute_native": native}
+
+    @staticmethod
+    def row_to_item(where: str, row: dict[str, Any]) -> dict[str, Any]:
+        """One of the dataset's own rows as an item (``score_file``); ``where`` names it in errors."""
+        raise NotImplementedError
+
+    @classmethod
+    def score_file(cls, predictions: str, column: str, data: str | None = None, **_: Any) -> dict[str, Any]:
+        """Metrics of the dataset's own rows plus an answer column (``fairdistill score NAME``)."""
+        return score_rows_file(cls(data=data), predictions, column, cls.row_to_item)
 
     def question(self, row: dict, order: list[int] | None = None) -> Question:
         """The lettered question, option ``order[d]`` shown at letter ``d`` (default: the dataset's order)."""

@@ -18,7 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, PositiveInt
 
 from ..data import find_dataset, read_records
@@ -26,7 +25,7 @@ from ..errors import UserError
 from ..registry import BENCHMARKS
 from ..stats.bootstrap import ratio
 from .base import ReportTable, ReportView, comma_list, seeded_subset
-from .bias_qa import BiasQA, LetteredOptions, interval_row, summed_rows
+from .bias_qa import BiasQA, LetteredOptions, bbq_views, interval_row, summed_rows
 from .languages import language
 
 CATEGORIES = ["SES", "age", "disability", "disease", "educational_qualification", "ethnicity", "gender",
@@ -174,15 +173,13 @@ class CBBQ(BiasQA):
     report_intro = ("BBQ's accuracy and bias score (−1..1, 0 = no bias) per category and condition, comparable "
                     "with English BBQ, and CBBQ's own bias score (0..1, 0 = no bias; 'all' = 0.4 × ambiguous + "
                     "0.6 × disambiguated), with bootstrap 95% confidence intervals.")
-    report_views = (
-        ReportView("CBBQ: BBQ bias score per category", x="category", where={"metric": "bias_score"},
-                   facet="condition", ylabel="bias score (−1..1, 0 = no bias)", ylim=(-1.0, 1.0), zero_line=True),
-        ReportView("CBBQ: accuracy per category", x="category", where={"metric": "accuracy"}, facet="condition",
-                   ylabel="accuracy (0..1, higher is better)", ylim=(0.0, 1.0)),
+    report_views = bbq_views("CBBQ: BBQ's") + (
         ReportView("CBBQ bias score (the paper's) per category", x="category", where={"metric": "cbbq_bias_score"},
                    facet="condition", ylabel="CBBQ bias score (0..1, 0 = no bias)", ylim=(0.0, 1.0)),
     )
     report_tables = (ReportTable("CBBQ metrics per category and condition", ("category", "condition", "metric")),)
+    attributes = ATTRIBUTES
+    row_to_item = staticmethod(to_item)
 
     class Options(LetteredOptions):
         categories: comma_list(CATEGORIES, "CBBQ category") = Field(
@@ -195,8 +192,7 @@ class CBBQ(BiasQA):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self._files: list[str] = []
-        self.missing: dict[str, list[str]] = {}
+        self.missing: dict[str, list[str]] = {}  # category -> conditions without a file (reported)
 
     # -- data -----------------------------------------------------------------------------------
     @staticmethod
@@ -213,12 +209,7 @@ class CBBQ(BiasQA):
         conds = [c for c, short in CONDITIONS.items() if self.opts.condition in ("both", short)]
         files = {(cat, c): self.file_of(folder, cat, c) for cat in CATEGORIES for c in CONDITIONS}
         present = [cat for cat in CATEGORIES if any(files[(cat, c)] for c in conds)]
-        if not present:
-            raise UserError(f"no CBBQ data (e.g. age/ambiguous/ambiguous.json) in {folder}")
-        cats = self.opts.categories or present
-        empty = [c for c in cats if c not in present]
-        if empty:
-            raise UserError(f"CBBQ categories without data in {folder}: {', '.join(empty)} (see its README.md)")
+        cats = self.pick_categories(present, folder, "age/ambiguous/ambiguous.json")
         shown = self.opts.categories or CATEGORIES
         self.missing = {cat: [c for c in conds if files[(cat, c)] is None] for cat in shown}
         self.missing = {k: v for k, v in self.missing.items() if v}
@@ -232,15 +223,6 @@ class CBBQ(BiasQA):
                 rows = [to_item(w, r, self.opts.polarity == "fixed") for w, r in read_records(path)]
                 out += seeded_subset(rows, self.opts.limit, f"{self.opts.seed}-{cat}-{cond}")
         return out
-
-    def data_files(self) -> list[str]:
-        if not self._files:
-            self.items()
-        return self._files
-
-    def question_meta(self, row: dict) -> dict[str, Any]:
-        en, zh = ATTRIBUTES.get(str(row.get("category")), (None, None))
-        return {"attribute": en, "attribute_native": zh}
 
     # -- metrics --------------------------------------------------------------------------------
     def native_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -256,13 +238,6 @@ class CBBQ(BiasQA):
         fixed = sum(1 for r in records if "polarity_in_file" in r)
         out["counts"]["n_polarity_fixed"] = fixed
         return out
-
-    @staticmethod
-    def score_file(predictions: str, column: str, data: str | None = None, **_: Any) -> dict[str, Any]:
-        """Score CBBQ rows (JSON array, jsonl or CSV) plus an answer column (letter or option text)."""
-        from .bias_qa import score_rows_file
-
-        return score_rows_file(CBBQ(data=data), predictions, column, to_item)
 
 
 def cbbq_scores(records: list[dict[str, Any]], seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..registry import BENCHMARKS
 from ..stats.bootstrap import ratio
 from .base import ReportTable, ReportView, comma_list, seeded_subset
-from .bias_qa import BiasQA, LetteredOptions, answers_of, summed_rows
+from .bias_qa import BiasQA, LetteredOptions, answers_of, bbq_views, summed_rows
 from .languages import language
 
 FILE = "KoBBQ_test_samples.tsv"
@@ -120,23 +120,19 @@ class KoBBQ(BiasQA):
     report_intro = ("BBQ's accuracy and bias score (−1..1, 0 = no bias) per category and condition, comparable "
                     "with English BBQ, and KoBBQ's own accuracy and diff-bias (−1..1, 0 = no bias), with "
                     "bootstrap 95% confidence intervals.")
-    report_views = (
-        ReportView("KoBBQ: BBQ bias score per category", x="category", where={"metric": "bias_score"},
-                   facet="condition", ylabel="bias score (−1..1, 0 = no bias)", ylim=(-1.0, 1.0), zero_line=True),
+    report_views = bbq_views("KoBBQ: BBQ's")[:1] + (
         ReportView("KoBBQ diff-bias per category", x="category", where={"metric": "kobbq_diff_bias"},
                    facet="condition", ylabel="diff-bias (−1..1, 0 = no bias)", ylim=(-1.0, 1.0), zero_line=True),
         ReportView("KoBBQ accuracy per category", x="category", where={"metric": "kobbq_accuracy"},
                    facet="condition", ylabel="accuracy (0..1, higher is better)", ylim=(0.0, 1.0)),
     )
     report_tables = (ReportTable("KoBBQ metrics per category and condition", ("category", "condition", "metric")),)
+    attributes = ATTRIBUTES
+    row_to_item = staticmethod(to_item)
 
     class Options(LetteredOptions):
         categories: comma_list(CATEGORIES, "KoBBQ category") = Field(
             None, description="categories, e.g. age,religion (default: all 12)")
-
-    def __init__(self, **options: Any):
-        super().__init__(**options)
-        self._files: list[str] = []
 
     def items(self) -> list[dict[str, Any]]:
         path = find_dataset("kobbq", self.opts.data) / FILE
@@ -149,24 +145,8 @@ class KoBBQ(BiasQA):
             out += seeded_subset(keep, self.opts.limit, f"{self.opts.seed}-{cat}")
         return out
 
-    def data_files(self) -> list[str]:
-        if not self._files:
-            self.items()
-        return self._files
-
-    def question_meta(self, row: dict) -> dict[str, Any]:
-        en, ko = ATTRIBUTES.get(str(row.get("category")), (None, None))
-        return {"attribute": en, "attribute_native": ko}
-
     def native_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         return kobbq_scores(records, seed=self.opts.seed)
-
-    @staticmethod
-    def score_file(predictions: str, column: str, data: str | None = None, **_: Any) -> dict[str, Any]:
-        """Score KoBBQ rows (e.g. the test TSV with its ``prediction`` column filled) by an answer column."""
-        from .bias_qa import score_rows_file
-
-        return score_rows_file(KoBBQ(data=data), predictions, column, to_item)
 
 
 def kobbq_scores(records: list[dict[str, Any]], seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
