@@ -422,6 +422,11 @@ def test_cli_eval_end_to_end_tiny_chat(tiny_llama_chat_path, tmp_path, capsys, b
         code, out, err = _cli(capsys, *args)
         after = json.loads((run / "metrics.json").read_text())
         assert code == 0 and after["meta"]["new_items_this_session"] == 1 and after["rows"] == before["rows"]
+    # one report of the plain and reprompted runs, the benchmark's own section with its own metric
+    code, out, err = _cli(capsys, "report", tmp_path / "cyc", tmp_path / "rep-native", tmp_path / "rep-en",
+                          "--out", tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert code == 0 and {"cbbq": "CBBQ: bias in question answering", "kobbq": "KoBBQ diff-bias"}[bench] in html
 
 
 def test_cli_loglik_mode_tiny_gpt2(tiny_gpt2_path, tmp_path, capsys):

@@ -83,9 +83,9 @@ def print_definitions(metrics: dict) -> None:
 def eval_cmd(
     benchmark: str = typer.Argument(..., help="benchmark name (see `fairdistill list`)"),
     model: str = typer.Option("smollm2", "--model", "-m", help="model: built-in name, local dir, hub id, hf:PATH, openai:URL#MODEL, vllm:PATH"),
-    categories: Optional[str] = typer.Option(None, help="comma-separated categories (BBQ)"),
+    categories: Optional[str] = typer.Option(None, help="comma-separated categories (BBQ, CBBQ, KoBBQ)"),
     limit: Optional[int] = typer.Option(None, help="items per category (seeded sample)"),
-    mode: Optional[str] = typer.Option(None, help="BBQ scoring mode: auto, loglik or generate"),
+    mode: Optional[str] = typer.Option(None, help="BBQ/CBBQ/KoBBQ scoring mode: auto, loglik or generate"),
     options_protocol: Optional[str] = typer.Option(None, "--options", help="BBQ option protocol: dataset (3 options) or helm (12)"),
     method: Optional[str] = typer.Option(None, help="inference-time method wrapping the model (see `fairdistill list`)"),
     compare: Optional[str] = typer.Option(None, help="also run this method (e.g. baseline) and print a paired comparison"),
