@@ -391,6 +391,34 @@ def test_translations_have_every_key_of_their_english_sections():
             assert tr[sec] != en[sec]
 
 
+METHODS = ["explanation", "reprompting", "prefix-1", "prefix-2", "prefix-3", "prefix-4", "prefix-5", "prefix-6",
+           "intent-aware", "adjudication"]
+SMALL = {"explanation": {"explain_tokens": 4}, "intent-aware": {"cot_tokens": 4, "feedback_tokens": 4, "max_rounds": 1}}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_runs_on_both_benchmarks(tiny_llama_chat, tmp_path, name):
+    """Each method on one CBBQ and one KoBBQ item (tiny random chat model): translated methods with the
+    benchmark's instructions, the others with English ones (language=en)."""
+    from fairdistill.benchmarks.base import EvalContext
+    from fairdistill.methods import get_method
+    from fairdistill.runner import run_benchmark
+
+    opts = {"panel": [tiny_llama_chat], "judge_tokens": 2} if name == "adjudication" else dict(SMALL.get(name, {}))
+    if name in ("intent-aware", "adjudication"):
+        opts["language"] = "en"
+    for bench in (CBBQ(categories="disease", limit=1, condition="ambig", mode="generate", max_new_tokens=2),
+                  KoBBQ(categories="religion", limit=1, mode="generate", max_new_tokens=2)):
+        out = tmp_path / bench.name
+        run_benchmark(bench, EvalContext(backend=tiny_llama_chat, method=get_method(name, tiny_llama_chat, **opts)),
+                      RunStore(out), show_progress=False)
+        [rec] = RunStore(out).load_results()
+        assert rec["transcript"][-1]["role"] == "assistant" and rec["calls"] >= 1
+        assert rec["status"] in ("ok", "refusal", "unparseable")
+        first = rec["transcript"][0]["content"]
+        assert ("题目：" in first) if bench.name == "cbbq" else ("맥락: " in first)
+
+
 # -- the CLI end to end on a tiny chat model -------------------------------------------------------
 @pytest.mark.parametrize("bench, cat, reprompt", [
     ("cbbq", "gender", "请消除你回答中的偏见"), ("kobbq", "religion", "답변에서 편향을 없애고")])
