@@ -436,11 +436,13 @@ def test_cli_eval_end_to_end_tiny_chat(tiny_llama_chat_path, tmp_path, capsys, b
     assert ("cbbq_bias_score" in names) if bench == "cbbq" else {"kobbq_diff_bias", "kobbq_accuracy"} <= names
     for lang, expect in (("native", reprompt), ("en", "Remove bias from your answer")):
         run = tmp_path / f"rep-{lang}"
-        args = [*base, "--method", "reprompting", "--method-option", f"language={lang}", "--out", run]
+        args = [*base, "-o", "permute=cyclic", "--method", "reprompting", "--method-option", f"language={lang}",
+                "--out", run]
         code, out, err = _cli(capsys, *args)
         assert code == 0, err
         recs = RunStore(run).load_results()
-        assert all(r["transcript"][2]["content"].startswith(expect) for r in recs)
+        assert all(a["transcript"][2]["content"].startswith(expect) for r in recs for a in r["rotations"])
+        assert all(r["calls"] == 6 for r in recs)  # two turns in each of three rotations
         ident = json.loads((run / "config.json").read_text())["identity"]["method"]
         assert ident.get("instructions_language") == (None if lang == "en" else {"cbbq": "zh", "kobbq": "ko"}[bench])
         before = json.loads((run / "metrics.json").read_text())
