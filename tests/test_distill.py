@@ -284,84 +284,115 @@ def test_lora_student_and_errors(tiny_gpt2_path, tiny_bert_path, tmp_path):
 # self-distillation with a scripted teacher; CMAF sets
 
 
-def test_self_distill_scripted_teacher(tiny_llama_chat, bbq_dir, tmp_path):
-    from fairdistill.benchmarks.bbq_scoring import unknown_index
+class AlwaysA:
+    """Test double for a multi-pass method: answers letter A of whatever order it is shown, in 3 calls."""
+
+    @staticmethod
+    def make(calls: int = 3, asked: list | None = None):
+        from fairdistill.methods.base import Method, MethodResult
+
+        class _AlwaysA(Method):
+            name = "always-a"
+
+            def answer(self, questions, gen=None):
+                if asked is not None:
+                    asked.extend(q.meta["id"] for q in questions)
+                return [MethodResult(text="A", transcript=[{"role": "assistant", "content": "A"}], calls=calls)
+                        for _ in questions]
+
+        return _AlwaysA
+
+
+def test_self_distill_through_the_pipeline(tiny_llama_chat, bbq_dir, tmp_path):
+    """Teacher, untrained model and student are runs of the one pipeline on the benchmark's own items;
+    on held-out templates the student agrees with the teacher more than the untrained model and the
+    best constant answer (McNemar), in one call per item instead of the teacher's three."""
     from fairdistill.distill.self_distill import run_self_distill
-    from fairdistill.methods.base import Method, MethodResult
+    from fairdistill.store import RunStore
 
-    class ScriptedDebiaser(Method):
-        """Test double for a multi-pass debiasing method: always answers the 'unknown' option, 3 calls."""
-
-        name = "scripted"
-
-        def answer(self, questions, gen=None):
-            out = []
-            for q in questions:
-                letter = "ABC"[unknown_index(q.meta["bbq_row"])]
-                out.append(MethodResult(text=f"{letter}", transcript=[], calls=3))
-            return out
-
-    s = run_self_distill(tiny_llama_chat, ScriptedDebiaser, str(bbq_dir / "Gender_identity.jsonl"),
-                         str(tmp_path / "sd"), limit=40, heldout=0.25, epochs=30, learning_rate=5e-3, batch_size=8,
-                         lora_r=16, progress=False, device="cpu", max_new_tokens=4)
-    tr, ho = s["train"], s["heldout"]
-    msg = json.dumps({k: s[k] for k in ("train", "heldout")})
-    assert s["sft_examples"] == 30 and ho["calls_per_item"] == {"teacher": 3.0, "untrained": 1, "student": 1.0}
-    # the untrained random model never answers with a letter; the student always does, mostly the teacher's
-    assert tr["unparsed"]["untrained"] == 30 and tr["unparsed"]["student"] == 0, msg
-    assert tr["student_vs_teacher"]["agreement"] >= 0.5, msg
-    assert tr["student_vs_teacher"]["agreement"] > tr["untrained_vs_teacher"]["agreement"] + 0.3, msg
-    assert ho["student_vs_teacher"]["agreement"] >= ho["untrained_vs_teacher"]["agreement"], msg
-    # every training item is one the teacher "changed" (the untrained model's answer never parses)
-    ch = tr["where_teacher_changed_answer"]
-    assert ch["n"] == 30 and ch["student_matches_teacher"] == round(tr["student_vs_teacher"]["agreement"] * 30), msg
-    assert ch["agreement_mcnemar"]["gained"] == ch["student_matches_teacher"] and ch["agreement_mcnemar"]["lost"] == 0
-    assert ch["agreement_mcnemar"]["p_value"] < 0.01, msg
-    # the student beats the trivial student that always gives the teacher's commonest answer
-    const = tr["constant_answer_vs_teacher"]
-    assert const["answer"] in "ABC" and const["agreement"] < 0.8, msg
-    assert tr["student_vs_teacher"]["agreement"] > const["agreement"], msg
-    assert sum(tr["answers"]["teacher"].values()) == 30 and tr["answers"]["untrained"] == {"unparsed": 30}, msg
-    assert "bbq" in ho and (tmp_path / "sd" / "adapter" / "adapter_config.json").exists()
-    rows = [json.loads(x) for x in (tmp_path / "sd" / "sft.jsonl").read_text().splitlines()]
-    assert rows[0]["completion"] in ("A", "B", "C") and rows[0]["messages"][0]["role"] == "user"
-
-
-def test_self_distill_teacher_answers_resume(tiny_llama_chat, bbq_dir, tmp_path):
-    """Teacher answers are stored batch by batch; a rerun answers only what is missing, also after a cut-off line."""
-    from fairdistill.distill.self_distill import run_self_distill
-    from fairdistill.methods.base import Method, MethodResult
-
-    asked = []
-
-    class Counting(Method):
-        name = "counting"
-
-        def answer(self, questions, gen=None):
-            asked.extend(q.meta["id"] for q in questions)
-            return [MethodResult(text="A", transcript=[], calls=2) for _ in questions]
-
-    kw = dict(limit=20, heldout=0.25, max_steps=1, evaluate=False, progress=False, device="cpu")
     out = tmp_path / "sd"
-    run_self_distill(tiny_llama_chat, Counting, str(bbq_dir / "Age.jsonl"), str(out), **kw)
-    t_path = out / "teacher.jsonl"
+    s = run_self_distill(tiny_llama_chat, AlwaysA.make(), str(bbq_dir / "Gender_identity.jsonl"), str(out),
+                         limit=12, heldout=0.3, target="letter", epochs=20, learning_rate=5e-3, batch_size=8,
+                         lora_r=16, progress=False, device="cpu", max_new_tokens=4,
+                         transfer=[{"name": "occupation-gender", "options": {"limit": 4}}])
+    msg = json.dumps({k: s.get(k) for k in ("heldout", "n_train", "n_heldout")}, default=str)[:3000]
+    assert s["n_items"] == 24 and s["n_train"] + s["n_heldout"] == 24 and s["sft_examples"] == s["n_train"]
+    # the runs are ordinary run folders of the benchmark: held-out ids only, disjoint templates
+    held = {c: RunStore(out / "heldout" / c / "student").load_results() for c in ("ambig", "disambig")}
+    train_ids = {json.loads(x)["id"] for x in (out / "sft.jsonl").read_text().splitlines()}
+    teacher_all = {r["id"]: r for c in ("ambig", "disambig") for r in RunStore(out / "teacher" / c).load_results()}
+    assert len(teacher_all) == 24 and sum(map(len, held.values())) == s["n_heldout"]
+    tmpl = lambda r: (r["category"], r["question_index"])  # noqa: E731
+    held_templates = {tmpl(r) for rs in held.values() for r in rs}
+    assert held_templates and not held_templates & {tmpl(teacher_all[i]) for i in train_ids}
+    for c in ("ambig", "disambig"):
+        for who in ("teacher", "untrained", "student"):
+            m = json.loads((out / "heldout" / c / who / "metrics.json").read_text())
+            acc = [r for r in m["rows"] if r["metric"] == "accuracy" and r["category"] == "overall"]
+            assert acc and acc[0]["n"] == len(held[c]), (c, who)
+            if who != "untrained":  # the untrained tiny model names no option: its bias score is undefined
+                assert any(r["metric"] == "bias_score" and r["ci_low"] is not None for r in m["rows"]), (c, who)
+    ag = s["heldout"]["agreement"]
+    assert ag["n"] == s["n_heldout"] and ag["calls_per_item"] == {"teacher": 3.0, "untrained": 1.0, "student": 1.0}
+    # a random tiny model never answers with a letter; the student learned "A"
+    assert ag["answers"]["untrained"] == {"unparsed": s["n_heldout"]}, msg
+    assert ag["untrained_vs_teacher"] == 0 and ag["student_vs_teacher"] >= 0.9, msg
+    # the best constant answer is a role (unknown / biased / anti-biased), which "always A" is not
+    assert ag["constant_answer"] in ("unknown", "biased", "anti-biased") and ag["constant_vs_teacher"] < 0.7, msg
+    assert ag["student_vs_untrained_mcnemar"]["p_value"] < 0.05 and ag["student_vs_constant_mcnemar"]["p_value"] < 0.05
+    comp = s["heldout"]["comparisons"]["ambig"]["student_minus_untrained"]
+    assert {r["metric"] for r in comp} >= {"accuracy", "s_AMB"} and all("p_value" in r for r in comp)
+    # a benchmark it was not trained on, before and after
+    tr = s["transfer"]["occupation-gender"]
+    assert tr["untrained"]["rows"] and tr["student"]["rows"]
+    assert (out / "student_model").exists() is False  # in-process: the adapter, no merged copy
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert not any("lora_" in n for n, _ in tiny_llama_chat.model.named_modules())  # handed back clean
+    # the agreement figures are a run folder of tidy rows: a report shows them with the held-out runs
+    from fairdistill.report import build_report
+
+    html = build_report([d for d, _ in s["report_runs"]], tmp_path / "r.html", labels=[x for _, x in s["report_runs"]])
+    text = html.read_text()
+    assert "agreement with teacher" in text and "held-out ambig: student" in text
+    rows = json.loads((out / "summary" / "metrics.json").read_text())["rows"]
+    st = next(r for r in rows if r["model"] == "student" and r["metric"] == "agreement with teacher")
+    assert st["value"] == ag["student_vs_teacher"] and st["ci_low"] < st["value"] <= st["ci_high"]
+
+
+def test_self_distill_teacher_runs_resume(tiny_llama_chat, bbq_dir, tmp_path):
+    """The teacher's run resumes like every run: a rerun asks only what is missing; the held-out teacher
+    run is answered from the response cache."""
+    from fairdistill.distill.self_distill import run_self_distill
+
+    asked: list = []
+    kw = dict(limit=10, condition="ambig", max_steps=1, evaluate=False, progress=False, device="cpu")
+    out = tmp_path / "sd"
+    run_self_distill(tiny_llama_chat, AlwaysA.make(asked=asked), str(bbq_dir / "Age.jsonl"), str(out), **kw)
+    t_path = out / "teacher" / "ambig" / "results.jsonl"
     lines = t_path.read_text().splitlines()
-    assert len(lines) == 20 and len(asked) == 20
-    # lose the last two answers, one of them cut mid-line as by a kill during the write
-    t_path.write_text("\n".join(lines[:18]) + "\n" + lines[18][:25])
-    lost = {json.loads(x)["id"] for x in lines[18:]}
+    assert len(lines) == 10 and len(asked) == 10
+    t_path.write_text("\n".join(lines[:8]) + "\n" + lines[8][:25])  # cut as by a kill during the write
+    lost = {json.loads(x)["id"] for x in lines[8:]}
     asked.clear()
-    run_self_distill(tiny_llama_chat, Counting, str(bbq_dir / "Age.jsonl"), str(out), **kw)
+    run_self_distill(tiny_llama_chat, AlwaysA.make(asked=asked), str(bbq_dir / "Age.jsonl"), str(out), **kw)
     assert set(asked) == lost and len(asked) == 2
-    # the caller's backend is handed back without the adapter peft injected into it
-    assert not any("lora_" in n for n, _ in tiny_llama_chat.model.named_modules())
-    assert sorted(json.loads(x)["id"] for x in t_path.read_text().splitlines()) == sorted(json.loads(x)["id"] for x in lines)
-    # a broken line that is not the last one is an error naming the file and line, not silently dropped
-    bad = t_path.read_text().splitlines()
-    bad[3] = "{not json"
-    t_path.write_text("\n".join(bad) + "\n")
-    with pytest.raises(UserError, match="teacher.jsonl:4"):
-        run_self_distill(tiny_llama_chat, Counting, str(bbq_dir / "Age.jsonl"), str(out), **kw)
+
+
+def test_self_distill_by_model_path(tiny_llama_chat_path, bbq_dir, tmp_path):
+    """By model string: evaluation through a cached backend, training on a float32 copy, the student saved
+    merged (an evaluable model folder); a rerun reuses every stage."""
+    from fairdistill.distill.self_distill import run_self_distill
+
+    kw = dict(limit=4, categories="Age", condition="ambig", heldout=0.5, split="random", max_steps=2,
+              progress=False, device="cpu", max_new_tokens=3)
+    asked: list = []
+    s = run_self_distill(str(tiny_llama_chat_path), AlwaysA.make(calls=2, asked=asked), "bbq", str(tmp_path / "sd"), **kw)
+    assert (tmp_path / "sd" / "student_model" / "config.json").exists() and s["model_dir"].endswith("student_model")
+    assert s["heldout"]["agreement"]["calls_per_item"]["teacher"] == 2.0
+    assert s["global_step"] == 2 and (tmp_path / "sd" / "responses.sqlite").exists()
+    n_asked = len(asked)
+    again = run_self_distill(str(tiny_llama_chat_path), AlwaysA.make(calls=2, asked=asked), "bbq", str(tmp_path / "sd"), **kw)
+    assert again["heldout"]["agreement"] == s["heldout"]["agreement"] and len(asked) == n_asked
 
 
 CMAF_RECORDS = [
@@ -376,7 +407,7 @@ CMAF_RECORDS = [
 
 
 def test_cmaf_sets(tmp_path):
-    from fairdistill.distill.self_distill import build_cmaf_sets
+    from fairdistill.distill.cmaf import build_cmaf_sets
 
     recs = CMAF_RECORDS
     r = build_cmaf_sets(recs, tmp_path)
@@ -395,7 +426,8 @@ def test_cmaf_finetune_prefers_accepted_answers(tiny_llama_chat_path, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fairdistill.distill.self_distill import encode_chat_example, run_cmaf_finetune
+    from fairdistill.distill.cmaf import run_cmaf_finetune
+    from fairdistill.distill.sft import encode_chat_example
 
     s = run_cmaf_finetune(str(tiny_llama_chat_path), CMAF_RECORDS, str(tmp_path / "cmaf"), epochs=60,
                           learning_rate=5e-3, batch_size=3, lora_r=16, progress=False, device="cpu")
@@ -420,40 +452,34 @@ def test_cmaf_finetune_prefers_accepted_answers(tiny_llama_chat_path, tmp_path):
     assert abs(sum(before[0]) / len(acc) - sum(before[1]) / len(rej)) < 0.1, msg
 
 
-def test_self_distill_reads_letters_as_bbq_does():
-    """One letter grammar for every multiple-choice parser: "a doctor, probably" names no option."""
-    from fairdistill.distill.self_distill import parse_answer
-    from fairdistill.methods.base import Question
-
-    q = Question(prompt="Who? A. a nurse B. a doctor C. unknown", options=["a nurse", "a doctor", "unknown"])
-    assert parse_answer(q, "a doctor, probably") == (1, "ok")  # the option's text, not letter A
-    assert parse_answer(q, "B") == (1, "ok") and parse_answer(q, "Answer: (c)") == (2, "ok")
-    assert parse_answer(q, "**A**") == (0, "ok") and parse_answer(q, "D") == (None, "unparseable")
-    q5 = Question(prompt="?", options=["v", "w", "x", "y", "z"])
-    assert parse_answer(q5, "The answer is E.") == (4, "ok")
-
-
 def test_option_target_under_shuffled_order_and_template_split(bbq_dir):
     """target=option: the completion is the teacher's option text, shown under a per-item shuffled
     order; split=template: held-out items come from templates never trained on."""
-    from fairdistill.distill.self_distill import SelfDistillConfig, load_prompt_questions, sft_example, split_questions
+    from fairdistill.distill.self_distill import SelfDistillConfig, item_specs, sft_example, split_items
 
-    cfg = SelfDistillConfig.from_kwargs(limit=60, seed=0, categories="Age", target="option", split="template")
-    qs = load_prompt_questions(str(bbq_dir), cfg)
-    train, held = split_questions(qs, 0.3, 0, by="template")
-    tmpl = lambda q: (q.meta["bbq_row"]["category"], q.meta["bbq_row"]["question_index"])  # noqa: E731
-    assert held and not {tmpl(q) for q in train} & {tmpl(q) for q in held}
+    cfg = SelfDistillConfig.from_kwargs(limit=30, seed=0, categories="Age", target="option")
+    specs = item_specs("m", "bbq", cfg)
+    assert set(specs) == {"ambig", "disambig"} and specs["ambig"].options["condition"] == "ambig"
+    benches = {c: s.build_benchmark() for c, s in specs.items()}
+    items = {c: b.load_items() for c, b in benches.items()}
+    held = split_items(benches, items, 0.3, 0, by="template")
+    rows = [it for c in items for it in items[c]]
+    tmpl = lambda r: (r["category"], r["question_index"])  # noqa: E731
+    assert held and not {tmpl(r) for r in rows if r["id"] in held} & {tmpl(r) for r in rows if r["id"] not in held}
     assert abs(len(held) - 18) <= 8  # about the held-out fraction, in whole templates
     orders = set()
-    for q in train[:20]:
-        row = q.meta["bbq_row"]
-        ex = sft_example(q, {"pred": int(row["label"]), "final_text": "B"}, "option", seed=0)
+    bench = benches["ambig"]
+    for row in [r for r in rows if r["id"] not in held][:20]:
+        ex = sft_example(bench, row, {"pred": int(row["label"]), "final_text": "B"}, "option", seed=0)
         assert ex["completion"] == row[f"ans{row['label']}"]
         shown = ex["messages"][0]["content"]
         for d, o in enumerate(ex["order"]):
             assert f"{'ABC'[d]}. {row[f'ans{o}']}" in shown
         orders.add(tuple(ex["order"]))
-        assert ex == sft_example(q, {"pred": int(row["label"]), "final_text": "B"}, "option", seed=0)  # seeded
+        assert ex == sft_example(bench, row, {"pred": int(row["label"]), "final_text": "B"}, "option", seed=0)
     assert len(orders) > 2
+    assert sft_example(bench, rows[0], {"pred": None}, "option", 0) is None  # unparsed: no target
     with pytest.raises(UserError, match="split"):
         SelfDistillConfig.from_kwargs(split="by-vibes")
+    with pytest.raises(UserError, match="prompt set not found"):
+        item_specs("m", "/no/such/folder", cfg)

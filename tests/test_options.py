@@ -110,7 +110,7 @@ def test_unknown_option_lists_the_known_ones():
     for build in (lambda: BENCHMARKS.get("stereoset")(no_such=1), lambda: build_benchmark("stereoset", {"no_such": 1})):
         with pytest.raises(UserError) as e:
             build()
-        assert str(e.value) == ("benchmark 'stereoset' has no option 'no_such'; options: data, limit, seed, task, "
+        assert str(e.value) == ("benchmark 'stereoset' has no option 'no_such'; options: data, limit, seed, ids, task, "
                                 "bias_types, insertion_space, categories")
 
 
@@ -131,3 +131,17 @@ def test_options_command_prints_each_option(capsys):
     assert main(["options", "no-such-benchmark"]) == 2
     assert main(["eval", "--help"]) == 0
     assert "fairdistill options" in capsys.readouterr().out
+
+
+def test_ids_option_selects_items_and_enters_the_identity_only_when_set():
+    """Any benchmark evaluates a chosen subset of its sample (self-distillation's held-out items); runs
+    made before the option existed keep their identity."""
+    full = build_benchmark("bbq", {"categories": "Age", "condition": "ambig", "limit": 10})
+    ids = [it["id"] for it in full.load_items()][3:6]
+    sub = build_benchmark("bbq", {"categories": "Age", "condition": "ambig", "limit": 10, "ids": ",".join(ids)})
+    assert [it["id"] for it in sub.load_items()] == ids
+    assert "ids" not in full.identity() and sub.identity()["ids"] == ids
+    bad = build_benchmark("bbq", {"categories": "Age", "condition": "ambig", "limit": 10, "ids": ["Age-999999"]})
+    with pytest.raises(UserError, match="1 of the requested ids are not among its items") as e:
+        bad.load_items()
+    assert "\n" not in str(e.value)

@@ -112,3 +112,55 @@ def test_the_qwen_study_file_is_valid_before_any_model_loads():
              "self_distill": {f.name for f in dataclasses.fields(SelfDistillConfig)} | {"method", "prompts"}}
     for t in cfg.training:
         assert set(t.options) <= known[t.kind], (t.name, set(t.options) - known[t.kind])
+
+
+TWO_RUNS = """
+name: two
+seed: 0
+device: cpu
+dtype: float32
+models:
+  - {name: base, model: MODEL, num_cpus: 1}
+benchmarks:
+  - {name: bbq, id: bbq-age, options: {categories: [Age], limit: 20, mode: loglik}}
+  - {name: bbq, id: bbq-religion, options: {categories: [Religion], limit: 20, mode: loglik}}
+"""
+
+
+@pytest.mark.slow
+def test_ray_executor_makes_the_same_run_folders(tiny_gpt2_path, tmp_path):
+    """A 2-run study as two Ray tasks on a local Ray instance (2 CPUs) equals the in-process study."""
+    ray = pytest.importorskip("ray")
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(TWO_RUNS.replace("MODEL", str(tiny_gpt2_path)))
+    run_study(cfg, out=tmp_path / "local", show_progress=False)
+    # Ray's workers import fairdistill from the same place as this process
+    src = str(Path(__import__("fairdistill").__file__).resolve().parents[1])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
+    try:
+        run_study(cfg, out=tmp_path / "ray", show_progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(tmp_path / "local") == files(tmp_path / "ray")
+    for run in ("base/bbq-age", "base/bbq-religion"):
+        a, b = tmp_path / "local" / run, tmp_path / "ray" / run
+        assert (a / "results.jsonl").read_text() == (b / "results.jsonl").read_text()
+        assert len((a / "results.jsonl").read_text().splitlines()) == 20
+        assert json.loads((a / "metrics.json").read_text())["rows"] == json.loads((b / "metrics.json").read_text())["rows"]
+        ca, cb = (json.loads((d / "config.json").read_text()) for d in (a, b))
+        assert ca["identity"] == cb["identity"] and ca["label"] == cb["label"] == "base"
+    sa, sb = (json.loads((tmp_path / d / "study.json").read_text())["runs"] for d in ("local", "ray"))
+    strip = lambda runs, d: [{**r, "dir": str(Path(r["dir"]).relative_to(tmp_path / d))} for r in runs]  # noqa: E731
+    assert strip(sa, "local") == strip(sb, "ray") and len(sa) == 2
+
+
+def test_unknown_executor_and_missing_ray_are_one_line(tmp_path, monkeypatch):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(TWO_RUNS.replace("MODEL", "x"))
+    with pytest.raises(UserError, match="unknown executor"):
+        run_study(cfg, out=tmp_path / "o", show_progress=False, executor="dask")
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if not installed
+    with pytest.raises(UserError, match=r"fairdistill\[ray\]"):
+        run_study(cfg, out=tmp_path / "o", show_progress=False, executor="ray")

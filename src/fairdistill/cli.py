@@ -102,9 +102,14 @@ def eval_cmd(
     cache: Optional[Path] = typer.Option(None, help="sqlite response cache: reruns do not re-query the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
-    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable."""
+    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable.
+    Under `torchrun` / `accelerate launch` the items are sharded over the processes (README "Scaling out")."""
     from .backends.base import load_backend
+    from .distributed import dist_env
     from .runner import RunSpec, execute
+
+    main_rank = dist_env().is_main
+    console.quiet = not main_rank  # every rank returns the metrics; rank 0 alone prints them
 
     opts = parse_options(option)
     for k, v in (("categories", categories), ("mode", mode), ("options", options_protocol)):
@@ -147,7 +152,7 @@ def eval_cmd(
         print_definitions(metrics)
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
         dirs.append(run_dir)
-    if compare:
+    if compare and main_rank:
         from .compare import compare as compare_runs
 
         comp = compare_runs(dirs[0], dirs[1], seed=seed)
@@ -217,11 +222,15 @@ def run_cmd(
     config: Path = typer.Argument(..., help="study YAML (see examples/study.yaml)"),
     out: Optional[Path] = typer.Option(None, help="study folder (default: the config's `out`, else runs/<name>)"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    executor: str = typer.Option("local", help="local (in this process) or ray (each run a Ray task; "
+                                 "pip install 'fairdistill[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. ray://head:10001 or auto "
+                                              "(default: start a local Ray instance)"),
 ):
     """Run a whole study from a YAML file: models x benchmarks x methods, training, capability before/after, report. Resumable."""
     from .study import run_study
 
-    console.print(f"report: {run_study(config, out=out, show_progress=progress)}")
+    console.print(f"report: {run_study(config, out=out, show_progress=progress, executor=executor, ray_address=ray_address)}")
 
 
 @app.command("distill")
@@ -244,9 +253,11 @@ def distill_cmd(
 def self_distill_cmd(
     model: str = typer.Option("smollm2", "--model", "-m", help="chat model to debias"),
     method: str = typer.Option("reprompting", help="the teacher: an inference-time method wrapping the model"),
-    prompts: str = typer.Option("bbq", help="'bbq', a BBQ folder/file, or a jsonl of {prompt, ...} rows"),
-    out: Path = typer.Option(..., help="output folder (teacher answers are reused on a rerun)"),
-    option: list[str] = typer.Option([], "--option", "-o", help="option key=value, e.g. limit=200 epochs=2 condition=ambig"),
+    prompts: str = typer.Option("bbq", help="a benchmark that takes methods (bbq), its data folder, or one BBQ category file"),
+    out: Path = typer.Option(..., help="output folder; rerun the same command to resume"),
+    option: list[str] = typer.Option([], "--option", "-o", help="option key=value, e.g. limit=50 (per category and "
+                                     "condition) permute=cyclic target=option split=template epochs=3 "
+                                     "transfer=occupation-gender"),
 ):
     """Distil a self-debiased teacher (multi-call method) into a LoRA adapter that answers in one call."""
     from .distill import run_self_distill

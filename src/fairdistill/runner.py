@@ -63,14 +63,18 @@ def build_benchmark(name: str, options: dict[str, Any], *, seed: int = 0, data: 
     return BENCHMARKS.get(name)(**{"data": data, "limit": limit, "seed": seed, **options})
 
 
-def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, show_progress: bool = True,
+def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, method=None, show_progress: bool = True,
             extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Run ``spec`` on ``backend`` (resuming what its folder holds); return the folder and the metrics."""
+    """Run ``spec`` on ``backend`` (resuming what its folder holds); return the folder and the metrics.
+
+    ``method``: a ready :class:`~fairdistill.methods.base.Method` object to use instead of building
+    ``spec.method`` from the registry (a custom teacher, a test double)."""
     from .methods.base import get_method
 
     bench = bench or spec.build_benchmark()
     bench.load_items()
-    method = get_method(spec.method, backend, **spec.method_options) if spec.method else None
+    if method is None and spec.method:
+        method = get_method(spec.method, backend, **spec.method_options)
     run_dir = spec.out or spec.default_out(bench)
     config = {"run_spec": json.loads(spec.model_dump_json()), **(extra_config or {})}
     metrics = run_benchmark(bench, EvalContext(backend=backend, method=method, seed=spec.seed), RunStore(run_dir),
@@ -119,7 +123,16 @@ def run_benchmark(
     show_progress: bool = True,
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every item not yet in ``store``; return (and write) the final metrics."""
+    """Evaluate every item not yet in ``store``; return (and write) the final metrics.
+
+    Launched over several processes (``torchrun`` / ``accelerate launch``: ``WORLD_SIZE`` > 1), the
+    items left to do are cut into batches and dealt round-robin over the ranks; each rank evaluates
+    its batches on its own model replica into ``results.rank{r}.jsonl``, then rank 0 merges the files
+    into ``results.jsonl`` and writes the metrics once. Every rank returns the metrics.
+    """
+    from .distributed import all_gather, barrier, dist_env, shard_batches, sum_stats
+
+    dist = dist_env()
     if ctx.method is not None:
         benchmark.check_method(getattr(ctx.method, "name", "method"))
     benchmark.check(ctx)
@@ -136,17 +149,28 @@ def run_benchmark(
         "n_items": len(items),
         **(extra_config or {}),
     }
-    store.write_config(config)
-    done = store.done_ids()
+    order = {it["id"]: k for k, it in enumerate(items)}
+    # every rank checks (and fails alike on) a folder holding another run before any rank writes
+    store.check_config(config)
+    barrier()
+    if dist.is_main:
+        store.write_config(config, check_compatible=False)
+        store.merge_shards(order)  # an earlier run's rank files, whatever its process count
+    barrier()
+    done = store.done_ids()  # results.jsonl only now, and no rank writes it until the end
     todo = [it for it in items if it["id"] not in done]
+    bs = max(1, benchmark.batch_size_for(ctx))
+    if dist.active:
+        store.use_shard(dist.rank)
+    mine = shard_batches(todo, bs, dist)
     t0 = time.perf_counter()
     n_new = 0
     try:
-        with progress_bar(disable=not show_progress) as prog:
-            task = prog.add_task(benchmark.name, total=len(items), completed=len(items) - len(todo), rate="")
-            bs = max(1, benchmark.batch_size_for(ctx))
-            for i in range(0, len(todo), bs):
-                batch = todo[i : i + bs]
+        with progress_bar(disable=not show_progress or not dist.is_main) as prog:
+            label = benchmark.name + (f" (rank 0 of {dist.world_size})" if dist.active else "")
+            total = len(items) if not dist.active else sum(len(b) for b in mine)
+            task = prog.add_task(label, total=total, completed=total - sum(len(b) for b in mine), rate="")
+            for batch in mine:
                 records = benchmark.evaluate(batch, ctx)
                 store.append(records)
                 n_new += len(batch)
@@ -155,19 +179,26 @@ def run_benchmark(
     finally:
         store.close()
     elapsed = time.perf_counter() - t0
-    order = {it["id"]: k for k, it in enumerate(items)}
+    parts = all_gather({"n_new": n_new, "seconds": elapsed, "stats": ctx.backend.stats()})
+    if not dist.is_main:
+        barrier()  # rank 0 merges and writes the metrics
+        return store.read_metrics()
+    store.merge_shards(order)
     records = sorted(
         (r for r in store.load_results() if r["id"] in order), key=lambda r: order[r["id"]]
     )
     metrics = benchmark.metrics(records)
+    stats = sum_stats([p["stats"] for p in parts])
     metrics.setdefault("meta", {}).update(
         {
             "benchmark": benchmark.name,
             "n_items": len(records),
-            "new_items_this_session": n_new,
-            "seconds_this_session": round(elapsed, 3),
-            **({"backend_stats": ctx.backend.stats()} if ctx.backend.stats() else {}),
+            "new_items_this_session": sum(p["n_new"] for p in parts),
+            "seconds_this_session": round(max(p["seconds"] for p in parts), 3),
+            **({"processes": dist.world_size} if dist.active else {}),
+            **({"backend_stats": stats} if stats else {}),
         }
     )
     store.write_metrics(metrics)
+    barrier()
     return metrics

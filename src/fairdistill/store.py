@@ -8,6 +8,11 @@ Layout of a run directory::
 
 An interrupted run resumes: items whose id is already in results.jsonl are skipped, and a torn
 last line (the process died mid-write) is discarded.
+
+A run launched over several processes (``torchrun`` / ``accelerate launch``) has each rank append
+to its own ``results.rank{r}.jsonl``; :meth:`RunStore.merge_shards` folds them into
+``results.jsonl`` (at the end of a run, and at the start of a resumed one, whatever its process
+count), so a finished run has the single-process layout.
 """
 from __future__ import annotations
 
@@ -70,6 +75,25 @@ class JsonlLog:
             self._fh = None
 
 
+def rank_path(path: str | os.PathLike, rank: int) -> Path:
+    """The per-rank file beside ``path``: ``results.jsonl`` -> ``results.rank{rank}.jsonl``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.rank{int(rank)}{p.suffix}")
+
+
+def shard_files(path: str | os.PathLike) -> list[Path]:
+    p = Path(path)
+    return sorted(p.parent.glob(f"{p.stem}.rank*{p.suffix}"))
+
+
+def load_with_shards(path: str | os.PathLike) -> dict[Any, dict[str, Any]]:
+    """Records by id from ``path`` and its per-rank files (call while no rank writes them)."""
+    out = JsonlLog(path).load()
+    for p in shard_files(path):
+        out.update(JsonlLog(p).load())
+    return out
+
+
 class RunStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -77,11 +101,22 @@ class RunStore:
         self.results_path = self.path / "results.jsonl"
         self._results = JsonlLog(self.results_path)
 
+    def use_shard(self, rank: int) -> None:
+        """Append this process's results to ``results.rank{rank}.jsonl`` (one writer per file)."""
+        self.close()
+        self._results = JsonlLog(rank_path(self.results_path, rank))
+
+    def shard_paths(self) -> list[Path]:
+        return shard_files(self.results_path)
+
+    def has_results(self) -> bool:
+        return self.results_path.exists() or bool(self.shard_paths())
+
     # -- config -----------------------------------------------------------------------------
-    def write_config(self, config: dict[str, Any], *, check_compatible: bool = True) -> None:
-        """Write config.json; refuse to resume a run whose identity-defining config differs."""
+    def check_config(self, config: dict[str, Any]) -> None:
+        """Refuse to resume a run whose identity-defining config differs."""
         p = self.path / "config.json"
-        if check_compatible and p.exists() and self.results_path.exists():
+        if p.exists() and self.has_results():
             old = json.loads(p.read_text())
             key = config.get("identity", {})
             if old.get("identity", {}) != key:
@@ -89,18 +124,59 @@ class RunStore:
                     f"{self.path} holds a different run (config differs: "
                     f"{_diff(old.get('identity', {}), key)}); choose another --out"
                 )
-        p.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+
+    def write_config(self, config: dict[str, Any], *, check_compatible: bool = True) -> None:
+        """Write config.json (atomically: other ranks may be reading it); see :meth:`check_config`."""
+        if check_compatible:
+            self.check_config(config)
+        tmp = self.path / "config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        tmp.replace(self.path / "config.json")
 
     def read_config(self) -> dict[str, Any]:
         p = self.path / "config.json"
         return json.loads(p.read_text()) if p.exists() else {}
 
     # -- results ----------------------------------------------------------------------------
+    def _load_all(self) -> dict[Any, dict[str, Any]]:
+        return load_with_shards(self.results_path)
+
     def load_results(self) -> list[dict[str, Any]]:
-        return list(self._results.load().values())
+        """Every finished record: ``results.jsonl`` and any per-rank files (call while no rank writes)."""
+        return list(self._load_all().values())
 
     def done_ids(self) -> set:
-        return set(self._results.load())
+        return set(self._load_all())
+
+    def merge_shards(self, order: dict[Any, int] | None = None) -> int:
+        """Fold the per-rank files into ``results.jsonl`` (records sorted by ``order``, the item
+        position, where given) and delete them; return how many records they held. The new file
+        replaces the old in one rename, and the rank files go only after it, so a crash at any point
+        loses nothing (a record in both places is one record). Call from one process, while none writes."""
+        shards = self.shard_paths()
+        if not shards:
+            return 0
+        self.close()
+        records = JsonlLog(self.results_path).load()
+        n = 0
+        for p in shards:
+            part = JsonlLog(p).load()
+            n += len(part)
+            records.update(part)
+        recs = list(records.values())
+        if order is not None:
+            last = len(order)
+            recs.sort(key=lambda r: order.get(r["id"], last))
+        tmp = self.path / "results.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8") as f:
+            for rec in recs:
+                f.write(json.dumps(rec, default=_jsonable, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.results_path)
+        for p in shards:
+            p.unlink()
+        return n
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         self._results.append(records)

@@ -41,6 +41,8 @@ class ModelEntry(_Strict):
     model: str = Field(description="model string: local dir, built-in name (smollm2), hub id, hf:PATH, ...")
     device: str | None = None
     dtype: str | None = None
+    num_cpus: float = Field(1, description="--executor ray: CPUs each run (and training) of this model asks for")
+    num_gpus: float = Field(0, description="--executor ray: GPUs each run (and training) of this model asks for")
 
 
 class BenchmarkEntry(_Strict):
@@ -198,37 +200,46 @@ class _Study:
 
     def _run(self, backend, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> Path:
         spec = self.spec(model_name, bench, method)
-        run_dir = spec.out
         label = model_name + (f" + {method.name}" if method else "")
-        self.log(f"[bold]{bench.key}[/bold] on [bold]{label}[/bold] -> {run_dir}")
+        self.log(f"[bold]{bench.key}[/bold] on [bold]{label}[/bold] -> {spec.out}")
         execute(spec, backend, show_progress=self.show_progress,
                 extra_config={"model_spec": self.models[model_name], "label": label, "study": self.cfg.name,
                               "method_options": method.options if method else {}})
-        self.runs.append({"dir": str(run_dir), "label": label, "model": model_name, "benchmark": bench.key,
-                          "method": method.name if method else None})
+        return spec.out
+
+    def plan(self, model_name: str) -> list[tuple[BenchmarkEntry, MethodEntry | None]]:
+        """The runs of one model, in order: every benchmark plain, then each method on the benchmarks it applies to."""
+        from .registry import BENCHMARKS
+
+        runs: list[tuple[BenchmarkEntry, MethodEntry | None]] = [(b, None) for b in self.benchmarks()]
+        for m in self.cfg.methods:
+            if m.models is not None and model_name not in m.models:
+                continue
+            for bench in self.benchmarks():
+                if m.benchmarks is not None and bench.key not in m.benchmarks:
+                    continue
+                if not BENCHMARKS.get(bench.name).supports_methods:
+                    if m.benchmarks is not None:  # named explicitly: say why it cannot run
+                        BENCHMARKS.get(bench.name).check_method(m.name)
+                    continue
+                runs.append((bench, m))
+        return runs
+
+    def record(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> Path:
+        """Add a finished run to the study's list (and its comparison against the plain run)."""
+        run_dir = self.spec(model_name, bench, method).out
+        self.runs.append({"dir": str(run_dir), "label": model_name + (f" + {method.name}" if method else ""),
+                          "model": model_name, "benchmark": bench.key, "method": method.name if method else None})
+        if method is not None and method.compare:
+            self.compare(self.spec(model_name, bench, None).out, run_dir)
         return run_dir
 
     def evaluate_model(self, model_name: str) -> None:
         backend = self.load_backend(model_name)
         try:
-            plain: dict[str, Path] = {}
-            for bench in self.benchmarks():
-                plain[bench.key] = self._run(backend, model_name, bench, None)
-            for m in self.cfg.methods:
-                if m.models is not None and model_name not in m.models:
-                    continue
-                for bench in self.benchmarks():
-                    if m.benchmarks is not None and bench.key not in m.benchmarks:
-                        continue
-                    from .registry import BENCHMARKS
-
-                    if not BENCHMARKS.get(bench.name).supports_methods:
-                        if m.benchmarks is not None:  # named explicitly: say why it cannot run
-                            BENCHMARKS.get(bench.name).check_method(m.name)
-                        continue
-                    mdir = self._run(backend, model_name, bench, m)
-                    if m.compare:
-                        self.compare(plain[bench.key], mdir)
+            for bench, method in self.plan(model_name):
+                self._run(backend, model_name, bench, method)
+                self.record(model_name, bench, method)
         finally:
             del backend
             gc.collect()
@@ -269,6 +280,9 @@ class _Study:
                                  data=opts.pop("data"), out=str(out), **opts)
                 else:
                     opts.setdefault("seed", self.cfg.seed)
+                    if self.cfg.cache:  # the teacher's answers are those its method runs above already got
+                        opts.setdefault("cache", str(self.out / t.base / "responses.sqlite"))
+                    opts.setdefault("dtype", self.cfg.dtype)
                     summary = fn(model=base_spec, out=str(out), **opts)
             except ModuleNotFoundError as e:
                 raise UserError(f"training kind {t.kind!r} is not available in this installation ({e})") from None
@@ -279,9 +293,16 @@ class _Study:
                                         "seconds": round(time.perf_counter() - t0, 1),
                                         "summary": summary if isinstance(summary, dict) else None},
                                        indent=2, default=str))
-        self.models[t.name] = model_dir
-        self.trained.append(t.name)
+        self.add_trained(t.name, model_dir)
         return model_dir
+
+    def add_trained(self, name: str, model_dir: str) -> None:
+        done = self.out / "train" / name / "study_trained.json"
+        summary = (json.loads(done.read_text()).get("summary") or {}) if done.exists() else {}
+        for d, label in summary.get("report_runs") or []:  # e.g. self-distillation's held-out runs and agreement
+            self.runs.append({"dir": d, "label": f"{name}: {label}", "model": name, "benchmark": None, "method": None})
+        self.models[name] = model_dir
+        self.trained.append(name)
 
     @staticmethod
     def _trained_dir(summary: Any, out: Path, base_spec: str) -> str:
@@ -321,8 +342,15 @@ def _merge_adapter(base_spec: str, adapter: Path, dest: Path) -> str:
 
 
 def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None = None,
-              show_progress: bool = True) -> Path:
-    """Run the study described by ``config_path`` and return the path of its HTML report."""
+              show_progress: bool = True, executor: str = "local", ray_address: str | None = None) -> Path:
+    """Run the study described by ``config_path`` and return the path of its HTML report.
+
+    ``executor="local"`` runs everything in this process, one model loaded at a time;
+    ``executor="ray"`` runs each (model, benchmark, method) run and each training as a Ray task
+    asking for the model's ``num_cpus`` / ``num_gpus`` (see :mod:`fairdistill.executors`), on a
+    local Ray instance or the cluster at ``ray_address``. The run folders are the same either way."""
+    if executor not in ("local", "ray"):
+        raise UserError(f"unknown executor {executor!r}; use local or ray")
     cfg, cfg_dir = load_study(config_path)
     out_dir = Path(out) if out is not None else Path(cfg.out or Path("runs") / cfg.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,11 +366,16 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
         keys = [b.key for b in st.benchmarks()]
         if len(keys) != len(set(keys)):
             raise UserError(f"{config_path}: a benchmark appears twice; give each an id")
-        for m in cfg.models:
-            st.evaluate_model(m.name)
-        for t in cfg.training:
-            st.train(t)
-            st.evaluate_model(t.name)
+        if executor == "ray":
+            from .executors import run_on_ray
+
+            run_on_ray(st, address=ray_address)
+        else:
+            for m in cfg.models:
+                st.evaluate_model(m.name)
+            for t in cfg.training:
+                st.train(t)
+                st.evaluate_model(t.name)
     finally:
         if cfg.data:
             if old_data is None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,9 +37,16 @@ class CachingBackend(Backend):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, kind TEXT, value TEXT)")
-        self._db.commit()
+        for attempt in range(20):  # processes of one sharded run open the file at the same moment
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, kind TEXT, value TEXT)")
+                self._db.commit()
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 19:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
         self._lock = threading.Lock()
         self.identity = backend.describe()
         self.hits = 0

@@ -18,13 +18,9 @@ from .base import Backend, GenerationRequest, GenerationResult, encode_pair
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    from ..distributed import local_device
 
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "cpu"
-    return device
+    return local_device(device)  # under torchrun / accelerate launch: this rank's GPU
 
 
 def native_bf16(device: str) -> bool:

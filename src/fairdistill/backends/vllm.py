@@ -2,9 +2,11 @@
 
 Model string ``vllm:PATH`` (a local directory or hub id). vLLM is imported only when this backend
 is built, so nothing else in fairdistill needs it. Engine options pass straight through:
-``tensor_parallel_size``, ``pipeline_parallel_size``, ``dtype``, ``gpu_memory_utilization``,
-``max_model_len``, ``quantization``, ``enforce_eager``, ``seed``, ``trust_remote_code`` and any other
-``vllm.LLM`` keyword given as ``engine_kwargs``.
+``tensor_parallel_size``, ``pipeline_parallel_size``, ``data_parallel_size``,
+``distributed_executor_backend`` (``mp`` on one node, ``ray`` across nodes), ``dtype``,
+``gpu_memory_utilization``, ``max_model_len``, ``quantization``, ``enforce_eager``, ``seed``,
+``trust_remote_code`` and any other ``vllm.LLM`` keyword given as ``engine_kwargs``. The parallel
+layout is not part of a run's identity: a run started on 2 GPUs resumes on 8.
 
 - ``generate``: ``LLM.chat`` with one ``SamplingParams`` per request (greedy at temperature 0).
 - log-likelihoods: the prompt is tokenised here exactly as the in-process backend does
@@ -19,9 +21,11 @@ from ..errors import CapabilityError, UserError
 from ..registry import BACKENDS
 from .base import Backend, GenerationRequest, GenerationResult, encode_pair
 
-ENGINE_KEYS = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "gpu_memory_utilization",
-               "max_model_len", "quantization", "enforce_eager", "seed", "trust_remote_code",
-               "max_num_seqs", "swap_space", "download_dir", "tokenizer")
+ENGINE_KEYS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "distributed_executor_backend",
+               "dtype", "gpu_memory_utilization", "max_model_len", "quantization", "enforce_eager", "seed",
+               "trust_remote_code", "max_num_seqs", "swap_space", "download_dir", "tokenizer")
+INT_KEYS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "max_model_len", "max_num_seqs",
+            "seed")
 
 
 @BACKENDS.register("vllm")
@@ -45,9 +49,15 @@ class VLLMBackend(Backend):
         kw = {k: options[k] for k in ENGINE_KEYS if options.get(k) is not None}
         if kw.get("dtype") in ("fp32", "bf16", "fp16"):
             kw["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[kw["dtype"]]
-        for k in ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "max_num_seqs", "seed"):
+        for k in INT_KEYS:
             if k in kw:
-                kw[k] = int(kw[k])
+                try:
+                    kw[k] = int(kw[k])
+                except (TypeError, ValueError):
+                    raise UserError(f"vllm option {k}={kw[k]!r} is not an integer") from None
+        if kw.get("distributed_executor_backend") not in (None, "mp", "ray", "uni", "external_launcher"):
+            raise UserError(f"unknown distributed_executor_backend {kw['distributed_executor_backend']!r}; "
+                            "use mp, ray, uni or external_launcher")
         if "gpu_memory_utilization" in kw:
             kw["gpu_memory_utilization"] = float(kw["gpu_memory_utilization"])
         kw.update(engine_kwargs or {})

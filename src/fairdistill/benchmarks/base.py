@@ -110,6 +110,8 @@ class BenchmarkOptions(BaseModel):
                                  description="dataset folder (default: $FAIRDISTILL_DATA or ../shared/data)")
     limit: PositiveInt | None = Field(None, description="items to evaluate, a seeded sample (default: all)")
     seed: int = Field(0, description="seed for sampling, subsets and bootstrap")
+    ids: Annotated[list[str] | None, BeforeValidator(option_list)] = Field(
+        None, description="evaluate only these item ids (of the sample the other options select)")
 
     @model_validator(mode="before")
     @classmethod
@@ -122,7 +124,8 @@ class BenchmarkOptions(BaseModel):
 def options_identity(opts: BenchmarkOptions) -> dict[str, Any]:
     """The options' part of the run identity."""
     out = opts.model_dump()
-    for name in opts.identity_unless_default:
+    # options added after runs were made are recorded only when set, so older identities still match
+    for name in opts.identity_unless_default | {"ids"}:
         if out.get(name) == type(opts).model_fields[name].default:
             del out[name]
     return out
@@ -254,7 +257,16 @@ class Benchmark:
     def load_items(self) -> list[dict[str, Any]]:
         """``items()`` computed once; the CLI calls it before loading a model so bad data fails fast."""
         if getattr(self, "_items_memo", None) is None:
-            self._items_memo = self.items()
+            items = self.items()
+            if self.opts.ids is not None:
+                known = {it["id"] for it in items}
+                missing = [i for i in self.opts.ids if i not in known]
+                if missing:
+                    raise UserError(f"{self.name}: {len(missing)} of the requested ids are not among its items "
+                                    f"(e.g. {missing[0]!r}); ids must come from the same options and data")
+                want = set(self.opts.ids)
+                items = [it for it in items if it["id"] in want]
+            self._items_memo = items
         return self._items_memo
 
     def check(self, ctx: EvalContext) -> None:
@@ -298,6 +310,20 @@ class Benchmark:
     @classmethod
     def paired_definitions(cls) -> dict[str, str]:
         return {}
+
+    # -- self-distillation (fairdistill.distill.self_distill) -------------------------------------
+    def question(self, item: dict[str, Any], order: list[int] | None = None) -> Any:
+        """The item as a lettered multiple-choice :class:`~fairdistill.methods.base.Question`, its options
+        shown in ``order`` (``order[d]`` = the option at letter d); records' ``pred`` index options."""
+        raise UserError(f"benchmark {self.name!r} does not pose its items as multiple-choice questions")
+
+    def template_key(self, item: dict[str, Any]) -> Any:
+        """Items sharing a key are paraphrases of one template (held out together); None: no templates."""
+        return None
+
+    def answer_role(self, item: dict[str, Any], option: int) -> str | None:
+        """What choosing ``option`` means (e.g. "unknown", "biased", "anti-biased"); None if unknown."""
+        return None
 
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows for the terminal table; default: the tidy ``rows`` of the metrics."""

@@ -143,6 +143,17 @@ class BiasQA(Benchmark):
         return lettered_question(self.lang, row["context"], row["question"], [texts[o] for o in order],
                                  {"id": row.get("id"), "order": order, **self.question_meta(row)})
 
+    def template_key(self, item: dict[str, Any]) -> Any:
+        """Items of one question template (held out together in self-distillation)."""
+        return (item["category"], item.get("question_index"))
+
+    def answer_role(self, item: dict[str, Any], option: int) -> str | None:
+        roles = self.option_roles(item)
+        if roles[option] == "unknown":
+            return "unknown"
+        b = bbq_scoring.biased_from_roles(roles, item.get("question_polarity"), option)
+        return None if b is None else ("biased" if b else "anti-biased")
+
     def parse_answer(self, row: dict, order: list[int], text: str | None) -> tuple[int | None, str]:
         """``(display index or None, status)`` of an answer to the question in ``order``."""
         texts, roles = self.option_texts(row), self.option_roles(row)
@@ -190,9 +201,10 @@ class BiasQA(Benchmark):
             ctx.backend.require(score=True, what=f"{self.title} log-likelihood mode")
 
     def check_method_options(self, method: str | None, options: dict[str, Any]) -> None:
-        if method and method != "none":
-            from ..registry import METHODS
+        from ..registry import METHODS
 
+        # a method given as an object in code is not registered: it is told the language when it runs
+        if method and method in METHODS.names():
             err = METHODS.get(method).language_error(options, self.lang_code)
             if err:
                 raise UserError(err)

@@ -145,6 +145,10 @@ class KoBBQ(BiasQA):
             out += seeded_subset(keep, self.opts.limit, f"{self.opts.seed}-{cat}")
         return out
 
+    def template_key(self, item: dict[str, Any]) -> Any:
+        sid = parse_sample_id(item["sample_id"])
+        return (sid["category"], sid["template"])
+
     def native_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         return kobbq_scores(records, seed=self.opts.seed)
 

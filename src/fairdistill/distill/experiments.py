@@ -137,12 +137,12 @@ def main() -> None:
     b.add_argument("--model", default="smollm2")
     b.add_argument("--method", default="reprompting")
     b.add_argument("--prompts", default="bbq")
-    b.add_argument("--limit", type=int, default=60)
+    b.add_argument("--limit", type=int, default=50, help="items per category and condition")
     b.add_argument("--epochs", type=float, default=3)
     b.add_argument("--lr", type=float, default=2e-4)
     b.add_argument("--categories", default=None)
     b.add_argument("--condition", default="both")
-    b.add_argument("--heldout", type=float, default=0.3, help="fraction of prompts held out for evaluation")
+    b.add_argument("--heldout", type=float, default=0.3, help="fraction of items held out for evaluation")
     b.add_argument("--out", default="runs/self_distill")
     args = ap.parse_args()
     if args.cmd == "fairdistill":
@@ -158,7 +158,7 @@ def main() -> None:
         res = run_self_distill(args.model, args.method, args.prompts, args.out, limit=args.limit, epochs=args.epochs,
                                learning_rate=args.lr, categories=args.categories, condition=args.condition,
                                heldout=args.heldout, device="cpu")
-        print(json.dumps({k: res.get(k) for k in ("heldout", "train", "teacher_seconds", "train_seconds")}, indent=2))
+        print(json.dumps({k: res.get(k) for k in ("heldout", "train", "train_seconds")}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -284,8 +284,14 @@ def _trainer_base():
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if self._parts_n and "loss" in logs:
-                for k, v in self._parts.items():
-                    logs[k] = round(v / self._parts_n, 5)
+                import torch
+
+                keys = sorted(self._parts)
+                vals = torch.tensor([self._parts[k] / self._parts_n for k in keys], device=self.args.device)
+                if self.args.world_size > 1:  # every rank logs at the same steps: mean over the ranks, as "loss"
+                    vals = self.accelerator.reduce(vals, reduction="mean")
+                for k, v in zip(keys, vals.tolist()):
+                    logs[k] = round(v, 5)
                 self._parts, self._parts_n = {}, 0
             super().log(logs, *args, **kwargs)
 
@@ -319,7 +325,7 @@ def make_fairdistill_trainer_class():
                 was = peft_model.training
                 peft_model.eval()
                 try:
-                    with peft_model.disable_adapter():
+                    with peft_model.disable_adapter():  # through the wrapper: FSDP needs its forward
                         return model(**inputs, output_hidden_states=True)
                 finally:
                     peft_model.train(was)
@@ -424,11 +430,9 @@ def _quiet(trainer) -> None:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    from ..distributed import local_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return local_device(device)  # under accelerate launch / torchrun: this rank's GPU
 
 
 @dataclass
@@ -504,35 +508,48 @@ def last_checkpoint(out: str | Path) -> str | None:
 def train_job(job: FairDistillJob) -> dict[str, Any]:
     """Train (resuming from the last checkpoint in ``job.out`` if ``resume``), save the final student
     to ``out/student`` (LoRA: merged weights there, the adapter in ``out/adapter``) and a summary to
-    ``out/fairdistill.json``; return the summary."""
+    ``out/fairdistill.json``; return the summary.
+
+    Under ``accelerate launch`` / ``torchrun`` every rank trains its share of each global batch
+    (DDP, FSDP or DeepSpeed, as accelerate is configured) and rank 0 alone writes the outputs;
+    every rank returns the summary once they are on disk."""
     resume = last_checkpoint(job.out) if job.config.resume else None
     t0 = time.perf_counter()
-    result = job.trainer.train(resume_from_checkpoint=resume)
+    trainer = job.trainer
+    result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.perf_counter() - t0
-    state = job.trainer.state
+    state = trainer.state
     student_dir = job.out / "student"
-    model = job.trainer.model
+    main = trainer.is_world_process_zero()
+    # sharded parameters (FSDP, DeepSpeed ZeRO-3) are gathered by save_model, on every rank
+    sharded = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+    model = trainer.model
     if job.kind == "lora":
-        model.save_pretrained(str(job.out / "adapter"))
-        merged = model.merge_and_unload()
-        merged.save_pretrained(str(student_dir))
-        job.student = merged
+        trainer.save_model(str(job.out / "adapter"))
+        if main and not sharded:  # sharded: the adapter alone (a study merges it into the base on load)
+            merged = model.merge_and_unload()
+            merged.save_pretrained(str(student_dir))
+            job.student = merged
     else:
-        model.save_pretrained(str(student_dir))
-    job.tokenizer.save_pretrained(str(student_dir))
+        trainer.save_model(str(student_dir))
     logs = [h for h in state.log_history if "loss" in h]
     summary = {
         "teacher": job.meta.get("teacher"), "student": job.meta.get("student"), "student_kind": job.kind,
         "masked_lm": job.meta.get("masked"), "device": job.meta.get("device"),
-        "student_params": sum(p.numel() for p in job.trainer.model.parameters()) if job.kind != "lora" else None,
+        "processes": trainer.args.world_size,
+        "student_params": sum(p.numel() for p in model.parameters()) if job.kind != "lora" else None,
         "rules": job.rules.to_dict() if job.rules is not None else None,
         "config": asdict(job.config), "examples": job.n_examples, "corpus_tokens": job.n_tokens,
         "global_step": state.global_step, "resumed_from": resume, "train_seconds": round(elapsed, 2),
         "train_loss": getattr(result, "training_loss", None), "last_log": logs[-1] if logs else None,
-        "out": str(student_dir),
+        "loss_curve": [{k: h[k] for k in ("step", "loss", "kl", "lm", "cos", "rule") if k in h} for h in logs],
+        "out": str(job.out / "adapter" if job.kind == "lora" and sharded else student_dir),
     }
-    job.out.mkdir(parents=True, exist_ok=True)
-    (job.out / "fairdistill.json").write_text(json.dumps(summary, indent=2, default=str))
+    if main:
+        job.tokenizer.save_pretrained(summary["out"])
+        job.out.mkdir(parents=True, exist_ok=True)
+        (job.out / "fairdistill.json").write_text(json.dumps(summary, indent=2, default=str))
+    trainer.accelerator.wait_for_everyone()
     return summary
 
 

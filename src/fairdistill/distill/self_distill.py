@@ -1,671 +1,525 @@
-"""Self-distillation of debiased behaviour, and CMAF adjudicated fine-tuning sets.
+"""Self-distillation of debiased behaviour (this project's synthesis, METHODS.md).
 
-Self-distillation (this project's synthesis, see METHODS.md): the teacher is the model itself
-wrapped in an inference-time method (``reprompting``, ``explanation``, ``adjudication``, ...), which
-needs several model calls per question. Its final answers on a prompt set become an SFT set; a LoRA
-adapter (peft) is trained so that the plain model, given the *baseline* prompt (one user turn), gives
-the teacher's final answer in one call. Loss is on the answer tokens only (the prompt is masked).
+The teacher is the model itself wrapped in an inference-time method (``reprompting``,
+``explanation``, ``adjudication``, ...), which needs several model calls per question. A LoRA adapter
+(peft) is trained so that the plain model, asked the benchmark's one-turn question, gives the
+teacher's answer in one call. Every evaluation is a run of the one pipeline
+(:func:`fairdistill.runner.execute`), so each stage resumes, has metrics with CIs and can be compared
+item by item like any other run. Stages of :func:`run_self_distill`:
 
-Pipeline (:func:`run_self_distill`):
+1. **items**: a benchmark that takes methods (BBQ) with its options; ``condition=both`` is one run
+   per context condition, so runs made earlier with the same options are answered from a response
+   cache. Split into train / held-out (``split=template``: whole templates held out, so held-out
+   items are other templates, not paraphrases of trained ones);
+2. **teacher** on every item (``teacher/<condition>/``);
+3. **SFT set** (``sft.jsonl``) from the teacher's answers on train items: its option letter
+   (``target=letter``), its text (``text``), or the chosen option's text under a seeded shuffled
+   option order (``option``, the default: a letter prior cannot pass for the behaviour); LoRA SFT
+   (:mod:`fairdistill.distill.sft`); the merged student is saved to ``student_model/``;
+4. **held-out evaluation** (``heldout/<condition>/{teacher,untrained,student}/``, run folders): the
+   benchmark's metrics with CIs, paired comparisons against the untrained model, agreement with the
+   teacher for student, untrained model and the best constant answer (McNemar tests), calls per item;
+5. **transfer**: benchmarks it was not trained on (``transfer``, e.g. occupation-gender, b-score),
+   untrained vs student (``transfer/<benchmark>/{untrained,student}/``).
 
-1. questions from the prompt set (BBQ rows -> lettered multiple choice, or a jsonl of prompts);
-   split into train / held-out (seeded; ``split="template"`` holds out whole BBQ templates);
-2. teacher answers (all questions; cached in ``out/teacher.jsonl``, reused on a rerun), and the
-   untrained model's baseline answers on the held-out split;
-3. SFT targets: the teacher's parsed letter (``target="letter"``), its final text
-   (``target="text"``), or the chosen option's text shown under a seeded shuffled option order
-   (``target="option"``: a letter prior cannot pass for the behaviour); answers that do not parse
-   are counted and left out;
-4. LoRA SFT with transformers' Trainer (checkpoints / resume / grad accumulation / bf16 on CUDA);
-5. evaluation on held-out (and train) items: agreement with the teacher's answers for the
-   untrained model and for the student, model calls per item, and for BBQ rows the ambiguous bias
-   score and accuracy of teacher, untrained model and student.
-
-CMAF (cross-model adjudication): :func:`build_cmaf_sets` turns adjudicated responses into an SFT
-set (accepted responses) and preference pairs (accepted vs rejected for the same prompt; TRL's
-``prompt/chosen/rejected`` conversational format); :func:`run_cmaf_finetune` trains a LoRA adapter
-on the SFT set.
+The teacher's and the untrained model's calls go through a response cache (``cache``, default
+``out/responses.sqlite``): the held-out teacher run re-reads the teacher's answers, and a rerun or a
+resumed run asks nothing twice. Evaluation runs in ``dtype`` (default ``auto``: bf16 with float32
+re-scoring where the CPU has native bf16); training in float32 on CPU.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
-import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
+from ..distributed import barrier, dist_env
 from ..errors import UserError, reject_unknown_options
-from ..methods.base import GenerationConfig, Method, MethodResult, Question, user_turn
-from ..store import JsonlLog
+from ..methods.base import Method, user_turn
+from .sft import SFTConfig, encode_chat_example, train_lora_sft, write_jsonl  # noqa: F401 (re-exported)
 
 LETTERS = "ABCDEFGHIJ"
+WHO = ("teacher", "untrained", "student")
 
 
 @dataclass
-class SelfDistillConfig:
-    """Options of :func:`run_self_distill` / :func:`run_cmaf_finetune` (keywords)."""
+class SelfDistillConfig(SFTConfig):
+    """Options of :func:`run_self_distill` (keywords); training options from :class:`SFTConfig`."""
 
-    limit: int = 60                   # prompts used in all (train + held-out), seeded sample
-    heldout: float = 0.3              # fraction of prompts held out for evaluation
-    seed: int = 0
-    categories: str | None = None     # BBQ: comma-separated categories (default: all present)
-    condition: str = "both"           # BBQ: both | ambig | disambig
-    target: str = "letter"            # SFT target: the teacher's parsed "letter", its final "text", or
-                                      # "option": the chosen option's text under a shuffled option order
-                                      # (BBQ), so a letter prior cannot pass for the behaviour
-    split: str = "random"             # held-out items: "random", or "template" (whole BBQ templates held out)
-    max_new_tokens: int = 16          # generation length of teacher / student answers
-    method_options: dict = field(default_factory=dict)  # passed to get_method(...)
-    learning_rate: float = 2e-4
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup: float = 0.1
-    weight_decay: float = 0.0
-    max_length: int = 512
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target: str = "all-linear"
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    logging_steps: int = 10
-    mixed_precision: str = "auto"
-    device: str = "auto"
-    progress: bool = True
-    resume: bool = True
+    benchmark: str = "bbq"            # a benchmark that takes methods
+    limit: int | None = 50            # items per category and condition (the benchmark's own limit)
+    categories: str | None = None     # comma-separated categories (default: all present)
+    condition: str = "both"           # both | ambig | disambig; both = one run per condition
+    permute: str = "none"             # none | cyclic: teacher, untrained and student answer every rotation
+    benchmark_options: dict = field(default_factory=dict)  # any further benchmark option
+    heldout: float = 0.3              # fraction of items held out for evaluation
+    split: str = "template"           # held-out items: whole templates ("template") or "random"
+    target: str = "option"            # SFT target: "option" text under a shuffled order, "letter", "text"
+    max_new_tokens: int = 16          # answer length of teacher / untrained / student
+    method_options: dict = field(default_factory=dict)  # the teacher method's options
+    cache: str | None = None          # response cache (sqlite) of teacher and untrained calls
+    dtype: str = "auto"               # dtype of every evaluation
     evaluate: bool = True
-    eval_train: bool = True           # also report agreement on the training prompts
+    eval_train: bool = False          # also evaluate untrained model and student on the training items
+    transfer: list = field(default_factory=list)  # benchmarks not trained on: names or {name, options}
 
     @classmethod
     def from_kwargs(cls, **kw: Any) -> "SelfDistillConfig":
         reject_unknown_options(kw, (f.name for f in fields(cls)), "self-distillation")
         cfg = cls(**kw)
-        if cfg.target not in ("letter", "text", "option"):
-            raise UserError(f"unknown target {cfg.target!r}; use letter, text or option")
-        if cfg.split not in ("random", "template"):
-            raise UserError(f"unknown split {cfg.split!r}; use random or template")
-        if not 0 <= cfg.heldout < 1:
-            raise UserError("heldout must be a fraction in [0, 1)")
+        for name, allowed in (("target", ("letter", "text", "option")), ("split", ("random", "template")),
+                              ("condition", ("both", "ambig", "disambig")), ("permute", ("none", "cyclic"))):
+            if getattr(cfg, name) not in allowed:
+                raise UserError(f"unknown {name} {getattr(cfg, name)!r}; use {', '.join(allowed)}")
+        if not 0 < cfg.heldout < 1:
+            raise UserError("heldout must be a fraction in (0, 1)")
+        if isinstance(cfg.transfer, str):
+            cfg.transfer = [t for t in cfg.transfer.split(",") if t]
         return cfg
 
 
-# -- prompts -------------------------------------------------------------------------------------
-def bbq_question(row: dict) -> Question:
-    """The BBQ lettered multiple-choice question (the benchmark module's own when available)."""
-    try:
-        from ..benchmarks.bbq import mc_question
+# -- stage 1: items ------------------------------------------------------------------------------
+def item_specs(model: str, prompts: str, cfg: SelfDistillConfig) -> dict[str, Any]:
+    """condition -> RunSpec of the plain model on the items. ``prompts``: a benchmark name, its data
+    folder, or one BBQ category file (``.../Age.jsonl``: that category's folder and name)."""
+    from ..registry import BENCHMARKS
+    from ..runner import RunSpec
 
-        q = mc_question(row)
-    except ImportError:  # pragma: no cover - the benchmark module is optional here
-        opts = [row["ans0"], row["ans1"], row["ans2"]]
-        body = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts))
-        q = Question(prompt=f"{row['context']}\n{row['question']}\n{body}",
-                     answer_instruction="Answer with a single letter.", options=opts)
-    q.meta = {**(q.meta or {}), "id": row.get("id") or f"{row.get('category')}-{row.get('example_id')}", "bbq_row": row}
-    return q
-
-
-def _is_bbq_row(row: dict) -> bool:
-    return all(k in row for k in ("context", "question", "ans0", "ans1", "ans2"))
-
-
-def load_prompt_questions(prompts: str | Sequence[Question], cfg: SelfDistillConfig) -> list[Question]:
-    """Questions from ``prompts``: ``"bbq"`` (the BBQ data folder), a folder of BBQ category jsonl files,
-    one BBQ jsonl file, a jsonl of ``{"prompt", "answer_instruction"?, "options"?, "id"?}`` rows, or a list
-    of :class:`Question`. A seeded sample of ``cfg.limit`` questions (spread over files) is returned."""
-    from ..data import find_dataset, read_jsonl
-
-    if not isinstance(prompts, (str, os.PathLike)):
-        qs = list(prompts)
-    else:
-        p = find_dataset("bbq") if str(prompts) == "bbq" else Path(prompts).expanduser()
+    bench, data, cats = cfg.benchmark, None, cfg.categories
+    if prompts in BENCHMARKS.names():
+        bench = prompts
+    elif str(prompts) != "bbq":
+        p = Path(prompts).expanduser()
         if not p.exists():
-            raise UserError(f"prompt set not found: {prompts}")
-        files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
-        if cfg.categories:
-            want = [c for c in str(cfg.categories).split(",") if c]
-            files = [f for f in files if f.stem in want]
-            if not files:
-                raise UserError(f"no prompt files for categories {cfg.categories} in {p}")
-        if not files:
-            raise UserError(f"no .jsonl prompt files in {p}")
-        per_file: list[list[Question]] = []
-        for f in files:
-            rows = list(read_jsonl(f))
-            qs_f = []
-            for k, row in enumerate(rows, 1):
-                if _is_bbq_row(row):
-                    if cfg.condition != "both" and row.get("context_condition") != cfg.condition:
-                        continue
-                    qs_f.append(bbq_question(row))
-                elif isinstance(row.get("prompt"), str):
-                    qs_f.append(Question(prompt=row["prompt"],
-                                         answer_instruction=row.get("answer_instruction", "Answer with a single letter."),
-                                         options=list(row.get("options") or []),
-                                         meta={"id": row.get("id", f"{f.stem}-{k}")}))
-                else:
-                    raise UserError(f"{f}: row {k} is neither a BBQ item nor has a 'prompt' field")
-            per_file.append(qs_f)
-        rng = random.Random(cfg.seed)
-        for qs_f in per_file:
-            rng.shuffle(qs_f)
-        qs = []  # round-robin over files so a small limit still covers every category
-        while any(per_file) and len(qs) < cfg.limit:
-            for qs_f in per_file:
-                if qs_f and len(qs) < cfg.limit:
-                    qs.append(qs_f.pop())
-    if not qs:
-        raise UserError(f"prompt set {prompts} has no questions")
-    return qs[: cfg.limit]
+            raise UserError(f"prompt set not found: {prompts} (give a benchmark name, its data folder or a category file)")
+        if p.is_file():
+            if p.suffix != ".jsonl":
+                raise UserError(f"{p}: self-distillation reads a benchmark's items; give its data folder or a category .jsonl")
+            data, cats = str(p.parent), cats or p.stem
+        else:
+            data = str(p)
+    cls = BENCHMARKS.get(bench)
+    cls.check_method("teacher")
+    fields_ = cls.Options.model_fields
+    opts = {"mode": "generate", "max_new_tokens": cfg.max_new_tokens, "categories": cats,
+            **({"permute": cfg.permute} if cfg.permute != "none" else {}), **cfg.benchmark_options}
+    opts = {k: v for k, v in opts.items() if k in fields_ or k in cfg.benchmark_options}
+    conds = ["ambig", "disambig"] if cfg.condition == "both" else [cfg.condition]
+    if "condition" not in fields_:
+        conds = ["all"]
+    return {c: RunSpec(model=model, benchmark=bench, options={**opts, **({"condition": c} if c != "all" else {})},
+                       seed=cfg.seed, data=data, limit=cfg.limit) for c in conds}
 
 
-def split_questions(qs: Sequence[Question], heldout: float, seed: int,
-                    by: str = "random") -> tuple[list[Question], list[Question]]:
-    """(train, held-out). ``by="template"``: whole BBQ templates (category + question_index) are held
-    out, so held-out items are other templates, not paraphrases of trained ones."""
-    n_held = int(round(len(qs) * heldout))
-    if by == "template":
-        def key(q):
-            row = (q.meta or {}).get("bbq_row") or {}
-            return (row.get("category"), row.get("question_index")) if row else ("#", q.meta.get("id"))
-
-        groups: dict = {}
-        for k, q in enumerate(qs):
-            groups.setdefault(key(q), []).append(k)
-        order = sorted(groups, key=str)
-        random.Random(f"split-{seed}").shuffle(order)
-        held: set[int] = set()
-        for g in order:
-            if len(held) >= n_held:
-                break
-            held.update(groups[g])
-    elif by == "random":
-        idx = list(range(len(qs)))
-        random.Random(f"split-{seed}").shuffle(idx)
-        held = set(idx[:n_held])
-    else:
-        raise UserError(f"unknown split {by!r}; use random or template")
-    return [q for k, q in enumerate(qs) if k not in held], [q for k, q in enumerate(qs) if k in held]
+def split_items(benches: dict[str, Any], items: dict[str, list[dict]], heldout: float, seed: int,
+                by: str = "template") -> set[str]:
+    """The held-out item ids. ``by="template"``: whole templates (the benchmark's ``template_key``,
+    across conditions) are held out until the held-out share reaches ``heldout``."""
+    keyed = [(benches[c].template_key(it) if by == "template" else None, it["id"]) for c in items for it in items[c]]
+    if by == "template" and any(k is None for k, _ in keyed):
+        raise UserError(f"benchmark {next(iter(benches.values())).name!r} has no templates; use split=random")
+    n_held = int(round(len(keyed) * heldout))
+    groups: dict[str, list[str]] = {}
+    for k, i in keyed:
+        groups.setdefault(str(k) if by == "template" else i, []).append(i)
+    order = sorted(groups)
+    random.Random(f"split-{seed}").shuffle(order)
+    held: set[str] = set()
+    for g in order:
+        if len(held) >= n_held:
+            break
+        held.update(groups[g])
+    return held
 
 
-def sft_example(q: Question, teacher_record: dict, target: str, seed: int) -> dict[str, Any]:
-    """One SFT example: the baseline prompt and the completion the student should learn."""
-    row = (q.meta or {}).get("bbq_row")
-    pred = teacher_record["pred"]
+# -- stage 3: SFT examples -----------------------------------------------------------------------
+def sft_example(bench, item: dict, record: dict, target: str, seed: int) -> dict[str, Any] | None:
+    """The baseline question and the completion the student should learn; None when the teacher's
+    answer cannot serve as this target (no parsed option; ``text`` under rotation naming another option)."""
+    pred = record.get("pred")
+    if pred is None:
+        return None
+    pred = int(pred)
+    if target == "option":
+        order = list(range(len(bench.question(item).options)))
+        random.Random(f"order-{seed}-{item['id']}").shuffle(order)
+        q = bench.question(item, order)
+        return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": q.options[order.index(pred)],
+                "order": order}
+    q = bench.question(item)
     if target == "letter":
         return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": LETTERS[pred]}
-    if target == "text":
-        return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": teacher_record["final_text"]}
-    if target != "option":
-        raise UserError(f"unknown self-distillation target {target!r}; use letter, text or option")
-    if row is None:  # a free-form prompt's options cannot be reordered: the option text, as asked
-        return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": q.options[pred]}
-    from ..benchmarks.bbq import mc_question
-
-    order = [0, 1, 2]
-    random.Random(f"order-{seed}-{q.meta.get('id')}").shuffle(order)
-    shown = mc_question(row, order)
-    return {"messages": [{"role": "user", "content": user_turn(shown)}], "completion": row[f"ans{pred}"],
-            "order": order}
-
-
-# -- parsing -------------------------------------------------------------------------------------
-def parse_answer(q: Question, text: str) -> tuple[int | None, str]:
-    """Option index of a final answer: BBQ's own parser for BBQ questions, else a letter pattern or
-    an option's text. Returns (index or None, status)."""
-    row = (q.meta or {}).get("bbq_row")
-    if row is not None:
-        from ..benchmarks.bbq_scoring import parse_generated_answer
-
-        return parse_generated_answer(row, text)
-    from ..benchmarks.bbq_scoring import parse_letter
-
-    t = (text or "").strip().replace("**", "")
-    k = parse_letter(t, LETTERS[: len(q.options) or len(LETTERS)])
-    if k is not None:
-        return k, "ok"
-    low = t.lower()
-    hits = [i for i, o in enumerate(q.options) if o and o.lower() in low]
-    if len(hits) == 1:
-        return hits[0], "ok"
-    return None, "unparseable"
-
-
-# -- SFT data ------------------------------------------------------------------------------------
-def encode_chat_example(tokenizer, messages: list[dict], completion: str, max_length: int) -> dict[str, list[int]]:
-    """Token ids and labels for one prompt/completion pair in the model's chat format; the loss is
-    on the completion (the assistant answer and the template's end-of-turn tokens) only."""
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}], tokenize=False)
-    if full.startswith(prompt):
-        comp_text = full[len(prompt):]
-    else:  # template re-renders earlier turns differently: fall back to answer + EOS
-        comp_text = completion + (tokenizer.eos_token or "")
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c_ids = tokenizer(comp_text, add_special_tokens=False)["input_ids"]
-    if len(p_ids) + len(c_ids) > max_length:
-        p_ids = p_ids[-(max_length - len(c_ids)):] if len(c_ids) < max_length else []
-        c_ids = c_ids[:max_length]
-    return {"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids}
-
-
-def completion_collator(pad_id: int):
-    """Right-pads input_ids / labels (-100) / attention_mask to the batch's longest example."""
-    import torch
-
-    def collate(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
-        n = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-        lab = torch.full((len(batch), n), -100, dtype=torch.long)
-        att = torch.zeros((len(batch), n), dtype=torch.long)
-        for r, b in enumerate(batch):
-            k = len(b["input_ids"])
-            ids[r, :k] = torch.tensor(b["input_ids"])
-            lab[r, :k] = torch.tensor(b["labels"])
-            att[r, :k] = 1
-        return {"input_ids": ids, "labels": lab, "attention_mask": att}
-
-    return collate
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-            n += 1
-    return n
-
-
-def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: SelfDistillConfig):
-    """LoRA SFT on ``examples`` (``{"messages", "completion"}``); returns (peft model, train summary)."""
-    import torch
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import Trainer
-
-    from .fairdistill import FairDistillConfig, _quiet, _resolve_device, last_checkpoint, rich_progress_callback, \
-        training_arguments
-
-    if not examples:
-        raise UserError("the SFT set is empty (no teacher answer could be used as a target)")
-    rows = [encode_chat_example(tokenizer, e["messages"], e["completion"], cfg.max_length) for e in examples]
-    torch.manual_seed(cfg.seed)
-    device = _resolve_device(cfg.device)
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.lora_target, task_type=TaskType.CAUSAL_LM)
-    peft_model = get_peft_model(model, lcfg)
-    fd_like = FairDistillConfig(learning_rate=cfg.learning_rate, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-                                batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
-                                max_steps=cfg.max_steps, save_steps=cfg.save_steps,
-                                save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
-                                seed=cfg.seed, mixed_precision=cfg.mixed_precision)
-    args = training_arguments(out / "checkpoints", fd_like, device)
-    trainer = Trainer(model=peft_model, args=args, train_dataset=rows,
-                      data_collator=completion_collator(tokenizer.pad_token_id))
-    _quiet(trainer)
-    if cfg.progress:
-        trainer.add_callback(rich_progress_callback())
-    resume = last_checkpoint(out / "checkpoints") if cfg.resume else None
-    t0 = time.perf_counter()
-    res = trainer.train(resume_from_checkpoint=resume)
-    peft_model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
-    return peft_model, {"train_examples": len(rows), "global_step": trainer.state.global_step,
-                        "train_loss": getattr(res, "training_loss", None), "resumed_from": resume,
-                        "train_seconds": round(time.perf_counter() - t0, 2)}
+    # text: the teacher's own words in the dataset's option order
+    first = (record.get("rotations") or [record])[0]
+    if first.get("option", pred) != pred or first.get("order", list(range(len(q.options)))) != list(range(len(q.options))):
+        return None
+    return {"messages": [{"role": "user", "content": user_turn(q)}], "completion": first["final_text"]}
 
 
 # -- teacher -------------------------------------------------------------------------------------
-def make_teacher(method: str | Method | type | Callable, backend, options: dict) -> Method:
-    """A Method instance from a registered name, a Method, a Method subclass or a factory(backend)."""
+def make_teacher(method: str | Method | type | Callable, backend, options: dict) -> tuple[Method, str]:
+    """(Method instance, name) from a registered name, a Method, a Method subclass or a factory(backend)."""
     from ..methods.base import get_method
 
-    if isinstance(method, Method):
-        return method
     if isinstance(method, str):
-        return get_method(method, backend, **options)
-    if isinstance(method, type) and issubclass(method, Method):
-        return method(backend, **options)
-    if callable(method):
-        return method(backend)
-    raise UserError(f"cannot use {method!r} as a teacher method")
+        return get_method(method, backend, **options), method
+    if isinstance(method, Method):
+        m = method
+    elif isinstance(method, type) and issubclass(method, Method):
+        m = method(backend, **options)
+    elif callable(method):
+        m = method(backend)
+    else:
+        raise UserError(f"cannot use {method!r} as a teacher method")
+    return m, getattr(m, "name", type(m).__name__)
 
 
-def _answers_records(qs: Sequence[Question], results: Sequence[MethodResult]) -> list[dict]:
-    out = []
-    for q, r in zip(qs, results):
-        idx, status = parse_answer(q, r.text)
-        out.append({"id": (q.meta or {}).get("id"), "prompt": user_turn(q), "final_text": r.text, "pred": idx,
-                    "status": status, "calls": r.calls, "transcript": r.transcript})
-    return out
+# -- evaluation summaries ------------------------------------------------------------------------
+def _agree(a: dict, b: dict) -> bool:
+    return a.get("pred") is not None and a.get("pred") == b.get("pred")
 
 
-def _agreement(a: Sequence[dict], b: Sequence[dict]) -> dict[str, Any]:
-    both = [(x["pred"], y["pred"]) for x, y in zip(a, b) if y["pred"] is not None]
-    agree = sum(1 for x, y in both if x == y)
-    return {"agreement": round(agree / len(both), 4) if both else None, "n": len(both)}
-
-
-def _letter_counts(recs: Sequence[dict]) -> dict[str, int]:
-    """How often each option letter was answered (a student that collapsed onto one letter shows here)."""
-    counts: dict[str, int] = {}
-    for r in recs:
-        k = LETTERS[r["pred"]] if r["pred"] is not None else "unparsed"
-        counts[k] = counts.get(k, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def _mean_calls(recs: Sequence[dict]) -> float:
-    return round(sum(r["calls"] for r in recs) / max(len(recs), 1), 3)
-
-
-def _changed_items(base: Sequence[dict], student: Sequence[dict], teacher: Sequence[dict]) -> dict[str, Any]:
-    """Agreement where it is informative: items whose teacher answer differs from the untrained model's.
-
-    When the method rarely changes the model's answer, overall agreement is high before any training;
-    the items it does change say whether the student learned the method's behaviour. McNemar's exact
-    test compares the student's and the untrained model's agreement with the teacher, item by item.
-    """
+def agreement_summary(bench_of: Callable[[str], Any], items: dict[str, dict], recs: dict[str, dict[str, dict]],
+                      constant_role: str | None) -> dict[str, Any]:
+    """Agreement with the teacher of the untrained model, the student and the best constant answer
+    on the same items, with McNemar's exact tests (student vs each); answer roles; calls per item."""
     from ..stats.paired import mcnemar_exact
 
-    keep = [k for k, t in enumerate(teacher) if t["pred"] is not None]
-    changed = [k for k in keep if base[k]["pred"] != teacher[k]["pred"]]
-    test = mcnemar_exact([base[k]["pred"] == teacher[k]["pred"] for k in keep],
-                         [student[k]["pred"] == teacher[k]["pred"] for k in keep])
-    return {"n": len(changed),
-            "student_matches_teacher": sum(student[k]["pred"] == teacher[k]["pred"] for k in changed),
-            "student_keeps_untrained": sum(student[k]["pred"] == base[k]["pred"] for k in changed),
-            "agreement_mcnemar": {"gained": test["incorrect->correct"], "lost": test["correct->incorrect"],
-                                  "p_value": test["p_value"]}}
+    ids = [i for i in items if recs["teacher"][i].get("pred") is not None]
+    t = recs["teacher"]
 
+    def const_pred(i: str) -> int | None:
+        it = items[i]
+        n = len(bench_of(i).question(it).options)
+        return next((k for k in range(n) if bench_of(i).answer_role(it, k) == constant_role), None)
 
-def _bbq_summary(qs: Sequence[Question], recs: Sequence[dict]) -> dict[str, Any] | None:
-    rows = [(q.meta or {}).get("bbq_row") for q in qs]
-    if not rows or any(r is None for r in rows):
-        return None
-    from ..benchmarks.bbq_scoring import bbq_metrics
+    hits = {"untrained": [_agree(recs["untrained"][i], t[i]) for i in ids],
+            "student": [_agree(recs["student"][i], t[i]) for i in ids],
+            "constant": [const_pred(i) is not None and const_pred(i) == t[i]["pred"] for i in ids]}
+    out: dict[str, Any] = {"n": len(ids), "teacher_unparsed": len(items) - len(ids),
+                           "constant_answer": constant_role}
+    for who, h in hits.items():
+        out[f"{who}_vs_teacher"] = round(sum(h) / len(h), 4) if h else None
+    for other in ("untrained", "constant"):
+        test = mcnemar_exact(hits[other], hits["student"])
+        out[f"student_vs_{other}_mcnemar"] = {"student_only": test["incorrect->correct"],
+                                              f"{other}_only": test["correct->incorrect"], "p_value": test["p_value"]}
+    changed = [k for k, i in enumerate(ids) if recs["untrained"][i].get("pred") != t[i]["pred"]]
+    out["where_teacher_changed_answer"] = {"n": len(changed),
+                                           "student_matches_teacher": sum(hits["student"][k] for k in changed)}
 
-    scored = [{**row, "pred": rec["pred"], "pred_status": rec["status"]} for row, rec in zip(rows, recs)]
-    try:
-        m = bbq_metrics(scored, pred_key="pred", n_boot=200)
-    except UserError:
-        return None
-    out = {}
-    for r in m["rows"]:
-        if r["category"] == "overall":
-            out[f"{r['condition']}_{r['metric']}"] = r["value"]
+    def role(i: str, who: str) -> str:
+        p = recs[who][i].get("pred")
+        return "unparsed" if p is None else (bench_of(i).answer_role(items[i], int(p)) or "other")
+
+    out["answers"] = {who: dict(sorted(Counter(role(i, who) for i in items).items())) for who in WHO}
+    out["calls_per_item"] = {who: round(sum(recs[who][i].get("calls") or 1 for i in items) / max(len(items), 1), 3)
+                             for who in WHO}
     return out
 
 
-def _answer_all(method: Method, qs: Sequence[Question], gen: GenerationConfig, batch: int = 16,
-                desc: str | None = None, show: bool = False,
-                on_batch: Callable[[Sequence[Question], list[MethodResult]], None] | None = None,
-                ) -> list[MethodResult]:
-    """Answer ``qs`` in batches; ``on_batch`` sees each finished batch (to store it at once)."""
-    from ..runner import progress_bar
-
-    out: list[MethodResult] = []
-    with progress_bar(disable=not show) as bar:
-        task = bar.add_task(desc or getattr(method, "name", "answers"), total=len(qs), rate="")
-        for i in range(0, len(qs), batch):
-            chunk = qs[i:i + batch]
-            res = method.answer(chunk, gen)
-            out += res
-            if on_batch is not None:
-                on_batch(chunk, res)
-            bar.update(task, advance=len(chunk))
-    return out
+AGREEMENT_DEFINITIONS = {
+    "agreement with teacher": "share of the items the teacher answered on which this model (or the constant answer) "
+                              "gave the teacher's option; 95% Wilson interval",
+    "p (student vs this)": "McNemar exact test of the student's agreement against this row's, item by item",
+    "constant": "the best constant answer: always the answer role (unknown / biased / anti-biased) the teacher "
+                "gave most often on the training items",
+}
 
 
-def run_self_distill(model: str, method: str | Method | type | Callable, prompts: str | Sequence[Question], out: str,
-                     **config: Any) -> dict[str, Any]:
-    """Self-distil an inference-time method into a LoRA adapter on the plain model.
+def write_summary_run(folder: Path, evaluation: dict[str, Any], identity: dict[str, Any]) -> None:
+    """The agreement figures as a run folder of tidy rows, so reports render them like any benchmark."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for split in ("heldout", "train"):
+        ag = (evaluation.get(split) or {}).get("agreement")
+        if not ag:
+            continue
+        for who in ("student", "untrained", "constant"):
+            v, n = ag[f"{who}_vs_teacher"], ag["n"]
+            lo = hi = None
+            if v is not None and n:
+                ci = binomtest(round(v * n), n).proportion_ci(method="wilson")
+                lo, hi = ci.low, ci.high
+            p = None if who == "student" else ag[f"student_vs_{who}_mcnemar"]["p_value"]
+            rows.append({"split": split, "model": who + (f" ({ag['constant_answer']})" if who == "constant" else ""),
+                         "metric": "agreement with teacher", "value": v, "ci_low": lo, "ci_high": hi, "n": n,
+                         "p (student vs this)": p})
+        for who, calls in ag["calls_per_item"].items():
+            rows.append({"split": split, "model": who, "metric": "calls per item", "value": calls, "n": ag["n"]})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"identity": identity}, indent=2, default=str))
+    (folder / "metrics.json").write_text(json.dumps({"rows": rows, "definitions": AGREEMENT_DEFINITIONS}, indent=2,
+                                                    default=str))
+
+
+def _overall_rows(run_dir: Path) -> list[dict]:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return [r for r in m.get("rows", []) if r.get("category", "overall") == "overall"]
+
+
+def _comparison_rows(comp: dict) -> list[dict]:
+    return [r for r in comp["rows"] if r.get("run") == "difference"]
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+def run_self_distill(model: str | Any, method: str | Method | type | Callable, prompts: str = "bbq",
+                     out: str = "runs/self-distill", **config: Any) -> dict[str, Any]:
+    """Self-distil an inference-time method into a LoRA adapter on the plain model (stages: module docstring).
 
     Arguments:
-        model: model string (directory, hub id, built-in name such as ``smollm2``); a chat model.
-        method: the teacher: a registered method name (``reprompting``, ``explanation``,
-            ``adjudication``, ...; options via ``method_options={...}``), or a Method instance /
-            subclass / factory ``backend -> Method`` (test doubles, custom teachers).
-        prompts: ``"bbq"``, a folder of BBQ category jsonl files, one BBQ jsonl file, or a jsonl
-            of ``{"prompt", "answer_instruction"?, "options"?, "id"?}`` rows.
-        out: output folder: ``teacher.jsonl`` (the teacher's answers and transcripts; reused on a
-            rerun), ``sft.jsonl`` (the SFT set), ``adapter/`` (the LoRA adapter + tokenizer; load
-            with peft), ``checkpoints/``, ``eval.jsonl`` (held-out answers), ``self_distill.json``.
-        **config: any :class:`SelfDistillConfig` field: limit (60), heldout (0.3), seed,
-            categories, condition (both|ambig|disambig), target (letter|text|option), split
-            (random|template), max_new_tokens (16),
-            method_options, learning_rate (2e-4), epochs (3), max_steps, batch_size (4),
-            grad_accum, warmup, max_length (512), lora_r (8) / lora_alpha (16) / lora_dropout /
-            lora_target (all-linear), save_steps, mixed_precision, device, progress, resume,
-            evaluate, eval_train.
+        model: model string (built-in name such as ``qwen2.5-coder-1.5b``, folder, hub id), or an
+            in-process :class:`~fairdistill.backends.hf.HFBackend` (tests; the adapter is then taken
+            out of its model again at the end).
+        method: the teacher: a registered method name (options via ``method_options={...}``), or a
+            Method instance / subclass / factory ``backend -> Method`` (custom teachers, test doubles).
+        prompts: ``"bbq"`` (or another benchmark name), the benchmark's data folder, or one BBQ
+            category file.
+        out: output folder (see the module docstring for its layout); rerun to resume.
+        **config: any :class:`SelfDistillConfig` field.
 
-    Returns the summary written to ``out/self_distill.json``: on held-out prompts, agreement of the
-    untrained model's and of the student's one-pass answers with the teacher's answers, next to the
-    agreement of a constant answer (the teacher's most frequent training answer: what a student that
-    collapsed onto one letter gets) and on the items where the teacher changed the untrained answer;
-    how often each letter was answered; calls per item (teacher vs 1); and for BBQ prompts the
-    ambiguous / disambiguated bias score and accuracy of teacher, untrained model and student.
+    Returns the summary written to ``out/self_distill.json``.
     """
-    from ..backends.hf import HFBackend
-    from ..methods.base import get_method
-
-    cfg = SelfDistillConfig.from_kwargs(**config)
-    outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
-    from .fairdistill import _resolve_device
-
-    device = _resolve_device(cfg.device)
-    backend = model if isinstance(model, HFBackend) else HFBackend.from_spec(str(model), device=device, dtype="float32")
-    backend.require(chat=True, what="self-distillation")
-    qs = load_prompt_questions(prompts, cfg)
-    train_q, held_q = split_questions(qs, cfg.heldout, cfg.seed, by=cfg.split)
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
-
-    t_recs, n_cached, teacher_seconds = _teacher_answers(method, backend, qs, gen, cfg, outp)
-    # the untrained model, baseline prompt, one call (before the adapter exists)
-    eval_q = list(held_q) + (list(train_q) if cfg.eval_train else [])
-    base_recs = _answers_records(eval_q, _answer_all(get_method("baseline", backend), eval_q, gen,
-                                                     desc="untrained model", show=cfg.progress)) if cfg.evaluate else []
-    sft, skipped = _sft_set(train_q, t_recs, cfg, outp)
-    peft_model, train_info = train_lora_sft(backend.model, backend.tokenizer, sft, outp, cfg)
+    job = _Job(model, prompts, Path(out), SelfDistillConfig.from_kwargs(**config))
+    eval_be = _eval_backend(model, job.cfg, job.out)
+    teacher, job.teacher_name = make_teacher(method, eval_be, job.cfg.method_options)
+    t_recs = job.teacher_answers(eval_be, teacher)
+    if job.cfg.evaluate:
+        job.evaluate_before(eval_be, teacher)
+    sft, skipped = job.sft_set(t_recs)
+    eval_be.close()  # the in-process model stays usable: an HF backend's close releases nothing
+    del eval_be, teacher
+    gc.collect()
+    student_be, peft_model, train_info = job.train(sft)
+    summary: dict[str, Any] = {
+        "model": job.model_name, "method": job.teacher_name, "benchmark": next(iter(job.specs.values())).benchmark,
+        "prompts": str(prompts), "config": asdict(job.cfg), "n_items": len(job.cond_of), "n_train": len(job.train_ids),
+        "n_heldout": len(job.held), "sft_examples": len(sft), "sft_skipped": skipped, **train_info,
+        **({} if job.in_process else {"model_dir": str(job.student_dir.resolve())}),
+    }
     try:
-        summary: dict[str, Any] = {
-            "model": str(model) if isinstance(model, str) else backend.name,
-            "method": method if isinstance(method, str) else getattr(method, "name", type(method).__name__),
-            "prompts": str(prompts) if isinstance(prompts, (str, os.PathLike)) else "inline",
-            "config": asdict(cfg), "n_prompts": len(qs), "n_train": len(train_q), "n_heldout": len(held_q),
-            "sft_examples": len(sft), "sft_skipped_unparsed_teacher": skipped,
-            "teacher_seconds": round(teacher_seconds, 2), "teacher_cached": n_cached, **train_info,
-        }
-        if cfg.evaluate:
-            student_be = HFBackend(peft_model, backend.tokenizer, name=f"{backend.name}+self-distill",
-                                   batch_size=backend.batch_size, device=backend.device)
-            stud_recs = _answers_records(eval_q, _answer_all(get_method("baseline", student_be), eval_q, gen,
-                                                             desc="student", show=cfg.progress))
-            summary.update(_evaluation(train_q, held_q, t_recs, base_recs, stud_recs, cfg, outp))
-        (outp / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
+        if job.cfg.evaluate:
+            summary.update(job.evaluate_after(student_be, t_recs))
+        summary["report_runs"] = [[str(d), label] for d, label in job.report_runs()] if job.cfg.evaluate else []
+        if dist_env().is_main:
+            (job.out / "self_distill.json").write_text(json.dumps(summary, indent=2, default=str))
     finally:
-        if isinstance(model, HFBackend):  # peft injected the adapter into the caller's model: take it out
+        if peft_model is not None:  # peft injected the adapter into the caller's model: take it out
             peft_model.unload()
     return summary
 
 
-def _teacher_answers(method, backend, qs: Sequence[Question], gen: GenerationConfig, cfg: SelfDistillConfig,
-                     outp: Path) -> tuple[dict[str, dict], int, float]:
-    """The teacher's answer to every question, appended to ``teacher.jsonl`` batch by batch and reused
-    on a rerun. Returns (records by id, how many were cached, seconds spent now)."""
-    t_log = JsonlLog(outp / "teacher.jsonl")
-    cached = t_log.load() if cfg.resume else {}
-    todo = [q for q in qs if (q.meta or {}).get("id") not in cached]
-    t0 = time.perf_counter()
-    if todo:
-        if not cfg.resume:
-            t_log.path.unlink(missing_ok=True)
-        teacher = make_teacher(method, backend, cfg.method_options)
+class _Job:
+    """The state the stages share: items, split, run folders."""
 
-        def keep(chunk: Sequence[Question], res: list[MethodResult]) -> None:
-            recs = _answers_records(chunk, res)
-            t_log.append(recs)
-            cached.update((r["id"], r) for r in recs)
+    def __init__(self, model: Any, prompts: str, out: Path, cfg: SelfDistillConfig):
+        from ..backends.hf import HFBackend
 
-        try:
-            _answer_all(teacher, todo, gen, desc=f"teacher ({getattr(teacher, 'name', 'method')})",
-                        show=cfg.progress, on_batch=keep)
-        finally:
-            t_log.close()
-    return {q.meta["id"]: cached[q.meta["id"]] for q in qs}, len(qs) - len(todo), time.perf_counter() - t0
+        self.cfg, self.out = cfg, out
+        out.mkdir(parents=True, exist_ok=True)
+        self.in_process = isinstance(model, HFBackend)
+        self.model = model
+        self.model_name = model.name if self.in_process else str(model)
+        self.specs = item_specs(self.model_name, prompts, cfg)
+        self.benches = {c: s.build_benchmark() for c, s in self.specs.items()}  # bad options fail before a model loads
+        items = {c: b.load_items() for c, b in self.benches.items()}
+        self.cond_of = {it["id"]: c for c in items for it in items[c]}
+        self.item = {it["id"]: it for c in items for it in items[c]}
+        if len(self.cond_of) != sum(map(len, items.values())):
+            raise UserError("item ids repeat across conditions; self-distillation needs unique ids")
+        self.held = split_items(self.benches, items, cfg.heldout, cfg.seed, by=cfg.split)
+        self.train_ids = [i for i in self.cond_of if i not in self.held]
+        self.splits = {"heldout": sorted(self.held), **({"train": sorted(self.train_ids)} if cfg.eval_train else {})}
+        self.dirs: dict[str, dict[str, dict[str, Path]]] = {}
+        self.transfer = [_transfer_entry(t) for t in cfg.transfer]
+        self.transfer_dirs: dict[str, dict[str, Path]] = {}
+        self.student_dir = out / "student_model"
+        self.student_name = self.model_name + "+self-distill" if self.in_process else str(self.student_dir)
+        self.teacher_name = "teacher"
+
+    def run(self, cond: str, who: str, backend, *, ids: Sequence[str] | None = None, teacher: Method | None = None,
+            sub: str = "heldout") -> Path:
+        from ..runner import execute
+
+        spec = self.specs[cond]
+        opts = dict(spec.options) if ids is None else {**spec.options, "ids": [i for i in ids if self.cond_of[i] == cond]}
+        upd: dict[str, Any] = {"options": opts, "model": self.student_name if who == "student" else self.model_name,
+                               "out": self.out / (f"teacher/{cond}" if sub == "all" else f"{sub}/{cond}/{who}")}
+        if teacher is not None:
+            upd.update(method=self.teacher_name, method_options=self.cfg.method_options)
+        run_dir, _ = execute(spec.model_copy(update=upd), backend, method=teacher, show_progress=self.cfg.progress,
+                             extra_config={"self_distill": {"role": who, "split": sub}})
+        return run_dir
+
+    def teacher_answers(self, backend, teacher: Method) -> dict[str, dict]:
+        return {i: r for c in self.specs for i, r in _records(self.run(c, "teacher", backend, teacher=teacher,
+                                                                       sub="all")).items()}
+
+    def evaluate_before(self, backend, teacher: Method) -> None:
+        """The teacher (from the cache) and the untrained model on the evaluated items; transfer benchmarks."""
+        for sub, ids in self.splits.items():
+            for c in self.specs:
+                d = self.dirs.setdefault(sub, {}).setdefault(c, {})
+                d["teacher"] = self.run(c, "teacher", backend, ids=ids, teacher=teacher, sub=sub)
+                d["untrained"] = self.run(c, "untrained", backend, ids=ids, sub=sub)
+        for t in self.transfer:
+            self.transfer_dirs[t["key"]] = {"untrained": _transfer(t, self.model_name, backend, self.out, "untrained",
+                                                                   self.cfg)}
+
+    def sft_set(self, t_recs: dict[str, dict]) -> tuple[list[dict], int]:
+        sft, skipped = [], 0
+        for i in self.train_ids:
+            ex = sft_example(self.benches[self.cond_of[i]], self.item[i], t_recs[i], self.cfg.target, self.cfg.seed)
+            if ex is None:
+                skipped += 1
+            else:
+                sft.append({"id": i, **ex})
+        write_jsonl(self.out / "sft.jsonl", sft)
+        return sft, skipped
+
+    def train(self, sft: list[dict]):
+        """(student backend, the peft model to unload afterwards or None, train summary)."""
+        from ..backends.hf import HFBackend
+
+        if self.in_process:
+            m = self.model
+            peft_model, info = train_lora_sft(m.model, m.tokenizer, sft, self.out, self.cfg)
+            return (HFBackend(peft_model, m.tokenizer, name=self.student_name, batch_size=m.batch_size, device=m.device),
+                    peft_model, info)
+        from ..backends.base import load_backend
+
+        info = _train_and_merge(self.model_name, sft, self.out, self.student_dir, self.cfg)
+        return load_backend(str(self.student_dir), dtype=self.cfg.dtype, device=self.cfg.device), None, info
+
+    def evaluate_after(self, student_be, t_recs: dict[str, dict]) -> dict[str, Any]:
+        for sub, ids in self.splits.items():
+            for c in self.specs:
+                self.dirs[sub][c]["student"] = self.run(c, "student", student_be, ids=ids, sub=sub)
+        for t in self.transfer:
+            self.transfer_dirs[t["key"]]["student"] = _transfer(t, self.student_name, student_be, self.out, "student",
+                                                                self.cfg)
+        out = _evaluation(self, t_recs)
+        out["transfer"] = {k: _transfer_summary(d, self.cfg) for k, d in self.transfer_dirs.items()}
+        if dist_env().is_main:
+            write_summary_run(self.out / "summary", out, {"benchmark": "self-distillation", "model": self.model_name,
+                                                          "method": self.teacher_name,
+                                                          "items": next(iter(self.specs.values())).benchmark})
+        return out
+
+    def report_runs(self) -> list[tuple[Path, str]]:
+        """(run folder, label) of what a report shows: the summary, then the held-out runs."""
+        runs = [(self.out / "summary", f"self-distillation of {self.teacher_name}")]
+        for c, d in (self.dirs.get("heldout") or {}).items():
+            runs += [(d[who], f"held-out {c}: {who}") for who in WHO if who in d]
+        return runs
 
 
-def _sft_set(train_q: Sequence[Question], t_recs: dict, cfg: SelfDistillConfig, outp: Path) -> tuple[list[dict], int]:
-    """Baseline prompt -> the teacher's final answer (``cfg.target``), written to ``sft.jsonl``;
-    teacher answers that did not parse are left out and counted."""
-    sft, skipped = [], 0
-    for q in train_q:
-        r = t_recs[q.meta["id"]]
-        if r["pred"] is None:
-            skipped += 1
-            continue
-        sft.append({"id": r["id"], **sft_example(q, r, cfg.target, cfg.seed)})
-    _write_jsonl(outp / "sft.jsonl", sft)
-    return sft, skipped
+def _records(run_dir: Path) -> dict[str, dict]:
+    from ..store import RunStore
+
+    return {r["id"]: r for r in RunStore(run_dir).load_results()}
 
 
-def _evaluation(train_q, held_q, t_recs: dict, base_recs: list[dict], stud_recs: list[dict],
-                cfg: SelfDistillConfig, outp: Path) -> dict[str, Any]:
-    """Per split: agreement of untrained model, student and a constant answer with the teacher, letter
-    counts, the items the teacher changed, calls per item, unparsed answers and BBQ scores; and
-    ``eval.jsonl`` with every item's answers."""
-    nh = len(held_q)
-    splits = {"heldout": (held_q, slice(0, nh))}
-    if cfg.eval_train:
-        splits["train"] = (train_q, slice(nh, None))
-    # the trivial student: always the teacher's most frequent training answer
-    majority = max(range(len(LETTERS)), key=[t_recs[q.meta["id"]]["pred"] for q in train_q].count)
-    out: dict[str, Any] = {}
-    for name, (sq, sl) in splits.items():
-        t_split = [t_recs[q.meta["id"]] for q in sq]
-        b_split, s_split = base_recs[sl], stud_recs[sl]
-        out[name] = {
-            "untrained_vs_teacher": _agreement(b_split, t_split),
-            "student_vs_teacher": _agreement(s_split, t_split),
-            "constant_answer_vs_teacher": {"answer": LETTERS[majority],
-                                           **_agreement([{"pred": majority}] * len(t_split), t_split)},
-            "answers": {k: _letter_counts(v) for k, v in
-                        (("teacher", t_split), ("untrained", b_split), ("student", s_split))},
-            "where_teacher_changed_answer": _changed_items(b_split, s_split, t_split),
-            "calls_per_item": {"teacher": _mean_calls(t_split), "untrained": 1, "student": _mean_calls(s_split)},
-            "unparsed": {"teacher": sum(r["pred"] is None for r in t_split),
-                         "untrained": sum(r["pred"] is None for r in b_split),
-                         "student": sum(r["pred"] is None for r in s_split)},
-        }
-        bbq = {k: _bbq_summary(sq, v) for k, v in (("teacher", t_split), ("untrained", b_split), ("student", s_split))}
-        if all(v is not None for v in bbq.values()):
-            out[name]["bbq"] = bbq
-    _write_jsonl(outp / "eval.jsonl", [{"split": "heldout" if k < nh else "train", "id": b["id"],
-                                        "teacher": t_recs[b["id"]]["pred"], "untrained": b["pred"],
-                                        "student": s["pred"], "student_text": s["final_text"]}
-                                       for k, (b, s) in enumerate(zip(base_recs, stud_recs))])
+def _eval_backend(model: Any, cfg: SelfDistillConfig, outp: Path):
+    from ..backends.base import load_backend
+    from ..backends.cache import CachingBackend
+
+    be = model if not isinstance(model, str) else load_backend(model, dtype=cfg.dtype, device=cfg.device)
+    return CachingBackend(be, cfg.cache or outp / "responses.sqlite")
+
+
+def _train_and_merge(model: str, sft: list[dict], outp: Path, student_dir: Path, cfg: SelfDistillConfig) -> dict:
+    """Train the adapter on a float32 copy of the model and save base + adapter merged (evaluable by path);
+    a finished student is reused on a rerun."""
+    from ..backends.hf import HFBackend
+    from .fairdistill import _resolve_device
+
+    done = outp / "train_summary.json"
+    if (student_dir / "config.json").exists() and done.exists():
+        return json.loads(done.read_text())
+    be = HFBackend.from_spec(model, device=_resolve_device(cfg.device), dtype="float32")
+    peft_model, info = train_lora_sft(be.model, be.tokenizer, sft, outp, cfg)
+    if dist_env().is_main:  # one rank writes the merged student; the others wait for it
+        tmp = student_dir.with_name(student_dir.name + ".partial")
+        peft_model.merge_and_unload().save_pretrained(tmp)
+        be.tokenizer.save_pretrained(tmp)
+        if student_dir.exists():
+            import shutil
+
+            shutil.rmtree(student_dir)
+        os.replace(tmp, student_dir)
+        done.write_text(json.dumps(info, indent=2, default=str))
+    barrier()
+    del be, peft_model
+    gc.collect()
+    return info
+
+
+def _transfer_entry(t: str | dict) -> dict:
+    if isinstance(t, str):
+        return {"name": t, "options": {}}
+    if not isinstance(t, dict) or "name" not in t:
+        raise UserError(f"transfer entry {t!r}: give a benchmark name or {{name, options}}")
+    return {"name": t["name"], "options": dict(t.get("options") or {}), "key": t.get("id", t["name"])}
+
+
+def _transfer(t: dict, model_name: str, backend, out: Path, who: str, cfg: SelfDistillConfig) -> Path:
+    from ..runner import RunSpec, execute
+
+    spec = RunSpec(model=model_name, benchmark=t["name"], options=t["options"], seed=cfg.seed,
+                   out=out / "transfer" / t["key"] / who)
+    run_dir, _ = execute(spec, backend, show_progress=cfg.progress, extra_config={"self_distill": {"role": who}})
+    return run_dir
+
+
+def _transfer_summary(d: dict[str, Path], cfg: SelfDistillConfig) -> dict[str, Any]:
+    from ..compare import compare
+
+    out: dict[str, Any] = {who: {"dir": str(p), "rows": _overall_rows(p)} for who, p in d.items()}
+    try:
+        comp = compare(d["untrained"], d["student"], seed=cfg.seed)
+        if dist_env().is_main:
+            (d["student"] / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
+        out["student_minus_untrained"] = _comparison_rows(comp)
+    except UserError as e:  # a benchmark without paired units: its metrics side by side
+        out["comparison"] = str(e)
     return out
 
 
-# -- CMAF ----------------------------------------------------------------------------------------
-def _verdict(rec: dict) -> bool:
-    if "accepted" in rec:
-        return bool(rec["accepted"])
-    v = str(rec.get("verdict", "")).lower()
-    if v in ("accept", "accepted", "pass", "ok"):
-        return True
-    if v in ("reject", "rejected", "fail"):
-        return False
-    raise UserError(f"adjudication record {rec.get('id', '?')} has no 'accepted' flag or accept/reject 'verdict'")
+def _evaluation(job: _Job, t_recs: dict[str, dict]) -> dict[str, Any]:
+    """Per split: agreement with the teacher, the benchmark's overall metrics (CIs) of teacher, untrained
+    model and student, and paired comparisons of teacher and student against the untrained model."""
+    from ..compare import compare
+
+    bench_of = lambda i: job.benches[job.cond_of[i]]  # noqa: E731
+    roles = Counter(bench_of(i).answer_role(job.item[i], int(t_recs[i]["pred"]))
+                    for i in job.train_ids if t_recs[i].get("pred") is not None)
+    # the best constant answer: the role the teacher gave most often on the training items
+    constant = roles.most_common(1)[0][0] if roles else None
+    out: dict[str, Any] = {"constant_answer_role": constant, "teacher_roles_train": dict(roles)}
+    for sub, per_cond in job.dirs.items():
+        recs: dict[str, dict[str, dict]] = {who: {} for who in WHO}
+        block: dict[str, Any] = {"metrics": {}, "comparisons": {}}
+        for c, d in per_cond.items():
+            for who in WHO:
+                recs[who].update(_records(d[who]))
+                block["metrics"].setdefault(c, {})[who] = _overall_rows(d[who])
+            for who in ("teacher", "student"):
+                comp = compare(d["untrained"], d[who], seed=job.cfg.seed)
+                if dist_env().is_main:
+                    (d[who] / "comparison.json").write_text(json.dumps(comp, indent=2, default=str))
+                block["comparisons"].setdefault(c, {})[f"{who}_minus_untrained"] = _comparison_rows(comp)
+        ids = {i: job.item[i] for i in recs["untrained"]}
+        block["agreement"] = agreement_summary(bench_of, ids, recs, constant)
+        out[sub] = block
+    return out
 
 
-def _prompt_messages(rec: dict) -> list[dict]:
-    if isinstance(rec.get("messages"), list):
-        return rec["messages"]
-    if isinstance(rec.get("prompt"), str):
-        return [{"role": "user", "content": rec["prompt"]}]
-    raise UserError(f"adjudication record {rec.get('id', '?')} has no 'prompt' or 'messages'")
-
-
-def build_cmaf_sets(records: Iterable[dict], out: str | Path | None = None, *, max_pairs_per_prompt: int = 4,
-                    models: Sequence[str] | None = None) -> dict[str, Any]:
-    """CMAF data: accepted responses -> SFT set; accepted vs rejected for one prompt -> preference pairs.
-
-    ``records``: one per adjudicated response: ``prompt`` (str) or ``messages`` (chat list),
-    ``response`` (str), ``accepted`` (bool) or ``verdict`` (accept/reject), optionally ``model``
-    (who answered), ``score`` (the panel's aggregate; higher = less biased, orders the pairs),
-    ``judges`` (the panel's votes, kept as metadata), ``id``. ``models``: keep only responses of these
-    answering models (each CMAF model is fine-tuned on the accepted set; by default all).
-
-    Writes ``sft.jsonl`` (``{"messages", "completion", "model", "id"}``) and ``preferences.jsonl``
-    (``{"prompt": [messages], "chosen": [assistant msg], "rejected": [assistant msg]}``, TRL's
-    conversational preference format) under ``out`` if given. Returns the two lists and counts.
-    """
-    by_prompt: dict[str, dict[str, Any]] = {}
-    n = 0
-    for rec in records:
-        if models and rec.get("model") not in models:
-            continue
-        if not isinstance(rec.get("response"), str):
-            raise UserError(f"adjudication record {rec.get('id', '?')} has no string 'response'")
-        msgs = _prompt_messages(rec)
-        key = json.dumps(msgs, sort_keys=True)
-        slot = by_prompt.setdefault(key, {"messages": msgs, "accepted": [], "rejected": []})
-        slot["accepted" if _verdict(rec) else "rejected"].append(rec)
-        n += 1
-    if not n:
-        raise UserError("no adjudication records (after the model filter)")
-    sft, prefs = [], []
-    score = lambda r: float(r.get("score", 0.0) or 0.0)  # noqa: E731
-    for slot in by_prompt.values():
-        acc = sorted(slot["accepted"], key=score, reverse=True)
-        rej = sorted(slot["rejected"], key=score)
-        for r in acc:
-            sft.append({"id": r.get("id"), "messages": slot["messages"], "completion": r["response"],
-                        "model": r.get("model"), "score": r.get("score")})
-        pairs = [(a, b) for a in acc for b in rej][:max_pairs_per_prompt]
-        for a, b in pairs:
-            prefs.append({"prompt": slot["messages"], "chosen": [{"role": "assistant", "content": a["response"]}],
-                          "rejected": [{"role": "assistant", "content": b["response"]}],
-                          "chosen_model": a.get("model"), "rejected_model": b.get("model")})
-    result = {"sft": sft, "preferences": prefs, "n_records": n, "n_prompts": len(by_prompt),
-              "n_accepted": len(sft), "n_rejected": n - len(sft), "n_pairs": len(prefs)}
-    if out is not None:
-        o = Path(out)
-        _write_jsonl(o / "sft.jsonl", sft)
-        _write_jsonl(o / "preferences.jsonl", prefs)
-    return result
-
-
-def run_cmaf_finetune(model: str, adjudicated: str | Sequence[dict], out: str, **config: Any) -> dict[str, Any]:
-    """CMAF fine-tuning: build the SFT / preference sets from adjudication records (a jsonl file or a
-    list, format in :func:`build_cmaf_sets`) and train a LoRA adapter on the accepted responses.
-    ``config``: SelfDistillConfig fields (training ones), plus ``models`` (answering models to keep)
-    and ``max_pairs_per_prompt``. Writes ``sft.jsonl``, ``preferences.jsonl``, ``adapter/``, ``cmaf.json``."""
-    from ..backends.hf import HFBackend
-    from ..data import read_jsonl
-
-    models = config.pop("models", None)
-    max_pairs = config.pop("max_pairs_per_prompt", 4)
-    cfg = SelfDistillConfig.from_kwargs(**config)
-    recs = list(read_jsonl(adjudicated)) if isinstance(adjudicated, (str, os.PathLike)) else list(adjudicated)
-    sets = build_cmaf_sets(recs, out, max_pairs_per_prompt=max_pairs, models=models)
-    from .fairdistill import _resolve_device
-
-    backend = HFBackend.from_spec(str(model), device=_resolve_device(cfg.device), dtype="float32")
-    backend.require(chat=True, what="CMAF fine-tuning")
-    _, info = train_lora_sft(backend.model, backend.tokenizer, sets["sft"], Path(out), cfg)
-    summary = {k: v for k, v in sets.items() if k not in ("sft", "preferences")}
-    summary.update(info, model=str(model), config=asdict(cfg))
-    (Path(out) / "cmaf.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
-
-
-__all__ = ["SelfDistillConfig", "run_self_distill", "load_prompt_questions", "split_questions", "parse_answer",
-           "encode_chat_example", "train_lora_sft", "build_cmaf_sets", "run_cmaf_finetune", "bbq_question"]
+__all__ = ["SelfDistillConfig", "run_self_distill", "item_specs", "split_items", "sft_example", "make_teacher",
+           "agreement_summary"]

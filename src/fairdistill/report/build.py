@@ -455,11 +455,15 @@ def section_comparisons(runs: list[Run]) -> Section | None:
                 "Paired comparison of a method run against its baseline on the same items "
                 "(comparison.json). The transition table counts how each item's answer moved between the "
                 "two runs.")
+    overview = comparison_overview(comps, runs)
+    if overview:
+        s.tables.append(table_from_dicts(
+            "Every comparison at a glance: baseline and method with 95% CIs, the paired difference and its p-value",
+            overview, note="one line per comparison, condition and statistic; cost per item from the records "
+                           "(calls, tokens) and run times (seconds, where both runs were timed)"))
     for r in comps:
         c = r.comparison or {}
-        base_dir = ((c.get("runs") or {}).get("baseline") or {}).get("dir") if isinstance(c.get("runs"), dict) else None
-        base = next((x.label for x in runs if base_dir and x.path.resolve() == Path(base_dir).resolve()), None)
-        head = f"{base or c.get('base_label') or 'baseline'} → {r.label}"
+        head = f"{_baseline_label(c, runs)} → {r.label}"
         rows = c.get("rows")
         if isinstance(rows, list) and rows:
             s.tables.append(table_from_dicts(f"{head}: paired differences", [x for x in rows if isinstance(x, dict)]))
@@ -477,6 +481,38 @@ def section_comparisons(runs: list[Run]) -> Section | None:
             for k, v in d.items():
                 s.definitions.setdefault(str(k), str(v))
     return s
+
+
+def _baseline_label(c: dict, runs: list[Run]) -> str:
+    base_dir = ((c.get("runs") or {}).get("baseline") or {}).get("dir") if isinstance(c.get("runs"), dict) else None
+    base = next((x.label for x in runs if base_dir and x.path.resolve() == Path(base_dir).resolve()), None)
+    return base or c.get("base_label") or "baseline"
+
+
+def comparison_overview(comps: list[Run], runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per comparison x condition x statistic: baseline, method, difference (CIs), p, transitions, cost."""
+    out = []
+    for r in comps:
+        c = r.comparison or {}
+        rows = [x for x in c.get("rows") or [] if isinstance(x, dict)]
+        by = {(x.get("condition"), x.get("metric"), x.get("run")): x for x in rows}
+        cost = c.get("cost") or {}
+        for (cond, metric, run), d in by.items():
+            if run != "difference":
+                continue
+            b, m = by.get((cond, metric, "baseline"), {}), by.get((cond, metric, "method"), {})
+            tr = ((c.get("transitions") or {}).get(cond) or {}).get("counts") or {} if metric == "accuracy" else {}
+            out.append({
+                "method run": r.label, "baseline": _baseline_label(c, runs), "condition": cond, "statistic": metric,
+                "baseline value": fmt_ci(b.get("value"), b.get("ci_low"), b.get("ci_high")),
+                "method value": fmt_ci(m.get("value"), m.get("ci_low"), m.get("ci_high")),
+                "difference": fmt_ci(d.get("value"), d.get("ci_low"), d.get("ci_high")), "p": d.get("p_value"),
+                "fixed / broke": f"{tr.get('incorrect->correct')} / {tr.get('correct->incorrect')}" if tr else "",
+                "calls/item": (cost.get("calls_per_item") or {}).get("method"),
+                "tokens/item": (cost.get("tokens_per_item") or {}).get("method"),
+                "seconds/item": (cost.get("seconds_per_item") or {}).get("method"), "n": d.get("n"),
+            })
+    return out
 
 
 def transition_table(title: str, tr: dict[str, Any]) -> Table:
