@@ -489,7 +489,7 @@ def test_method_options_are_declared_and_listed(capsys):
     with pytest.raises(UserError, match="intent-aware option max_rounds") as e:
         get_method("intent-aware", Scripted(), max_rounds=-1)
     assert "\n" not in str(e.value)
-    with pytest.raises(UserError, match="method 'prefix-3' has no option 'atribute'; options: prompts, attribute"):
+    with pytest.raises(UserError, match="method 'prefix-3' has no option 'atribute'; options: language, prompts, attribute"):
         get_method("prefix-3", Scripted(), atribute="age")
     assert get_method("intent-aware", Scripted(), final_turn="false").final_turn is False
     assert main(["options", "intent-aware"]) == 0

@@ -66,6 +66,12 @@ def print_position(metrics: dict) -> None:
         console.print(f"[yellow]warning:[/yellow] {pos['warning']}", highlight=False, soft_wrap=True)
 
 
+def print_notes(metrics: dict) -> None:
+    """One line per note a benchmark attaches to its metrics (e.g. CBBQ's missing data)."""
+    for line in metrics.get("notes") or []:
+        console.print(f"[yellow]note:[/yellow] {line}", highlight=False, soft_wrap=True)
+
+
 def print_definitions(metrics: dict) -> None:
     defs = metrics.get("definitions") or {}
     for k, v in defs.items():
@@ -77,9 +83,9 @@ def print_definitions(metrics: dict) -> None:
 def eval_cmd(
     benchmark: str = typer.Argument(..., help="benchmark name (see `fairdistill list`)"),
     model: str = typer.Option("smollm2", "--model", "-m", help="model: built-in name, local dir, hub id, hf:PATH, openai:URL#MODEL, vllm:PATH"),
-    categories: Optional[str] = typer.Option(None, help="comma-separated categories (BBQ)"),
+    categories: Optional[str] = typer.Option(None, help="comma-separated categories (BBQ, CBBQ, KoBBQ)"),
     limit: Optional[int] = typer.Option(None, help="items per category (seeded sample)"),
-    mode: Optional[str] = typer.Option(None, help="BBQ scoring mode: auto, loglik or generate"),
+    mode: Optional[str] = typer.Option(None, help="BBQ/CBBQ/KoBBQ scoring mode: auto, loglik or generate"),
     options_protocol: Optional[str] = typer.Option(None, "--options", help="BBQ option protocol: dataset (3 options) or helm (12)"),
     method: Optional[str] = typer.Option(None, help="inference-time method wrapping the model (see `fairdistill list`)"),
     compare: Optional[str] = typer.Option(None, help="also run this method (e.g. baseline) and print a paired comparison"),
@@ -142,6 +148,7 @@ def eval_cmd(
                              extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
         print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}" + (f" + {m}" if m else ""))
         print_position(metrics)
+        print_notes(metrics)
         print_definitions(metrics)
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
         dirs.append(run_dir)
@@ -156,9 +163,10 @@ def eval_cmd(
 
 @app.command("score")
 def score_cmd(
-    benchmark: str = typer.Argument(..., help="bbq or holistic-bias"),
-    predictions: Optional[Path] = typer.Option(None, help="BBQ: jsonl of BBQ rows plus an answer column"),
-    column: Optional[str] = typer.Option(None, help="BBQ: the answer column (free text, letter or index)"),
+    benchmark: str = typer.Argument(..., help="bbq, cbbq, kobbq or holistic-bias"),
+    predictions: Optional[Path] = typer.Option(None, help="BBQ, CBBQ, KoBBQ: the dataset's own rows (jsonl; CBBQ "
+                                               "also JSON or CSV, KoBBQ its TSV) plus an answer column"),
+    column: Optional[str] = typer.Option(None, help="BBQ, CBBQ, KoBBQ: the answer column (option text, letter or index)"),
     perplexities: Optional[Path] = typer.Option(None, help="HolisticBias: table with text, axis, template, descriptor, perplexity"),
     out: Optional[Path] = typer.Option(None, help="write metrics JSON here (a directory gets metrics.json inside)"),
     unparsed: str = typer.Option("incorrect", help="BBQ: answers matching no option count as 'incorrect' (default) "
@@ -174,9 +182,9 @@ def score_cmd(
     cls = BENCHMARKS.get(benchmark)
     if not hasattr(cls, "score_file"):
         raise UserError(f"benchmark {benchmark!r} cannot score external files")
-    if benchmark == "bbq":
+    if "predictions" in inspect.signature(cls.score_file).parameters:
         if predictions is None or column is None:
-            raise UserError("score bbq needs --predictions FILE and --column COL")
+            raise UserError(f"score {benchmark} needs --predictions FILE and --column COL")
         metrics = cls.score_file(predictions=str(predictions), column=column, unparsed=unparsed,
                                  metadata=metadata, no_target=no_target)
     else:
@@ -184,6 +192,7 @@ def score_cmd(
             raise UserError(f"score {benchmark} needs --perplexities FILE")
         metrics = cls.score_file(perplexities=str(perplexities))
     print_rows(metrics.get("rows", []), title=f"{benchmark}: {predictions or perplexities}")
+    print_notes(metrics)
     print_definitions(metrics)
     if out:
         if out.is_dir():

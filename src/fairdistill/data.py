@@ -82,6 +82,34 @@ def read_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict[str
             yield lineno, row
 
 
+def read_records(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` pairs of a table of rows: a JSON array (``.json``), jsonl, CSV or TSV (by suffix).
+
+    Read as UTF-8 with an optional BOM; a BOM left on a key (some JSON files carry one on their first
+    key) is dropped. ``where`` names the row for one-line errors: "file:line" (jsonl, CSV, TSV) or
+    "file: row k" (a JSON array)."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"file not found: {p}")
+    text = p.read_text(encoding="utf-8-sig")
+    clean = lambda r: {str(k).lstrip("\ufeff"): v for k, v in r.items()}  # noqa: E731
+    if p.suffix.lower() in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+        return [(f"{p}:{reader.line_num}", clean(r)) for r in reader]
+    if p.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+        if not all(isinstance(r, dict) for r in data):
+            k = next(k for k, r in enumerate(data, 1) if not isinstance(r, dict))
+            raise UserError(f"{p}: row {k} is not a JSON object")
+        return [(f"{p}: row {k}", clean(r)) for k, r in enumerate(data, 1)]
+    return [(f"{p}:{n}", clean(r)) for n, r in read_jsonl_numbered(p)]
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (empty file: {}); other content is a one-line UserError."""
     import yaml

@@ -40,6 +40,7 @@ class RunSpec(BaseModel):
     def build_benchmark(self) -> Benchmark:
         bench = build_benchmark(self.benchmark, self.options, seed=self.seed, data=self.data, limit=self.limit)
         bench.check_method(self.method)
+        bench.check_method_options(self.method, self.method_options)
         return bench
 
     def default_out(self, bench: Benchmark) -> Path:

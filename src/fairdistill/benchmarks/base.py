@@ -282,6 +282,9 @@ class Benchmark:
             raise UserError(f"benchmark {cls.name!r} cannot run through inference-time method {method!r}: "
                             f"it scores likelihoods, not answers (methods apply to: {takers})")
 
+    def check_method_options(self, method: str | None, options: dict[str, Any]) -> None:
+        """Refuse, before any model loads, method options this benchmark cannot run with (default: none)."""
+
     def evaluate(self, items: list[dict[str, Any]], ctx: EvalContext) -> list[dict[str, Any]]:
         raise NotImplementedError
 

@@ -71,6 +71,7 @@ class Adjudication(PromptedMethod):
 
     name = "adjudication"
     section = "adjudication"
+    translatable = False  # verdicts are parsed as English words (BIASED / UNBIASED)
 
     class Options(PromptedOptions):
         panel: Any = Field(None, description="the other panel members: model strings (comma-separated) or backends")
@@ -97,6 +98,7 @@ class Adjudication(PromptedMethod):
 
     def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:
         gen = gen or GenerationConfig()
+        self.check_languages(questions)
         n, M = len(questions), len(self.members)
         names = self.member_names()
         logs: list[list[dict]] = [[] for _ in range(n)]

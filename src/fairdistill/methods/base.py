@@ -11,9 +11,9 @@ round's turns together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult
 
@@ -59,6 +59,10 @@ class MethodOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    language: Literal["native", "en"] = Field(
+        "native", description="language of the method's instructions: native = the benchmark's "
+        "(Question.meta['language']: English for BBQ, Chinese for cbbq, Korean for kobbq), en = English")
+
 
 class Method:
     name: ClassVar[str] = "method"
@@ -78,6 +82,28 @@ class Method:
 
     def check(self) -> None:
         self.backend.require(chat=True, what=f"method {self.name!r}")
+
+    # languages --------------------------------------------------------------------------------
+    def question_language(self, q: Question) -> str:
+        """The language of the instructions this method adds to ``q``: the question's own (its benchmark's)
+        with option ``language=native``, English with ``language=en``."""
+        if self.opts.language == "en":
+            return "en"
+        return str((q.meta or {}).get("language") or "en")
+
+    @classmethod
+    def language_error(cls, options: dict[str, Any], language: str) -> str | None:
+        """Why this method cannot run with ``options`` on questions in ``language``; None if it can.
+        The plain turn (no instructions of its own) runs in every language."""
+        return None
+
+    def use_language(self, language: str) -> None:
+        """Told by a benchmark before it runs: refuse (one line) a language the method has no instructions in."""
+        from ..errors import UserError
+
+        err = self.language_error(self.options, language)
+        if err:
+            raise UserError(err)
 
     def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:
         raise NotImplementedError

@@ -58,6 +58,7 @@ class IntentAware(PromptedMethod):
 
     name = "intent-aware"
     section = "intent_aware"
+    translatable = False  # feedback scores are parsed from English aspect names
 
     class Options(PromptedOptions):
         feedback_model: Any = Field(None, description="model string (or backend) that gives the feedback; default: the model itself")
@@ -99,6 +100,7 @@ class IntentAware(PromptedMethod):
         reasoning and feedback rounds run once, on the item's first question, and each rotation asks
         only the final answer, restating its own options (``final_rotated`` template)."""
         gen = gen or GenerationConfig()
+        self.check_languages(questions)
         lead: dict = {}
         src = [lead.setdefault((q.meta or {}).get("id") or ("#", k), k) for k, q in enumerate(questions)]
         leads = sorted(set(src))

@@ -20,7 +20,9 @@ prefix-6   assume equal representation; answer as if any {attribute} were equall
 Option ``attribute`` (default ``"gender"``, Chen et al.'s setting) names the social attribute,
 e.g. ``attribute="age or religion"``; ``attribute=auto`` takes it from each question
 (``Question.meta["attribute"]``, which BBQ sets from the item's category: "age", "religion", ...),
-falling back to "gender" where a benchmark names none.
+falling back to "gender" where a benchmark names none. On Chinese or Korean questions (cbbq, kobbq,
+``language=native``) the instruction comes from ``prompts.zh.yaml`` / ``prompts.ko.yaml`` and the
+attribute is the question's ``meta["attribute_native"]`` (auto) or the translation file's word for it.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from ..registry import METHODS
 from .base import GenerationConfig, MethodResult, Question
 from pydantic import Field
 
-from .prompts import PromptedMethod, PromptedOptions, fill
+from .prompts import PromptedMethod, PromptedOptions, fill, translated_attribute
 
 LEVELS = ("1", "2", "3", "4", "5", "6")
 
@@ -45,23 +47,29 @@ class PrefixBaseline(PromptedMethod):
     level: str = "1"
 
     def prefix_text(self, q: Question | None = None) -> str:
-        levels = self.t.get("levels", {})
+        t = self.templates(q)
+        levels = t.get("levels", {})
         if self.level not in levels:
             raise UserError(f"prompts: no prefix level {self.level!r} (section prefix.levels)")
-        attribute = self.opts.attribute
+        lang = self._run_language if q is None else self.question_language(q)
+        attribute, native = self.opts.attribute, None
         if attribute == "auto":  # per question; the identity shows the placeholder
-            attribute = "{attribute}" if q is None else str((q.meta or {}).get("attribute") or "gender")
+            meta = (q.meta or {}) if q is not None else {}
+            native = meta.get("attribute_native") if lang != "en" else None
+            attribute = "{attribute}" if q is None else str(meta.get("attribute") or "gender")
+        if lang != "en" and attribute != "{attribute}":
+            attribute = native or translated_attribute(lang, attribute)
         return fill(levels[self.level], attribute=attribute)
 
     def identity(self):
         ident = super().identity()
-        ident["prompts"] = {"user": self.t["user"], "prefix": self.prefix_text()}
+        ident["prompts"] = {"user": self.templates()["user"], "prefix": self.prefix_text()}
         return ident
 
     def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:
         gen = gen or GenerationConfig()
-        convs = [[{"role": "user", "content": fill(self.t["user"], prefix=self.prefix_text(q), **self.base_values(q))}]
-                 for q in questions]
+        convs = [[{"role": "user", "content": fill(self.templates(q)["user"], prefix=self.prefix_text(q),
+                                                    **self.base_values(q))}] for q in questions]
         outs = self._chat(convs, gen)
         return [
             MethodResult(text=o.text, transcript=c + [{"role": "assistant", "content": o.text}], calls=1,

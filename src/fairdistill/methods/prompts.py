@@ -16,7 +16,7 @@ import re
 import string
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from pydantic import Field
 
@@ -71,8 +71,36 @@ def _check_fields(tree: Any, where: str = "") -> None:
         )
 
 
-def load_prompts(path: str | Path | None = None) -> dict[str, Any]:
-    """Default templates, with the YAML file ``path`` (if given) merged over them."""
+@lru_cache(maxsize=None)
+def _translation(language: str) -> dict[str, Any]:
+    """``prompts.<language>.yaml`` (package data): translated sections, ``language`` (its name) and
+    ``attributes`` (English attribute names -> this language's); {} when there is none."""
+    import yaml
+
+    p = DEFAULT_FILE.with_name(f"prompts.{language}.yaml")
+    return (yaml.safe_load(p.read_text(encoding="utf-8")) or {}) if p.is_file() else {}
+
+
+def language_name(language: str) -> str:
+    return "English" if language == "en" else str(_translation(language).get("language") or language)
+
+
+def translated_attribute(language: str, attribute: str) -> str:
+    """A social attribute named in English ("gender") in ``language``, as the translation file gives it."""
+    return str((_translation(language).get("attributes") or {}).get(attribute, attribute))
+
+
+def load_prompts(path: str | Path | None = None, language: str = "en") -> dict[str, Any]:
+    """Default templates, with the YAML file ``path`` (if given) merged over them.
+
+    ``language`` other than "en": the sections translated in ``prompts.<language>.yaml`` (each with every
+    key of its English section); ``path`` then is not used (it overrides the English templates)."""
+    if language != "en":
+        english = _defaults()
+        out = {sec: _merge(english[sec], v, sec, open_keys=("levels", "aspects"))
+               for sec, v in _translation(language).items() if sec not in ("language", "attributes")}
+        _check_fields(out)
+        return out
     prompts = copy.deepcopy(_defaults())
     if path:
         from ..data import read_yaml_mapping
@@ -96,15 +124,54 @@ class PromptedOptions(MethodOptions):
 
 
 class PromptedMethod(Method):
-    """A method whose texts come from the prompt templates (option ``prompts=PATH``)."""
+    """A method whose texts come from the prompt templates (option ``prompts=PATH``), in English or, on a
+    benchmark in another language (option ``language=native``), from ``prompts.<language>.yaml``."""
 
     section: str = ""
     Options = PromptedOptions
+    #: whether the method's instructions may come from a translation file; False: English only
+    translatable: ClassVar[bool] = True
 
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
         self.prompts = load_prompts(options.get("prompts"))
         self.t = self.prompts[self.section] if self.section else {}
+        self._run_language = "en"  # the benchmark's, once it calls use_language (the identity records it)
+        self._translated: dict[str, dict] = {}
+
+    @classmethod
+    def language_error(cls, options: dict[str, Any], language: str) -> str | None:
+        if language == "en" or options.get("language") == "en" or not cls.section:
+            return None
+        name = language_name(language)
+        if options.get("prompts"):
+            return (f"method {cls.name!r}: prompts={options['prompts']} replaces the English templates; on {name} "
+                    f"questions add --method-option language=en to send them")
+        if not cls.translatable or cls.section not in load_prompts(language=language):
+            return (f"method {cls.name!r} has no {name} instructions; run it with --method-option language=en "
+                    f"(English instructions on {name} questions)")
+        return None
+
+    def use_language(self, language: str) -> None:
+        super().use_language(language)
+        self._run_language = "en" if self.opts.language == "en" else language
+
+    def templates(self, q: Question | None = None) -> dict[str, Any]:
+        """The section's templates in the language of question ``q`` (default: the run's language)."""
+        lang = self._run_language if q is None else self.question_language(q)
+        if lang == "en":
+            return self.t
+        if lang not in self._translated:
+            err = self.language_error(self.options, lang)
+            if err:
+                raise UserError(err)
+            self._translated[lang] = load_prompts(language=lang)[self.section]
+        return self._translated[lang]
+
+    def check_languages(self, questions: Sequence[Question]) -> None:
+        """Refuse (one line) questions in a language this method has no instructions in."""
+        for q in questions:
+            self.templates(q)
 
     def identity(self) -> dict[str, Any]:
         ident: dict[str, Any] = {"method": self.name}
@@ -113,7 +180,9 @@ class PromptedMethod(Method):
                 continue
             ident[k] = _jsonable(v)
         if self.section:
-            ident["prompts"] = self.t  # the exact texts used, so a changed template is a different run
+            ident["prompts"] = self.templates()  # the exact texts used, so a changed template is a different run
+        if self._run_language != "en":
+            ident["instructions_language"] = self._run_language
         return ident
 
     @staticmethod

@@ -55,7 +55,8 @@ class _TwoTurnMethod(PromptedMethod):
             item = (q.meta or {}).get("id")
             src.append(lead.setdefault(item, k) if self.share_first_turn and item is not None else k)
         asked = sorted(set(src))
-        first_convs = {k: [{"role": "user", "content": fill(self.t[self.first_template], **self.base_values(questions[k]))}]
+        first_convs = {k: [{"role": "user", "content": fill(self.templates(questions[k])[self.first_template],
+                                                             **self.base_values(questions[k]))}]
                        for k in asked}
         outs = dict(zip(asked, self._chat([first_convs[k] for k in asked], gen, max_new_tokens=self.first_tokens())))
         convs = [list(first_convs[j]) for j in src]
@@ -63,7 +64,7 @@ class _TwoTurnMethod(PromptedMethod):
         owner = [j == k for k, j in enumerate(src)]  # the question whose call produced the first turn
         for c, q, o in zip(convs, questions, first):
             c.append({"role": "assistant", "content": o.text})
-            c.append({"role": "user", "content": fill(self.t[self.second_template], **self.base_values(q))})
+            c.append({"role": "user", "content": fill(self.templates(q)[self.second_template], **self.base_values(q))})
         second = self._chat(convs, gen)
         out = []
         for c, o1, o2, own in zip(convs, first, second, owner):

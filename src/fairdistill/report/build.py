@@ -393,6 +393,8 @@ def _sub_tables(s: Section, runs: list[Run]) -> None:
         for r in have:
             if r.metrics[k].get("warning"):
                 s.notes.append(f"{r.label}: {r.metrics[k]['warning']}")
+    for r in runs:  # one-line notes a benchmark attaches to its metrics (e.g. CBBQ's missing data)
+        s.notes += [f"{r.label}: {line}" for line in r.metrics.get("notes") or []]
 
 
 # -- what a benchmark adds to its section (beyond tidy rows) -----------------------------------------

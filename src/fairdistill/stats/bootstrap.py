@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "percentile_interval", "resample_indices"]
+__all__ = ["bootstrap_ci", "percentile_interval", "resample_indices", "summed_statistic", "ratio"]
 
 
 def resample_indices(
@@ -98,3 +98,29 @@ def percentile_interval(
         tol = 1e-12 * max(1.0, abs(estimate))
         bounds = [estimate if abs(b - estimate) <= tol else b for b in bounds]
     return (bounds[0], bounds[1])
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` elementwise, NaN where ``den`` is 0 (an undefined rate, left out of percentiles)."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def summed_statistic(
+    counts: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    strata: Sequence | None = None,
+) -> tuple[float, np.ndarray]:
+    """A statistic of per-item counts summed over items, and its bootstrap values over resampled items.
+
+    ``counts``: ``(n_items, k)``, e.g. per item its answers, biased answers and correct answers (an item
+    may give several answers, one per option order: items stay the resampling unit). ``statistic`` maps
+    summed counts ``(..., k)`` to values ``(...)`` (rates are ratios of sums). Returns the value on all
+    items and the ``(n_resamples,)`` resampled values (percentiles: :func:`percentile_interval`).
+    """
+    c = np.asarray(counts, dtype=float).reshape(len(counts), -1)
+    value = float(statistic(c.sum(0)))
+    idx = resample_indices(len(c), n_resamples, seed, strata)
+    return value, np.asarray(statistic(c[idx].sum(1)), dtype=float)
