@@ -88,6 +88,10 @@ def eval_cmd(
     option: list[str] = typer.Option([], "--option", "-o", help="benchmark option key=value (repeatable); "
                                      "`fairdistill options BENCHMARK` lists them"),
     method_option: list[str] = typer.Option([], "--method-option", help="method option key=value (repeatable)"),
+    intervention: Optional[str] = typer.Option(None, help="model intervention for the run(s): self-debias, "
+                                               "sentence-debias, inlp (in-process hf models; see `fairdistill list`)"),
+    intervention_option: list[str] = typer.Option([], "--intervention-option", help="intervention option key=value (repeatable); "
+                                                  "`fairdistill options INTERVENTION` lists them"),
     seed: int = typer.Option(0, help="seed for sampling, subsets and bootstrap"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps"),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
@@ -96,7 +100,7 @@ def eval_cmd(
     cache: Optional[Path] = typer.Option(None, help="sqlite response cache: reruns do not re-query the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
-    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable."""
+    """Evaluate a model (optionally through a debiasing method or a model intervention) on a benchmark; resumable."""
     from .backends.base import load_backend
     from .runner import RunSpec, execute
 
@@ -105,6 +109,11 @@ def eval_cmd(
         if v is not None:
             opts[k] = v
     mopts = parse_options(method_option)
+    iopts = parse_options(intervention_option)
+    if intervention:  # an unknown name or option fails before a model is loaded
+        from .interventions import get_intervention
+
+        get_intervention(intervention, **iopts)
     # the runs: the method alone, or the comparison's reference first and then the method
     names = [method] if method else [None]
     if compare:
@@ -113,7 +122,7 @@ def eval_cmd(
     for m in names:
         own = m == (method or "baseline")
         spec = RunSpec(model=model, benchmark=benchmark, options=opts, method=m, method_options=mopts if own else {},
-                       seed=seed, data=data, limit=limit)
+                       intervention=intervention, intervention_options=iopts, seed=seed, data=data, limit=limit)
         specs.append(spec)
     # a missing or malformed dataset, or a method the benchmark cannot take, fails before a model is loaded
     benches = [s.build_benchmark() for s in specs]
@@ -131,11 +140,11 @@ def eval_cmd(
         run_dir = spec.out or spec.default_out(bench)
         spec.out = run_dir
         m = spec.method
-        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}[/bold]" + (f" with method [bold]{m}[/bold]" if m else "")
-                      + f" -> {run_dir}")
+        what = "".join(f" + {x}" for x in (intervention, m) if x)
+        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}{what}[/bold] -> {run_dir}")
         _, metrics = execute(spec, backend, bench=bench, show_progress=progress,
                              extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
-        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}" + (f" + {m}" if m else ""))
+        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}{what}")
         print_position(metrics)
         print_definitions(metrics)
         console.print(f"results: {run_dir / 'results.jsonl'}  metrics: {run_dir / 'metrics.json'}")
@@ -228,6 +237,23 @@ def distill_cmd(
     from .distill import run_fairdistill
 
     res = run_fairdistill(teacher, student, None if rules == "none" else rules, str(data), str(out), **parse_options(option))
+    console.print_json(json.dumps(res, default=str))
+
+
+@app.command("cda")
+def cda_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="model to fine-tune (built-in name, directory, hub id)"),
+    data: str = typer.Option(..., help="corpus: plain text (one example per line), jsonl with a 'text' field, or 'winobias'"),
+    out: Path = typer.Option(..., help="output folder (rerun with the same folder to resume)"),
+    student: str = typer.Option("lora", help="lora (an adapter, saved merged) or full (every weight)"),
+    words: str = typer.Option("bias_bench", help="word lists, comma-separated: bias_bench, cda, names, or files of [male, female] pairs"),
+    option: list[str] = typer.Option([], "--option", "-o", help="training option key=value, as for distill: max_steps=150 "
+                                     "learning_rate=3e-3 batch_size=8 max_length=128 max_examples=..."),
+):
+    """Counterfactual data augmentation: fine-tune on the corpus plus its gender-swapped twins (two-sided CDA)."""
+    from .distill import run_cda
+
+    res = run_cda(model, data, str(out), student=student, word_lists=words, **parse_options(option))
     console.print_json(json.dumps(res, default=str))
 
 

@@ -288,7 +288,7 @@ def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: S
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import Trainer
 
-    from .fairdistill import FairDistillConfig, _quiet, _resolve_device, last_checkpoint, rich_progress_callback, \
+    from .fairdistill import TrainConfig, _quiet, _resolve_device, last_checkpoint, rich_progress_callback, \
         training_arguments
 
     if not examples:
@@ -299,11 +299,11 @@ def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: S
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_target, task_type=TaskType.CAUSAL_LM)
     peft_model = get_peft_model(model, lcfg)
-    fd_like = FairDistillConfig(learning_rate=cfg.learning_rate, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-                                batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
-                                max_steps=cfg.max_steps, save_steps=cfg.save_steps,
-                                save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
-                                seed=cfg.seed, mixed_precision=cfg.mixed_precision)
+    fd_like = TrainConfig(learning_rate=cfg.learning_rate, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
+                          batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
+                          max_steps=cfg.max_steps, save_steps=cfg.save_steps,
+                          save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
+                          seed=cfg.seed, mixed_precision=cfg.mixed_precision)
     args = training_arguments(out / "checkpoints", fd_like, device)
     trainer = Trainer(model=peft_model, args=args, train_dataset=rows,
                       data_collator=completion_collator(tokenizer.pad_token_id))
