@@ -130,7 +130,7 @@ def test_crows_pairs_end_to_end_cli(model, intervention, request, tmp_path):
                         "--intervention-option", "max_pairs=300"]) == 0
     meta = json.loads((tmp_path / "iv" / "metrics.json").read_text())["meta"]
     stats = meta["backend_stats"]["intervention"]
-    assert stats["intervention"] == intervention and stats["cost"]["extra_forward_passes_per_token"] == 0
+    assert stats["intervention"] == intervention and stats["cost"]["extra_forward_passes"] == 0
     assert stats["estimate"]["pairs"] == 300
     cfg = json.loads((tmp_path / "iv" / "config.json").read_text())
     assert cfg["identity"]["model"]["intervention"] == {"intervention": intervention, "max_pairs": 300}

@@ -193,7 +193,7 @@ def test_crows_pairs_end_to_end_cli(tiny_gpt2_path, tmp_path, capsys):
     cfg = json.loads((tmp_path / "sd" / "config.json").read_text())
     assert cfg["identity"]["model"]["intervention"]["intervention"] == "self-debias"
     meta = json.loads((tmp_path / "sd" / "metrics.json").read_text())["meta"]
-    assert meta["backend_stats"]["intervention"]["cost"] == {"extra_forward_passes_per_token": 1}
+    assert meta["backend_stats"]["intervention"]["cost"] == {"extra_forward_passes": 1}
     plain = [json.loads(x)["score_more"] for x in (tmp_path / "plain" / "results.jsonl").read_text().splitlines()]
     sd = [json.loads(x)["score_more"] for x in (tmp_path / "sd" / "results.jsonl").read_text().splitlines()]
     assert len(sd) == 12 and sd != pytest.approx(plain, abs=1e-4)

@@ -217,11 +217,15 @@ def run_cmd(
     config: Path = typer.Argument(..., help="study YAML (see examples/study.yaml)"),
     out: Optional[Path] = typer.Option(None, help="study folder (default: the config's `out`, else runs/<name>)"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    models: Optional[str] = typer.Option(None, help="run only these models of the study (comma-separated names) "
+                                         "and the trainings that start from them"),
 ):
-    """Run a whole study from a YAML file: models x benchmarks x methods, training, capability before/after, report. Resumable."""
+    """Run a whole study from a YAML file: models x benchmarks x methods x interventions, training, capability
+    before/after, report. Resumable."""
     from .study import run_study
 
-    console.print(f"report: {run_study(config, out=out, show_progress=progress)}")
+    only = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    console.print(f"report: {run_study(config, out=out, show_progress=progress, only=only)}")
 
 
 @app.command("distill")
@@ -273,13 +277,16 @@ def self_distill_cmd(
 
 
 @app.command("options")
-def options_cmd(name: str = typer.Argument(..., help="benchmark or method name (see `fairdistill list`)")):
-    """List a benchmark's options (`-o key=value`) or a method's (`--method-option key=value`)."""
+def options_cmd(name: str = typer.Argument(..., help="benchmark, method or intervention name (see `fairdistill list`)")):
+    """List a benchmark's options (`-o key=value`), a method's (`--method-option key=value`) or an
+    intervention's (`--intervention-option key=value`)."""
     from .benchmarks.base import describe_options
-    from .registry import BENCHMARKS, METHODS
+    from .registry import BENCHMARKS, INTERVENTIONS, METHODS
 
     if name in METHODS.names() and name not in BENCHMARKS.names():
         cls, how = METHODS.get(name), "--method-option key=value"
+    elif name in INTERVENTIONS.names() and name not in BENCHMARKS.names():
+        cls, how = INTERVENTIONS.get(name), "--intervention-option key=value"
     else:
         cls, how = BENCHMARKS.get(name), "-o key=value; lists as a,b"
     t = Table(title=f"{name} options ({how})")
@@ -292,11 +299,12 @@ def options_cmd(name: str = typer.Argument(..., help="benchmark or method name (
 
 @app.command("list")
 def list_cmd():
-    """List benchmarks, methods, backends and built-in models."""
+    """List benchmarks, methods, interventions, backends and built-in models."""
     from .backends.builtin import BUILTIN_MODELS
-    from .registry import BACKENDS, BENCHMARKS, METHODS
+    from .registry import BACKENDS, BENCHMARKS, INTERVENTIONS, METHODS
 
-    for title, reg in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("backends", BACKENDS)):
+    for title, reg in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("interventions", INTERVENTIONS),
+                       ("backends", BACKENDS)):
         t = Table(title=title)
         t.add_column("name")
         t.add_column("description")

@@ -26,7 +26,8 @@ from ..data import download, find_dataset, read_jsonl
 from ..errors import UserError
 from ..methods.base import GenerationConfig, Question
 from ..registry import BENCHMARKS
-from .base import Benchmark, BenchmarkOptions, EvalContext, ReportTable, ReportView, comma_list, seeded_subset
+from .base import (Benchmark, BenchmarkOptions, EvalContext, ReportHeadline, ReportTable, ReportView, comma_list,
+                   seeded_subset)
 from . import bbq_scoring
 from . import permute as permute_mod
 
@@ -115,6 +116,9 @@ class BBQ(Benchmark):
                    ylabel="accuracy (0..1, higher is better)", ylim=(0.0, 1.0)),
     )
     report_tables = (ReportTable("BBQ metrics per category and condition", ("category", "condition", "metric")),)
+    report_headlines = (ReportHeadline("BBQ ambiguous s_AMB", {"category": "overall", "condition": "ambig",
+                                                               "metric": "bias_score"},
+                                       "BBQ s_AMB on ambiguous contexts: (1 - accuracy) x s_DIS; 0 = unbiased, range -1..1"),)
     batch_size = 16
     supports_methods = True
 

@@ -36,7 +36,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, ReportTable, ReportView, comma_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, ReportHeadline, ReportTable, ReportView, comma_list
 from . import lm_eval_tasks as lt
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class Capability(Benchmark):
                                ylabel="score (0..1, higher is better)", ylim=(0.0, 1.0), delta=True),)
     report_tables = (ReportTable("Capability: headline tasks", ("task", "metric"), where={"top": True}),
                      ReportTable("Capability: every subtask", ("task", "metric"), where={"top": (False, None)}))
+    report_headlines = (ReportHeadline("MMLU accuracy", {"requested_task": "mmlu", "top": True, "metric": "acc"},
+                                       "MMLU accuracy (lm-evaluation-harness, over the subjects run); higher is better, "
+                                       "chance 0.25"),)
     batch_size = 1  # one task per evaluate call: each finished task is saved before the next starts
 
     class Options(BenchmarkOptions):

@@ -68,7 +68,7 @@ class Intervention:
     def cost(self) -> dict[str, Any]:
         """What the intervention costs at inference: extra forward passes per scored or generated token,
         and any one-time estimation."""
-        return {"extra_forward_passes_per_token": 0}
+        return {"extra_forward_passes": 0}
 
     def stats(self) -> dict[str, Any]:
         """Recorded in the run's metrics (meta.backend_stats.intervention)."""

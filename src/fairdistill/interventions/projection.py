@@ -170,7 +170,7 @@ class _Projection(Intervention):
             self._handle = None
 
     def cost(self) -> dict[str, Any]:
-        return {"extra_forward_passes_per_token": 0, "estimation_sentences": 2 * int(self.info.get("pairs", 0)),
+        return {"extra_forward_passes": 0, "estimation_sentences": 2 * int(self.info.get("pairs", 0)),
                 "estimate_seconds": self.info.get("estimate_seconds")}
 
     def stats(self) -> dict[str, Any]:

@@ -99,7 +99,7 @@ class SelfDebias(Intervention):
         return {**super().identity(), "prefix_texts": self.prefix_texts}
 
     def cost(self) -> dict[str, Any]:
-        return {"extra_forward_passes_per_token": len(self.prefix_texts)}
+        return {"extra_forward_passes": len(self.prefix_texts)}
 
     def prefix_ids(self, tokenizer) -> list[list[int]]:
         if self._ids is None:
