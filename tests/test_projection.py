@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from doubles import ServedBackend
 from fairdistill.cli import main
 from fairdistill.errors import CapabilityError, UserError
 from fairdistill.interventions import applied, get_intervention
@@ -107,16 +108,8 @@ def test_bad_options_and_backends_are_one_line(tiny_gpt2):
     with pytest.raises(UserError, match="corpus not found"):
         with applied(tiny_gpt2, "inlp", {"corpus": "/no/such/file.txt"}):
             pass
-    from fairdistill.backends.base import Backend
-
-    class Served(Backend):
-        name = "served"
-
-        def describe(self):
-            return {"backend": "openai", "model": "served"}
-
     with pytest.raises(CapabilityError, match="'inlp' cannot run on the openai backend: it needs a forward hook"):
-        with applied(Served(), "inlp"):
+        with applied(ServedBackend("openai"), "inlp"):
             pass
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from doubles import ServedBackend
 from fairdistill.cli import main
 from fairdistill.errors import CapabilityError, UserError
 from fairdistill.interventions import applied, get_intervention
@@ -158,16 +159,8 @@ def test_generation_equals_hand_greedy_decoding(tiny_llama_chat):
 
 
 def test_refused_outside_the_in_process_backend():
-    from fairdistill.backends.base import Backend
-
-    class Served(Backend):  # stands for vllm:/openai: (no model object, top-k log-probabilities)
-        name = "served"
-
-        def describe(self):
-            return {"backend": "vllm", "model": "served"}
-
     with pytest.raises(CapabilityError, match="'self-debias' cannot run on the vllm backend: .*top-k"):
-        with applied(Served(), "self-debias"):
+        with applied(ServedBackend("vllm"), "self-debias"):
             pass
 
 
@@ -201,3 +194,34 @@ def test_crows_pairs_end_to_end_cli(tiny_gpt2_path, tmp_path, capsys):
     assert main(args) == 0
     assert main(base + ["--out", str(tmp_path / "sd"), "--intervention", "self-debias"]) == 2
     assert "holds a different run" in capsys.readouterr().err
+
+
+def test_bbq_generation_through_a_method_end_to_end(tiny_llama_chat_path, tmp_path):
+    """An intervention and a method compose: every generated turn of reprompting is self-debiased."""
+    out = tmp_path / "run"
+    args = ["eval", "bbq", "--model", str(tiny_llama_chat_path), "--categories", "Age", "--limit", "2", "--mode",
+            "generate", "--method", "reprompting", "--intervention", "self-debias", "--intervention-option",
+            "bias_types=gender", "--dtype", "float32", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["identity"]["method"]["method"] == "reprompting"
+    assert cfg["identity"]["model"]["intervention"]["intervention"] == "self-debias"
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(len(r["transcript"]) == 4 for r in recs)
+
+
+def test_capability_scores_through_the_intervention(tiny_gpt2):
+    """lm-evaluation-harness (capability) gets the self-debiased distributions, not the bare model's."""
+    pytest.importorskip("lm_eval")
+    from fairdistill.benchmarks.base import EvalContext
+    from fairdistill.benchmarks.capability import Capability
+
+    bench = Capability(tasks=["mmlu"], subjects=["anatomy"], limit=2)
+    ids = torch.tensor([tiny_gpt2.tokenizer("The nurse said that she", add_special_tokens=False)["input_ids"]])
+    plain = bench.lm(EvalContext(backend=tiny_gpt2))._model_call(ids)
+    with applied(tiny_gpt2, "self-debias", OPTS):
+        lm = bench.lm(EvalContext(backend=tiny_gpt2))
+        got = lm._model_call(ids)
+        assert torch.allclose(got, tiny_gpt2.model_logits(ids))
+    assert not torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(plain, -1), atol=1e-4)
+    assert bench.lm(EvalContext(backend=tiny_gpt2)) is not lm  # the plain wrapper again once detached

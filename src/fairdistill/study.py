@@ -243,11 +243,7 @@ class _Study:
             for bench in self.benchmarks():
                 plain[bench.key] = self._run(backend, model_name, bench, None)
             for m in self.cfg.methods:
-                if m.models is not None and model_name not in m.models:
-                    continue
-                for bench in self.benchmarks():
-                    if m.benchmarks is not None and bench.key not in m.benchmarks:
-                        continue
+                for bench in self.targets(m, model_name):
                     from .registry import BENCHMARKS
 
                     if not BENCHMARKS.get(bench.name).supports_methods:
@@ -258,17 +254,19 @@ class _Study:
                     if m.compare:
                         self.compare(plain[bench.key], mdir)
             for iv in self.cfg.interventions:
-                if iv.models is not None and model_name not in iv.models:
-                    continue
-                for bench in self.benchmarks():
-                    if iv.benchmarks is not None and bench.key not in iv.benchmarks:
-                        continue
+                for bench in self.targets(iv, model_name):
                     idir = self._run(backend, model_name, bench, None, iv)
                     if iv.compare and _has_paired_comparison(bench.name):
                         self.compare(plain[bench.key], idir)
         finally:
             del backend
             gc.collect()
+
+    def targets(self, entry: MethodEntry | InterventionEntry, model_name: str) -> list[BenchmarkEntry]:
+        """The benchmarks a method or intervention entry runs on for this model (none if not for this model)."""
+        if entry.models is not None and model_name not in entry.models:
+            return []
+        return [b for b in self.benchmarks() if entry.benchmarks is None or b.key in entry.benchmarks]
 
     def compare(self, base_dir: Path, meth_dir: Path) -> None:
         from .compare import compare
