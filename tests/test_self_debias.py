@@ -225,3 +225,22 @@ def test_capability_scores_through_the_intervention(tiny_gpt2):
         assert torch.allclose(got, tiny_gpt2.model_logits(ids))
     assert not torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(plain, -1), atol=1e-4)
     assert bench.lm(EvalContext(backend=tiny_gpt2)) is not lm  # the plain wrapper again once detached
+
+
+def test_a_bfloat16_model_self_debiases_in_float32(tiny_gpt2_path, tiny_gpt2):
+    """λ amplifies rounding, so the intervention computes in float32 with the checkpoint's own weights and
+    hands the model back in bfloat16."""
+    from fairdistill.backends.hf import HFBackend
+
+    be = HFBackend.from_spec(str(tiny_gpt2_path), device="cpu", dtype="bfloat16")
+    text = ["The nurse said that she was tired.", "He said the doctor was late."]
+    bf16_plain = be.sequence_logprob(text)
+    with applied(tiny_gpt2, "self-debias", OPTS):
+        want = tiny_gpt2.sequence_logprob(text)
+    with applied(be, "self-debias", OPTS):
+        assert be.model.dtype == torch.float32 and be.describe()["dtype"] == "float32"
+        got = be.sequence_logprob(text)
+    assert got == want  # the same weights, the same float32 arithmetic
+    assert be.model.dtype == torch.bfloat16 and be.sequence_logprob(text) == bf16_plain
+    with applied(be, "self-debias", {**OPTS, "float32": False}):
+        assert be.model.dtype == torch.bfloat16

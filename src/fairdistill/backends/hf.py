@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import CapabilityError, UserError
 from ..registry import BACKENDS
@@ -216,6 +217,25 @@ class HFBackend(Backend):
             return []
         proc = self.intervention.logits_processor(self, prompts)
         return [proc] if proc is not None else []
+
+    @contextmanager
+    def float32(self) -> Iterator[None]:
+        """The model computes in float32 while the block runs (the checkpoint's exact float32 weights where the
+        backend loaded a converted folder), then returns to its dtype; near-tie re-scoring pauses meanwhile."""
+        torch = self._torch
+        if self.model.dtype == torch.float32:
+            yield
+            return
+        from .precision import Float32Weights
+
+        dtype, margin = self.model.dtype, self.rescore_margin
+        (self._fp32 or Float32Weights(self.model, self._weights_dir)).upcast()
+        self.rescore_margin = 0.0
+        try:
+            yield
+        finally:
+            self.model.to(dtype)
+            self.rescore_margin = margin
 
     # -- where logits become log-probabilities (rescoring interventions plug in here) -----------
     def _rescoring(self) -> bool:

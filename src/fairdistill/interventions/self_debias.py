@@ -24,10 +24,17 @@ scoring also gives up the backend's shared-context reuse (every option is scored
 vLLM and OpenAI-compatible servers cannot run it: it needs the full next-token distribution under
 every prefix at every position, and they return top-k log-probabilities only (vLLM's logits
 processors, moreover, cannot run the model on other inputs). The intervention refuses them in one line.
+
+Precision: α = exp(λΔ) with λ = 50 turns rounding in the probabilities into large score changes
+(SmolLM2, 30 CrowS-Pairs sentences, bfloat16 vs float32 sentence log-likelihood: 0.25 nats apart on
+average for the plain model, 0.91 under self-debias with the gender prefix). So while attached, the
+model computes in float32 (``float32=true``, default), with the checkpoint's exact float32 weights
+where the backend has them (``HFBackend.float32``); ``float32=false`` keeps the model's own dtype.
 """
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -83,6 +90,8 @@ class SelfDebias(Intervention):
                                                            "self_debias_prefixes.yaml, the nine CrowS-Pairs bias types)")
         decay_constant: float = Field(50.0, gt=0, description="λ: α = exp(λ·Δ) for Δ < 0 (paper: 50)")
         epsilon: float = Field(0.01, ge=0, lt=1, description="floor of α (authors' code: 0.01; 0 = the paper's formula)")
+        float32: bool = Field(True, description="compute in float32 while attached, also for a model held in bfloat16 "
+                                                "(λ turns rounding in the probabilities into large score changes)")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -93,6 +102,14 @@ class SelfDebias(Intervention):
             raise UserError(f"self-debias: no prefix named {', '.join(map(repr, unknown))}; known: {', '.join(table)}")
         self.prefix_texts = [table[n] for n in names]
         self._ids: list[list[int]] | None = None
+        self._precision = ExitStack()
+
+    def attach(self, backend) -> None:
+        if self.opts.float32:
+            self._precision.enter_context(backend.float32())
+
+    def detach(self, backend) -> None:
+        self._precision.close()
 
     def identity(self) -> dict[str, Any]:
         # the prefix texts themselves, so that an edited prefixes file is a different run
@@ -113,28 +130,31 @@ class SelfDebias(Intervention):
     def adjust_logprobs(self, backend, ids, att, positions, logprobs, lead):
         prefixes = self.prefix_ids(backend.tokenizer)
         masked = backend.model_type == "masked"
-        seqs, where = [], []  # per (prefix k, row r), k-major: the prefixed tokens and the scored positions in them
+        # per (prefix k, row r), k-major: the row's start tokens + prefix (the head), the rest of its tokens
+        # (the tail), and the scored positions in head + tail
+        jobs = []
         for pre in prefixes:
             for r in range(len(positions)):
                 keep = att[r].bool()
                 real = ids[r][keep].tolist()
                 offset = int(keep.nonzero()[0]) if keep.any() else 0  # left padding
                 n = lead[r]
-                seqs.append(real[:n] + pre + real[n:])
                 # a causal LM's logits at position q predict token q + 1: the last start token's position
                 # moves too, since the prefix now follows it
                 first_moved = n if masked else n - 1
-                where.append([q - offset + len(pre) if q - offset >= first_moved else q - offset for q in positions[r]])
-        biased = self._run(backend, seqs, where)
+                where = [q - offset + len(pre) if q - offset >= first_moved else q - offset for q in positions[r]]
+                jobs.append((real[:n] + pre, real[n:], where))
+        biased = self._run_masked(backend, jobs) if masked else self._run_causal(backend, jobs)
         B = len(positions)
         return [self.debias(logprobs[r], [biased[k * B + r] for k in range(len(prefixes))]) for r in range(B)]
 
     @staticmethod
-    def _run(backend, seqs: list[list[int]], where: list[list[int]]):
-        """Log-softmax at ``where[i]`` of each sequence (right-padded batches)."""
+    def _run_masked(backend, jobs):
+        """Log-softmax at the scored positions of each head + tail (right-padded batches)."""
         import torch
 
-        out: list[Any] = [None] * len(seqs)
+        seqs = [head + tail for head, tail, _ in jobs]
+        out: list[Any] = [None] * len(jobs)
         pad = backend.tokenizer.pad_token_id
         for batch in backend._batches([len(s) for s in seqs]):
             maxlen = max(len(seqs[i]) for i in batch)
@@ -145,7 +165,47 @@ class SelfDebias(Intervention):
                 att[r, : len(seqs[i])] = 1
             logits = backend.model(input_ids=ids.to(backend.device), attention_mask=att.to(backend.device)).logits
             for r, i in enumerate(batch):
-                out[i] = torch.log_softmax(logits[r, where[i]].float(), -1)
+                out[i] = torch.log_softmax(logits[r, jobs[i][2]].float(), -1)
+        return out
+
+    @staticmethod
+    def _run_causal(backend, jobs):
+        """As ``_run_masked``, for a causal LM: each distinct head (start tokens + prefix) runs once and its
+        KV cache serves every tail that follows it, so a prefix costs its rows' own tokens only."""
+        import copy
+
+        import torch
+
+        out: list[Any] = [None] * len(jobs)
+        pad = backend.tokenizer.pad_token_id
+        groups: dict[tuple, list[int]] = {}
+        for i, (head, _, _) in enumerate(jobs):
+            groups.setdefault(tuple(head), []).append(i)
+        for head, members in groups.items():
+            H = len(head)
+            h_out = backend.model(input_ids=torch.tensor([head], device=backend.device), use_cache=True)
+            h_logits, h_cache = h_out.logits[0], backend.cache_of(h_out)
+            for batch in backend._batches([len(jobs[i][1]) for i in members]):
+                rows = [members[b] for b in batch]
+                L = max(len(jobs[i][1]) for i in rows)
+                logits = None
+                if L:
+                    ids = torch.full((len(rows), L), pad, dtype=torch.long)
+                    att = torch.zeros((len(rows), H + L), dtype=torch.long)
+                    att[:, :H] = 1
+                    for r, i in enumerate(rows):
+                        tail = jobs[i][1]
+                        ids[r, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+                        att[r, H: H + len(tail)] = 1
+                    cache = copy.deepcopy(h_cache)
+                    cache.batch_repeat_interleave(len(rows))
+                    pos = (H + torch.arange(L))[None, :].expand(len(rows), L)
+                    logits = backend.model(input_ids=ids.to(backend.device), attention_mask=att.to(backend.device),
+                                           position_ids=pos.to(backend.device), use_cache=True,
+                                           **{backend.cache_kw: cache}).logits
+                for r, i in enumerate(rows):
+                    picked = [h_logits[q] if q < H else logits[r, q - H] for q in jobs[i][2]]
+                    out[i] = torch.log_softmax(torch.stack(picked).float(), -1)
         return out
 
     # -- generation -----------------------------------------------------------------------------
