@@ -78,7 +78,7 @@ def test_tiny_baselines_study(tiny_gpt2_path, tiny_llama_chat_path, tmp_path, mo
     for col in ("CrowS-Pairs gender", "CrowS-Pairs overall", "BBQ ambiguous s_AMB", "MMLU accuracy", "cost"):
         assert col in head
     row = dict(zip(labels, lines[1:]))
-    assert "+1 forward passes per token" in row["base + self-debias"]
+    assert "+1 forward pass per token" in row["base + self-debias"]
     assert "no extra forward pass; estimated once on 120 sentences" in row["base + sentence-debias"]
     assert "cda: 2 steps" in row["base-cda"] and "fairdistill: 2 steps" in row["base-fairdistill"]
     assert re.search(r"\d+\.\d+ \[\d+\.\d+, \d+\.\d+\]", row["base"])  # values with their CI

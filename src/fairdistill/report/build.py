@@ -551,7 +551,7 @@ def _cost(run: Run) -> str:
     if isinstance(iv, dict) and isinstance(iv.get("cost"), dict):
         ic = iv["cost"]
         n = ic.get("extra_forward_passes")
-        text = f"+{fmt(n)} forward passes per token" if n else "no extra forward pass"
+        text = (f"+{fmt(n)} forward pass{'es' if n != 1 else ''} per token") if n else "no extra forward pass"
         if ic.get("estimation_sentences"):
             text += f"; estimated once on {fmt(ic['estimation_sentences'])} sentences"
             if _num(ic.get("estimate_seconds")):
