@@ -87,6 +87,13 @@ def test_tiny_baselines_study(tiny_gpt2_path, tiny_llama_chat_path, tmp_path, mo
     assert "**Mitigations side by side**" in md and "| base + self-debias |" in md
 
 
+def test_run_refuses_an_unknown_model_name(capsys, tmp_path):
+    from fairdistill.cli import main
+
+    assert main(["run", str(EXAMPLES / "baselines_study.yaml"), "--models", "smollm2,qwen", "--out", str(tmp_path)]) == 2
+    assert "no model named qwen; models: smollm2, qwen15" in capsys.readouterr().err
+
+
 def test_the_baselines_study_file_is_valid_before_any_model_loads():
     """Every benchmark option, intervention option and training option of examples/baselines_study.yaml is
     one the code knows, so the long runs cannot fail hours in on a typo."""
