@@ -27,3 +27,15 @@ class ChatDouble(Backend):
             out.append(GenerationResult(text=self.reply(r), prompt_tokens=self.prompt_tokens,
                                         completion_tokens=self.completion_tokens))
         return out
+
+
+class ServedBackend(Backend):
+    """Stands for a served model (``vllm:`` / ``openai:``): no model object here, no full distributions."""
+
+    name = "served"
+
+    def __init__(self, kind: str = "vllm"):
+        self.kind = kind
+
+    def describe(self):
+        return {"backend": self.kind, "model": self.name}

@@ -94,6 +94,10 @@ def eval_cmd(
     option: list[str] = typer.Option([], "--option", "-o", help="benchmark option key=value (repeatable); "
                                      "`fairdistill options BENCHMARK` lists them"),
     method_option: list[str] = typer.Option([], "--method-option", help="method option key=value (repeatable)"),
+    intervention: Optional[str] = typer.Option(None, help="model intervention for the run(s): self-debias, "
+                                               "sentence-debias, inlp (in-process hf models; see `fairdistill list`)"),
+    intervention_option: list[str] = typer.Option([], "--intervention-option", help="intervention option key=value (repeatable); "
+                                                  "`fairdistill options INTERVENTION` lists them"),
     seed: int = typer.Option(0, help="seed for sampling, subsets and bootstrap"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps"),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16"),
@@ -102,7 +106,7 @@ def eval_cmd(
     cache: Optional[Path] = typer.Option(None, help="sqlite response cache: reruns do not re-query the model"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
-    """Evaluate a model (optionally through a debiasing method) on a benchmark; resumable.
+    """Evaluate a model (optionally through a debiasing method or a model intervention) on a benchmark; resumable.
     Under `torchrun` / `accelerate launch` the items are sharded over the processes (README "Scaling out")."""
     from .backends.base import load_backend
     from .distributed import dist_env
@@ -116,6 +120,11 @@ def eval_cmd(
         if v is not None:
             opts[k] = v
     mopts = parse_options(method_option)
+    iopts = parse_options(intervention_option)
+    if intervention:  # an unknown name or option fails before a model is loaded
+        from .interventions import get_intervention
+
+        get_intervention(intervention, **iopts)
     # the runs: the method alone, or the comparison's reference first and then the method
     names = [method] if method else [None]
     if compare:
@@ -124,7 +133,7 @@ def eval_cmd(
     for m in names:
         own = m == (method or "baseline")
         spec = RunSpec(model=model, benchmark=benchmark, options=opts, method=m, method_options=mopts if own else {},
-                       seed=seed, data=data, limit=limit)
+                       intervention=intervention, intervention_options=iopts, seed=seed, data=data, limit=limit)
         specs.append(spec)
     # a missing or malformed dataset, or a method the benchmark cannot take, fails before a model is loaded
     benches = [s.build_benchmark() for s in specs]
@@ -142,11 +151,11 @@ def eval_cmd(
         run_dir = spec.out or spec.default_out(bench)
         spec.out = run_dir
         m = spec.method
-        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}[/bold]" + (f" with method [bold]{m}[/bold]" if m else "")
-                      + f" -> {run_dir}")
+        what = "".join(f" + {x}" for x in (intervention, m) if x)
+        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}{what}[/bold] -> {run_dir}")
         _, metrics = execute(spec, backend, bench=bench, show_progress=progress,
                              extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
-        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}" + (f" + {m}" if m else ""))
+        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}{what}")
         print_position(metrics)
         print_notes(metrics)
         print_definitions(metrics)
@@ -226,11 +235,15 @@ def run_cmd(
                                  "pip install 'fairdistill[ray]')"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. ray://head:10001 or auto "
                                               "(default: start a local Ray instance)"),
+    models: Optional[str] = typer.Option(None, help="run only these models of the study (comma-separated names) "
+                                         "and the trainings that start from them"),
 ):
-    """Run a whole study from a YAML file: models x benchmarks x methods, training, capability before/after, report. Resumable."""
+    """Run a whole study from a YAML file: models x benchmarks x methods x interventions, training, capability
+    before/after, report. Resumable."""
     from .study import run_study
 
-    console.print(f"report: {run_study(config, out=out, show_progress=progress, executor=executor, ray_address=ray_address)}")
+    only = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    console.print(f"report: {run_study(config, out=out, show_progress=progress, executor=executor, ray_address=ray_address, only=only)}")
 
 
 @app.command("distill")
@@ -246,6 +259,23 @@ def distill_cmd(
     from .distill import run_fairdistill
 
     res = run_fairdistill(teacher, student, None if rules == "none" else rules, str(data), str(out), **parse_options(option))
+    console.print_json(json.dumps(res, default=str))
+
+
+@app.command("cda")
+def cda_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="model to fine-tune (built-in name, directory, hub id)"),
+    data: str = typer.Option(..., help="corpus: plain text (one example per line), jsonl with a 'text' field, or 'winobias'"),
+    out: Path = typer.Option(..., help="output folder (rerun with the same folder to resume)"),
+    student: str = typer.Option("lora", help="lora (an adapter, saved merged) or full (every weight)"),
+    words: str = typer.Option("bias_bench", help="word lists, comma-separated: bias_bench, cda, names, or files of [male, female] pairs"),
+    option: list[str] = typer.Option([], "--option", "-o", help="training option key=value, as for distill: max_steps=150 "
+                                     "learning_rate=3e-3 batch_size=8 max_length=128 max_examples=..."),
+):
+    """Counterfactual data augmentation: fine-tune on the corpus plus its gender-swapped twins (two-sided CDA)."""
+    from .distill import run_cda
+
+    res = run_cda(model, data, str(out), student=student, word_lists=words, **parse_options(option))
     console.print_json(json.dumps(res, default=str))
 
 
@@ -267,13 +297,16 @@ def self_distill_cmd(
 
 
 @app.command("options")
-def options_cmd(name: str = typer.Argument(..., help="benchmark or method name (see `fairdistill list`)")):
-    """List a benchmark's options (`-o key=value`) or a method's (`--method-option key=value`)."""
+def options_cmd(name: str = typer.Argument(..., help="benchmark, method or intervention name (see `fairdistill list`)")):
+    """List a benchmark's options (`-o key=value`), a method's (`--method-option key=value`) or an
+    intervention's (`--intervention-option key=value`)."""
     from .benchmarks.base import describe_options
-    from .registry import BENCHMARKS, METHODS
+    from .registry import BENCHMARKS, INTERVENTIONS, METHODS
 
     if name in METHODS.names() and name not in BENCHMARKS.names():
         cls, how = METHODS.get(name), "--method-option key=value"
+    elif name in INTERVENTIONS.names() and name not in BENCHMARKS.names():
+        cls, how = INTERVENTIONS.get(name), "--intervention-option key=value"
     else:
         cls, how = BENCHMARKS.get(name), "-o key=value; lists as a,b"
     t = Table(title=f"{name} options ({how})")
@@ -286,11 +319,12 @@ def options_cmd(name: str = typer.Argument(..., help="benchmark or method name (
 
 @app.command("list")
 def list_cmd():
-    """List benchmarks, methods, backends and built-in models."""
+    """List benchmarks, methods, interventions, backends and built-in models."""
     from .backends.builtin import BUILTIN_MODELS
-    from .registry import BACKENDS, BENCHMARKS, METHODS
+    from .registry import BACKENDS, BENCHMARKS, INTERVENTIONS, METHODS
 
-    for title, reg in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("backends", BACKENDS)):
+    for title, reg in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("interventions", INTERVENTIONS),
+                       ("backends", BACKENDS)):
         t = Table(title=title)
         t.add_column("name")
         t.add_column("description")

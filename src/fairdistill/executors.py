@@ -30,13 +30,13 @@ def _task_env(env: dict[str, str | None]):
     return old
 
 
-def run_task(study, model_name: str, bench, method, env: dict[str, str | None]) -> str:
+def run_task(study, model_name: str, bench, method, intervention, env: dict[str, str | None]) -> str:
     """One run (Ray task body): load the model, evaluate into the run folder."""
     old = _task_env(env)
     try:
         backend = study.load_backend(model_name)
         try:
-            return str(study._run(backend, model_name, bench, method))
+            return str(study._run(backend, model_name, bench, method, intervention))
         finally:
             backend.close()
     finally:
@@ -79,29 +79,28 @@ def run_on_ray(study, address: str | None = None) -> None:
     quiet.models = dict(study.models)
     run_remote, train_remote = ray.remote(run_task), ray.remote(train_task)
     try:
-        def submit_runs(names: list[str]) -> list[tuple[str, Any, Any, Any]]:
+        def submit_runs(names: list[str]) -> list[tuple[str, Any, Any, Any, Any]]:
             out = []
             for name in names:
                 quiet.models = dict(study.models)
-                for bench, method in study.plan(name):
-                    study.log(f"[bold]{bench.key}[/bold] on [bold]{name}"
-                              + (f" + {method.name}" if method else "") + "[/bold]: Ray task")
-                    ref = run_remote.options(**_resources(study, name)).remote(quiet, name, bench, method, env)
-                    out.append((name, bench, method, ref))
+                for bench, method, iv in study.plan(name):
+                    study.log(f"[bold]{bench.key}[/bold] on [bold]{study._label(name, method, iv)}[/bold]: Ray task")
+                    ref = run_remote.options(**_resources(study, name)).remote(quiet, name, bench, method, iv, env)
+                    out.append((name, bench, method, iv, ref))
             return out
 
         first = submit_runs([m.name for m in study.cfg.models])
         trainings = [(t, train_remote.options(**_resources(study, t.base)).remote(quiet, t, env))
                      for t in study.cfg.training]
         _wait([ref for *_, ref in first] + [ref for _, ref in trainings])
-        for name, bench, method, _ in first:
-            study.record(name, bench, method)
+        for name, bench, method, iv, _ in first:
+            study.record(name, bench, method, iv)
         for t, ref in trainings:
             study.add_trained(t.name, ray.get(ref))
         second = submit_runs([t.name for t, _ in trainings])
         _wait([ref for *_, ref in second])
-        for name, bench, method, _ in second:
-            study.record(name, bench, method)
+        for name, bench, method, iv, _ in second:
+            study.record(name, bench, method, iv)
     finally:
         if started:
             ray.shutdown()

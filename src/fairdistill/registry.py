@@ -1,9 +1,10 @@
-"""Name -> class registries for backends, benchmarks and methods.
+"""Name -> class registries for backends, benchmarks, methods and interventions.
 
-Adding a benchmark, method or backend is one file with one decorated class, dropped into its
-package (``fairdistill/benchmarks/``, ``methods/``, ``backends/``): every module of the package is
-imported on first use, so no list needs editing. Code outside fairdistill registers through an
-entry point in the group ``fairdistill.benchmarks`` / ``fairdistill.methods`` / ``fairdistill.backends``
+Adding a benchmark, method, intervention or backend is one file with one decorated class, dropped
+into its package (``fairdistill/benchmarks/``, ``methods/``, ``interventions/``, ``backends/``):
+every module of the package is imported on first use, so no list needs editing. Code outside
+fairdistill registers through an entry point in the group ``fairdistill.benchmarks`` /
+``fairdistill.methods`` / ``fairdistill.interventions`` / ``fairdistill.backends``
 whose value is the module to import, or, without packaging, by naming its modules in
 ``$FAIRDISTILL_PLUGINS`` (comma-separated, importable from ``sys.path``).
 """
@@ -75,3 +76,4 @@ class Registry(Generic[T]):
 BENCHMARKS: Registry = Registry("benchmark", "fairdistill.benchmarks")
 METHODS: Registry = Registry("method", "fairdistill.methods")
 BACKENDS: Registry = Registry("backend", "fairdistill.backends")
+INTERVENTIONS: Registry = Registry("intervention", "fairdistill.interventions")

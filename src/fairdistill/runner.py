@@ -1,8 +1,9 @@
 """The spine every entry point shares: a run specification -> ``execute`` -> a run folder.
 
-``RunSpec`` names model, benchmark + options, method + options, seed and data; ``execute`` builds the
-benchmark (failing fast on bad options or data), wraps the backend in the method, and runs it into a
-run store with progress, incremental saving and resume. ``fairdistill eval``, studies and the speed
+``RunSpec`` names model, benchmark + options, method + options, intervention + options, seed and
+data; ``execute`` builds the benchmark (failing fast on bad options or data), attaches the
+intervention to the model for the run, wraps the backend in the method, and runs it into a run
+store with progress, incremental saving and resume. ``fairdistill eval``, studies and the speed
 scripts all go through it.
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ class RunSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="benchmark options")
     method: str | None = Field(None, description="inference-time method wrapping the model")
     method_options: dict[str, Any] = Field(default_factory=dict)
+    intervention: str | None = Field(None, description="model intervention for the run (self-debias, sentence-debias, inlp)")
+    intervention_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     data: str | None = None
     limit: int | None = None
@@ -45,8 +48,10 @@ class RunSpec(BaseModel):
 
     def default_out(self, bench: Benchmark) -> Path:
         ident = {"bench": bench.identity(), "model": self.model, "method": self.method, "mopts": self.method_options}
+        if self.intervention:  # only then: the folders of runs without one keep their names
+            ident.update(intervention=self.intervention, iopts=self.intervention_options)
         h = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        parts = [self.benchmark, _slug(self.model)] + ([self.method] if self.method else [])
+        parts = [self.benchmark, _slug(self.model)] + [x for x in (self.intervention, self.method) if x]
         return Path("runs") / ("-".join(parts) + "-" + h)
 
 
@@ -68,17 +73,20 @@ def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, method=No
     """Run ``spec`` on ``backend`` (resuming what its folder holds); return the folder and the metrics.
 
     ``method``: a ready :class:`~fairdistill.methods.base.Method` object to use instead of building
-    ``spec.method`` from the registry (a custom teacher, a test double)."""
+    ``spec.method`` from the registry (a custom teacher, a test double). The spec's intervention is
+    attached to the model for this run only."""
+    from .interventions.base import applied
     from .methods.base import get_method
 
     bench = bench or spec.build_benchmark()
     bench.load_items()
-    if method is None and spec.method:
-        method = get_method(spec.method, backend, **spec.method_options)
     run_dir = spec.out or spec.default_out(bench)
     config = {"run_spec": json.loads(spec.model_dump_json()), **(extra_config or {})}
-    metrics = run_benchmark(bench, EvalContext(backend=backend, method=method, seed=spec.seed), RunStore(run_dir),
-                            show_progress=show_progress, extra_config=config)
+    with applied(backend, spec.intervention, spec.intervention_options):
+        if method is None and spec.method:
+            method = get_method(spec.method, backend, **spec.method_options)
+        metrics = run_benchmark(bench, EvalContext(backend=backend, method=method, seed=spec.seed), RunStore(run_dir),
+                                show_progress=show_progress, extra_config=config)
     return run_dir, metrics
 
 

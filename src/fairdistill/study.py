@@ -6,9 +6,13 @@
    ``capability`` block (lm-evaluation-harness tasks) when given: the "before" picture;
 2. every inference-time method in ``methods`` on the benchmarks that support methods, each with a
    paired comparison against the plain model (``comparison.json`` in the method's run dir);
-3. every ``training`` step (``fairdistill`` or ``self_distill`` from :mod:`fairdistill.distill`),
+3. every model intervention in ``interventions`` (:mod:`fairdistill.interventions`: self-debias,
+   sentence-debias, inlp) on every benchmark and the capability tasks, compared item by item with the
+   plain model where the benchmark has a paired comparison;
+4. every ``training`` step (``fairdistill``, ``cda`` or ``self_distill`` from :mod:`fairdistill.distill`),
    whose trained model is then evaluated on the same benchmarks and capability tasks: the "after";
-4. the report (``report.html`` + ``report.md``) over every run, and ``study.json`` listing them.
+   the runs of a trained model record its cost (training steps and seconds) for the report;
+5. the report (``report.html`` + ``report.md``) over every run, and ``study.json`` listing them.
 
 Every run lives in its own run directory under ``out`` and resumes like ``fairdistill eval``:
 rerunning the same study after an interruption skips finished items, finished runs and finished
@@ -63,11 +67,25 @@ class MethodEntry(_Strict):
     models: list[str] | None = Field(None, description="model names to apply it to (default: all, incl. trained)")
 
 
+class InterventionEntry(_Strict):
+    name: str = Field(description="registered intervention name (fairdistill list)")
+    id: str | None = Field(None, description="label and run-dir suffix when one intervention appears twice")
+    options: dict[str, Any] = Field(default_factory=dict)
+    benchmarks: list[str] | None = Field(None, description="benchmark ids to run it on (default: all, capability included)")
+    compare: bool = Field(True, description="write a paired comparison against the plain model where the benchmark has one")
+    models: list[str] | None = Field(None, description="model names to apply it to (default: all, incl. trained)")
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
 class TrainingEntry(_Strict):
     name: str = Field(description="name of the trained model in the report")
-    kind: Literal["fairdistill", "self_distill"] = "fairdistill"
+    kind: Literal["fairdistill", "cda", "self_distill"] = "fairdistill"
     base: str = Field(description="name of the model (in models) to start from")
-    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of run_fairdistill / run_self_distill")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="keyword arguments of run_fairdistill / run_cda / run_self_distill")
 
 
 class ReportEntry(_Strict):
@@ -90,6 +108,7 @@ class StudyConfig(_Strict):
     benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
     capability: dict[str, Any] | None = Field(None, description="options of the capability benchmark, run on every model")
     methods: list[MethodEntry] = Field(default_factory=list)
+    interventions: list[InterventionEntry] = Field(default_factory=list)
     training: list[TrainingEntry] = Field(default_factory=list)
     report: ReportEntry = Field(default_factory=ReportEntry)
 
@@ -164,6 +183,7 @@ class _Study:
         self.notes: list[str] = []
         self.models: dict[str, str] = {m.name: _local_path(m.model, cfg_dir) for m in cfg.models}
         self.trained: list[str] = []
+        self.costs: dict[str, dict[str, Any]] = {}  # trained model -> what its training cost
 
     # -- helpers --------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -192,57 +212,79 @@ class _Study:
             backend = CachingBackend(backend, self.out / name / "responses.sqlite")
         return backend
 
-    def spec(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> RunSpec:
-        run_dir = self.out / model_name / (bench.key + (f"--{method.name}" if method else ""))
+    def spec(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
+             intervention: InterventionEntry | None = None) -> RunSpec:
+        suffix = (f"--{intervention.key}" if intervention else "") + (f"--{method.name}" if method else "")
         return RunSpec(model=self.models[model_name], benchmark=bench.name, options=bench.options,
                        method=method.name if method else None, method_options=method.options if method else {},
-                       seed=self.cfg.seed, out=run_dir)
+                       intervention=intervention.name if intervention else None,
+                       intervention_options=intervention.options if intervention else {},
+                       seed=self.cfg.seed, out=self.out / model_name / (bench.key + suffix))
 
-    def _run(self, backend, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> Path:
-        spec = self.spec(model_name, bench, method)
-        label = model_name + (f" + {method.name}" if method else "")
+    def _label(self, model_name: str, method: MethodEntry | None, intervention: InterventionEntry | None) -> str:
+        return model_name + "".join(f" + {x}" for x in (intervention.key if intervention else None,
+                                                        method.name if method else None) if x)
+
+    def _run(self, backend, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
+             intervention: InterventionEntry | None = None) -> Path:
+        spec = self.spec(model_name, bench, method, intervention)
+        label = self._label(model_name, method, intervention)
         self.log(f"[bold]{bench.key}[/bold] on [bold]{label}[/bold] -> {spec.out}")
-        execute(spec, backend, show_progress=self.show_progress,
-                extra_config={"model_spec": self.models[model_name], "label": label, "study": self.cfg.name,
-                              "method_options": method.options if method else {}})
+        extra = {"model_spec": self.models[model_name], "label": label, "study": self.cfg.name,
+                 "method_options": method.options if method else {}}
+        if model_name in self.costs:
+            extra["cost"] = self.costs[model_name]
+        execute(spec, backend, show_progress=self.show_progress, extra_config=extra)
         return spec.out
 
-    def plan(self, model_name: str) -> list[tuple[BenchmarkEntry, MethodEntry | None]]:
-        """The runs of one model, in order: every benchmark plain, then each method on the benchmarks it applies to."""
+    def plan(self, model_name: str) -> list[tuple[BenchmarkEntry, MethodEntry | None, InterventionEntry | None]]:
+        """The runs of one model, in order: every benchmark plain, each method on the benchmarks it applies
+        to, then each intervention."""
         from .registry import BENCHMARKS
 
-        runs: list[tuple[BenchmarkEntry, MethodEntry | None]] = [(b, None) for b in self.benchmarks()]
+        runs: list[tuple[BenchmarkEntry, MethodEntry | None, InterventionEntry | None]] = [
+            (b, None, None) for b in self.benchmarks()]
         for m in self.cfg.methods:
-            if m.models is not None and model_name not in m.models:
-                continue
-            for bench in self.benchmarks():
-                if m.benchmarks is not None and bench.key not in m.benchmarks:
-                    continue
+            for bench in self.targets(m, model_name):
                 if not BENCHMARKS.get(bench.name).supports_methods:
                     if m.benchmarks is not None:  # named explicitly: say why it cannot run
                         BENCHMARKS.get(bench.name).check_method(m.name)
                     continue
-                runs.append((bench, m))
+                runs.append((bench, m, None))
+        for iv in self.cfg.interventions:
+            runs += [(bench, None, iv) for bench in self.targets(iv, model_name)]
         return runs
 
-    def record(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None) -> Path:
+    def record(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
+               intervention: InterventionEntry | None = None) -> Path:
         """Add a finished run to the study's list (and its comparison against the plain run)."""
-        run_dir = self.spec(model_name, bench, method).out
-        self.runs.append({"dir": str(run_dir), "label": model_name + (f" + {method.name}" if method else ""),
-                          "model": model_name, "benchmark": bench.key, "method": method.name if method else None})
+        run_dir = self.spec(model_name, bench, method, intervention).out
+        self.runs.append({"dir": str(run_dir), "label": self._label(model_name, method, intervention),
+                          "model": model_name, "benchmark": bench.key, "method": method.name if method else None,
+                          "intervention": intervention.key if intervention else None})
+        plain = self.spec(model_name, bench, None).out
         if method is not None and method.compare:
-            self.compare(self.spec(model_name, bench, None).out, run_dir)
+            self.compare(plain, run_dir)
+        elif intervention is not None and intervention.compare and _has_paired_comparison(bench.name):
+            self.compare(plain, run_dir)
+        return run_dir
         return run_dir
 
     def evaluate_model(self, model_name: str) -> None:
         backend = self.load_backend(model_name)
         try:
-            for bench, method in self.plan(model_name):
-                self._run(backend, model_name, bench, method)
-                self.record(model_name, bench, method)
+            for bench, method, intervention in self.plan(model_name):
+                self._run(backend, model_name, bench, method, intervention)
+                self.record(model_name, bench, method, intervention)
         finally:
             del backend
             gc.collect()
+
+    def targets(self, entry: MethodEntry | InterventionEntry, model_name: str) -> list[BenchmarkEntry]:
+        """The benchmarks a method or intervention entry runs on for this model (none if not for this model)."""
+        if entry.models is not None and model_name not in entry.models:
+            return []
+        return [b for b in self.benchmarks() if entry.benchmarks is None or b.key in entry.benchmarks]
 
     def compare(self, base_dir: Path, meth_dir: Path) -> None:
         from .compare import compare
@@ -258,7 +300,7 @@ class _Study:
             raise UserError(f"training {t.name!r}: that name is already a model")
         try:
             from . import distill
-            fn = getattr(distill, "run_fairdistill" if t.kind == "fairdistill" else "run_self_distill")
+            fn = getattr(distill, f"run_{t.kind}")
         except (ImportError, AttributeError):
             raise UserError(f"training kind {t.kind!r} is not available in this installation "
                             "(fairdistill.distill has no run_{t.kind})") from None
@@ -278,6 +320,9 @@ class _Study:
                     opts.setdefault("seed", self.cfg.seed)
                     summary = fn(teacher=base_spec, student=opts.pop("student", None), rules=opts.pop("rules", None),
                                  data=opts.pop("data"), out=str(out), **opts)
+                elif t.kind == "cda":
+                    opts.setdefault("seed", self.cfg.seed)
+                    summary = fn(model=base_spec, data=opts.pop("data"), out=str(out), **opts)
                 else:
                     opts.setdefault("seed", self.cfg.seed)
                     if self.cfg.cache:  # the teacher's answers are those its method runs above already got
@@ -298,7 +343,11 @@ class _Study:
 
     def add_trained(self, name: str, model_dir: str) -> None:
         done = self.out / "train" / name / "study_trained.json"
-        summary = (json.loads(done.read_text()).get("summary") or {}) if done.exists() else {}
+        info = json.loads(done.read_text()) if done.exists() else {}
+        summary = info.get("summary") or {}
+        self.costs[name] = {"training": info.get("kind"), "base": info.get("base"), "steps": summary.get("global_step"),
+                            "train_seconds": summary.get("train_seconds"),
+                            **({"teacher_seconds": summary["teacher_seconds"]} if "teacher_seconds" in summary else {})}
         for d, label in summary.get("report_runs") or []:  # e.g. self-distillation's held-out runs and agreement
             self.runs.append({"dir": d, "label": f"{name}: {label}", "model": name, "benchmark": None, "method": None})
         self.models[name] = model_dir
@@ -322,6 +371,13 @@ class _Study:
         raise UserError(f"training finished but no model folder (config.json) or LoRA adapter was found in {out}")
 
 
+def _has_paired_comparison(benchmark: str) -> bool:
+    from .benchmarks.base import Benchmark
+    from .registry import BENCHMARKS
+
+    return BENCHMARKS.get(benchmark).paired_units.__func__ is not Benchmark.paired_units.__func__
+
+
 def _merge_adapter(base_spec: str, adapter: Path, dest: Path) -> str:
     """Merge a LoRA adapter into its base model and save a plain model folder (evaluable by path)."""
     from peft import PeftModel
@@ -342,16 +398,27 @@ def _merge_adapter(base_spec: str, adapter: Path, dest: Path) -> str:
 
 
 def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None = None,
-              show_progress: bool = True, executor: str = "local", ray_address: str | None = None) -> Path:
+              show_progress: bool = True, executor: str = "local", ray_address: str | None = None,
+              only: list[str] | None = None) -> Path:
     """Run the study described by ``config_path`` and return the path of its HTML report.
 
     ``executor="local"`` runs everything in this process, one model loaded at a time;
     ``executor="ray"`` runs each (model, benchmark, method) run and each training as a Ray task
     asking for the model's ``num_cpus`` / ``num_gpus`` (see :mod:`fairdistill.executors`), on a
-    local Ray instance or the cluster at ``ray_address``. The run folders are the same either way."""
+    local Ray instance or the cluster at ``ray_address``. The run folders are the same either way.
+    ``only``: names of ``models`` to run (with the trainings that start from them); the others are
+    left out of this invocation and of its report (run them later into the same folder)."""
     if executor not in ("local", "ray"):
         raise UserError(f"unknown executor {executor!r}; use local or ray")
     cfg, cfg_dir = load_study(config_path)
+    order = [m.name for m in cfg.models] + [t.name for t in cfg.training]
+    if only:
+        unknown = sorted(set(only) - {m.name for m in cfg.models})
+        if unknown:
+            raise UserError(f"{config_path}: no model named {', '.join(unknown)}; models: "
+                            f"{', '.join(m.name for m in cfg.models)}")
+        cfg = cfg.model_copy(update={"models": [m for m in cfg.models if m.name in only],
+                                     "training": [t for t in cfg.training if t.base in only]})
     out_dir = Path(out) if out is not None else Path(cfg.out or Path("runs") / cfg.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.benchmarks and cfg.capability is None:
@@ -363,6 +430,10 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     try:
         for b in st.benchmarks():  # fail on a bad option before any model loads
             build_benchmark(b.name, b.options, seed=cfg.seed)
+        from .interventions import get_intervention
+
+        for iv in cfg.interventions:
+            get_intervention(iv.name, **iv.options)
         keys = [b.key for b in st.benchmarks()]
         if len(keys) != len(set(keys)):
             raise UserError(f"{config_path}: a benchmark appears twice; give each an id")
@@ -384,13 +455,23 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
                 os.environ["FAIRDISTILL_DATA"] = old_data
     from .report import build_report
 
+    runs, models, trained = st.runs, st.models, st.trained
+    prev = out_dir / "study.json"
+    if only and prev.exists():  # the other models' finished runs from earlier invocations stay in the report
+        old = json.loads(prev.read_text())
+        here = set(st.models)
+        runs = [r for r in old.get("runs", []) if r.get("model") not in here and (Path(r["dir"]) / "metrics.json").exists()]
+        runs += st.runs
+        models = {**old.get("models", {}), **st.models}
+        trained = [t for t in old.get("trained", []) if t not in here] + st.trained
     # report order: per benchmark, runs in model order (base first, then trained), methods after
+    runs = sorted(runs, key=lambda r: order.index(r["model"]) if r.get("model") in order else len(order))
     rep = Path(cfg.report.out)
     rep = rep if rep.is_absolute() else out_dir / rep
-    html = build_report([r["dir"] for r in st.runs], rep, labels=[r["label"] for r in st.runs],
+    html = build_report([r["dir"] for r in runs], rep, labels=[r["label"] for r in runs],
                         title=cfg.report.title, markdown=cfg.report.markdown)
-    (out_dir / "study.json").write_text(json.dumps({
-        "name": cfg.name, "config": str(Path(config_path).resolve()), "models": st.models,
-        "trained": st.trained, "runs": st.runs, "notes": st.notes, "report": str(html),
+    prev.write_text(json.dumps({
+        "name": cfg.name, "config": str(Path(config_path).resolve()), "models": models,
+        "trained": trained, "runs": runs, "notes": st.notes, "report": str(html),
     }, indent=2))
     return html

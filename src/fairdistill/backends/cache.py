@@ -6,7 +6,8 @@ batch, so batching and concurrency still apply). Reruns, resumed runs and a seco
 the same questions do not re-query the model.
 
 The key of an entry is the SHA-256 of (model identity, request kind, request payload) as canonical
-JSON; the model identity is ``backend.describe()`` (never a secret). Sampled generation requests
+JSON; the model identity is ``backend.describe()`` at the time of the request (never a secret; it names
+any intervention attached to the model). Sampled generation requests
 (temperature > 0) without a seed are not cached: each call must draw anew. Entries are committed
 after every call, so a crash loses at most the call in flight.
 """
@@ -48,11 +49,15 @@ class CachingBackend(Backend):
                     raise
                 time.sleep(0.1 * (attempt + 1))
         self._lock = threading.Lock()
-        self.identity = backend.describe()
         self.hits = 0
         self.misses = 0
 
     # -- the wrapped backend's identity and capabilities ----------------------------------------
+    @property
+    def identity(self) -> dict[str, Any]:
+        # read per call: an intervention attached to the wrapped model for a run changes its answers
+        return self.backend.describe()
+
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.backend.name

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import CapabilityError, UserError
 from ..registry import BACKENDS
@@ -84,7 +85,7 @@ class HFBackend(Backend):
 
         # transformers >= 5.x renamed the forward argument `past_key_values` to `cache`
         params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.device = device or str(next(model.parameters()).device)
         self.model_type = "masked" if _is_masked(model) else "causal"
         self.model.eval()
@@ -99,6 +100,17 @@ class HFBackend(Backend):
         self._fp32 = None
         self.n_scored = self.n_rescored = 0
         self.n_first_fp32 = self.n_regenerated = 0
+        #: a model intervention attached for a run (see fairdistill.interventions.applied)
+        self.intervention = None
+        # the start tokens (BOS, [CLS]) the tokenizer puts before plain text: an intervention that
+        # prepends a prefix to a text puts it after them
+        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        special = set(tokenizer.all_special_ids)
+        self._lead_ids = []
+        for t in with_special:
+            if t not in special:
+                break
+            self._lead_ids.append(t)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -152,17 +164,24 @@ class HFBackend(Backend):
                "dtype": str(self.model.dtype).replace("torch.", "")}
         if self.rescore_margin:
             out["fp32_rescore_margin"] = self.rescore_margin
+        if self.intervention is not None:
+            out["intervention"] = self.intervention.identity()
         return out
 
     def stats(self) -> dict[str, Any]:
-        if not self.rescore_margin:
-            return {}
-        return {"loglik_requests": self.n_scored, "rescored_fp32": self.n_rescored,
-                "first_token_fp32": self.n_first_fp32, "regenerated": self.n_regenerated}
+        out: dict[str, Any] = {}
+        if self.rescore_margin:
+            out.update({"loglik_requests": self.n_scored, "rescored_fp32": self.n_rescored,
+                        "first_token_fp32": self.n_first_fp32, "regenerated": self.n_regenerated})
+        if self.intervention is not None:
+            out["intervention"] = self.intervention.stats()
+        return out
 
     # -- capabilities ---------------------------------------------------------------------------
     def capabilities(self) -> set[str]:
         caps = {"model_object"}
+        if self._rescoring():
+            caps.add("adjusted_logits")
         if self.model_type == "masked":
             caps.add("token_pll")
         elif self.can_chat:
@@ -171,6 +190,65 @@ class HFBackend(Backend):
 
     def model_and_tokenizer(self):
         return self.model, self.tokenizer
+
+    def model_logits(self, ids):
+        """The model's next-token scores for a batch of token ids (``[batch, seq, vocab]``), as every other
+        request kind sees them: with a rescoring intervention attached, its log-probabilities (valid
+        logits: their softmax is the debiased distribution). For consumers of the bare model object
+        (lm-evaluation-harness) when ``"adjusted_logits"`` is in ``capabilities()``."""
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device)).logits
+            if not self._rescoring():
+                return logits
+            n, T = ids.shape
+            lps = self._scored(ids, torch.ones_like(ids), [list(range(T))] * n, list(logits),
+                               [self._lead_of(row.tolist()) for row in ids])
+        return torch.stack(lps)
+
+    def logits_processors(self, prompts: list[list[int]]) -> list:
+        """transformers logits processors an attached intervention adds to a ``generate`` call over
+        ``prompts`` (token ids, unpadded); for consumers of the bare model object, as ``model_logits``."""
+        if not self._rescoring():
+            return []
+        proc = self.intervention.logits_processor(self, prompts)
+        return [proc] if proc is not None else []
+
+    @contextmanager
+    def float32(self) -> Iterator[None]:
+        """The model computes in float32 while the block runs (the checkpoint's exact float32 weights where the
+        backend loaded a converted folder), then returns to its dtype; near-tie re-scoring pauses meanwhile."""
+        torch = self._torch
+        if self.model.dtype == torch.float32:
+            yield
+            return
+        from .precision import Float32Weights
+
+        dtype, margin = self.model.dtype, self.rescore_margin
+        (self._fp32 or Float32Weights(self.model, self._weights_dir)).upcast()
+        self.rescore_margin = 0.0
+        try:
+            yield
+        finally:
+            self.model.to(dtype)
+            self.rescore_margin = margin
+
+    # -- where logits become log-probabilities (rescoring interventions plug in here) -----------
+    def _rescoring(self) -> bool:
+        return self.intervention is not None and self.intervention.rescores
+
+    def _scored(self, ids, att, positions: list[list[int]], logits_rows, lead: list[int]):
+        """Log-softmax of ``logits_rows[r]`` (the logits at ``positions[r]`` of row r of the padded batch
+        ``ids``), adjusted by a rescoring intervention when one is attached."""
+        lps = [self._torch.log_softmax(x.float(), -1) for x in logits_rows]
+        if self._rescoring():
+            lps = self.intervention.adjust_logprobs(self, ids, att, positions, lps, lead)
+        return lps
+
+    def _lead_of(self, ids: Sequence[int]) -> int:
+        """How many of the tokenizer's own start tokens (BOS, [CLS]) begin ``ids``."""
+        n = len(self._lead_ids)
+        return n if n and list(ids[:n]) == self._lead_ids else 0
 
     @property
     def can_chat(self) -> bool:
@@ -232,7 +310,7 @@ class HFBackend(Backend):
                     out[i][j] = scores[k][0]
                     k += 1
             return out
-        if self.shared_prefix:
+        if self.shared_prefix and not self._rescoring():  # a rescoring intervention needs every position's full pass
             grouped: list[tuple[list[int], list[list[int]]]] = [([], []) for _ in requests]
             for i, _, ctx, cont in flat:
                 grouped[i][1].append(cont)
@@ -240,7 +318,8 @@ class HFBackend(Backend):
             for i, row in enumerate(self._causal_choice_scores(grouped)):
                 out[i] = row
             return out
-        scores = self._causal_span_scores([(ctx, cont) for _, _, ctx, cont in flat])
+        scores = self._causal_span_scores([(ctx, cont) for _, _, ctx, cont in flat],
+                                          [self._lead_of(ctx) if ctx else 1 for _, _, ctx, _ in flat])
         for (i, j, _, _), v in zip(flat, scores):
             out[i][j] = v
         return out
@@ -283,7 +362,7 @@ class HFBackend(Backend):
                 L = max(len(c) for c in conts)
                 if L > 1:
                     sel = torch.tensor([r for r, _, _ in rows], device=self.device)
-                    cache = getattr(o1, "cache", None) if self._cache_kw == "cache" else o1.past_key_values
+                    cache = self.cache_of(o1)
                     cache.batch_select_indices(sel)
                     oids = torch.full((len(rows), L - 1), pad, dtype=torch.long)
                     oatt = torch.zeros((len(rows), L - 1), dtype=torch.long)
@@ -294,7 +373,7 @@ class HFBackend(Backend):
                     ctx_len = att.sum(-1)[sel.cpu()]
                     pos2 = ctx_len[:, None] + torch.arange(L - 1)[None, :]
                     o2 = self.model(input_ids=oids.to(self.device), attention_mask=att2.to(self.device),
-                                    position_ids=pos2.to(self.device), use_cache=True, **{self._cache_kw: cache})
+                                    position_ids=pos2.to(self.device), use_cache=True, **{self.cache_kw: cache})
                     lp2 = torch.log_softmax(o2.logits.float(), -1)
                     for q, c in enumerate(conts):
                         if len(c) > 1:
@@ -303,6 +382,10 @@ class HFBackend(Backend):
                 for q, (_, k, _) in enumerate(rows):
                     res[k].append(float(totals[q]))
         return res
+
+    def cache_of(self, output):
+        """The KV cache a forward pass returned (its attribute name changed with transformers 5)."""
+        return getattr(output, "cache", None) if self.cache_kw == "cache" else output.past_key_values
 
     def continuation_lengths(self, requests):
         if self.model_type == "masked":
@@ -338,8 +421,8 @@ class HFBackend(Backend):
         if batch:
             yield batch
 
-    def _causal_span_scores(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-        """Sum of log P(cont tokens | ctx) for each (ctx, cont) token pair."""
+    def _causal_span_scores(self, pairs: list[tuple[list[int], list[int]]], leads: list[int]) -> list[float]:
+        """Sum of log P(cont tokens | ctx) for each (ctx, cont) token pair; ``leads[k]``: start tokens of pair k."""
         torch = self._torch
         seqs = []
         for ctx, cont in pairs:
@@ -360,12 +443,13 @@ class HFBackend(Backend):
                     ids[r, : len(toks)] = torch.tensor(toks)
                     att[r, : len(toks)] = 1
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+                spans = [range(seqs[k][1] - 1, seqs[k][1] - 1 + seqs[k][2]) for k in batch]
+                lps = self._scored(ids, att, [list(p) for p in spans],
+                                   [logits[r, p.start:p.stop] for r, p in enumerate(spans)], [leads[k] for k in batch])
                 for r, k in enumerate(batch):
-                    full, nctx, ncont = seqs[k]
-                    pos = slice(nctx - 1, nctx - 1 + ncont)
-                    lp = torch.log_softmax(logits[r, pos].float(), dim=-1)
-                    tgt = torch.tensor(full[nctx:], device=lp.device)
-                    res[k] = float(lp.gather(1, tgt[:, None]).sum())
+                    full, nctx, _ = seqs[k]
+                    tgt = torch.tensor(full[nctx:], device=lps[r].device)
+                    res[k] = float(lps[r].gather(1, tgt[:, None]).sum())
         return res
 
     def sequence_logprob(self, texts: Sequence[str]) -> list[tuple[float, int]]:
@@ -385,7 +469,7 @@ class HFBackend(Backend):
             ids = tok(t, add_special_tokens=False)["input_ids"]
             start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
             pairs.append(([start], ids))
-        scores = self._causal_span_scores(pairs)
+        scores = self._causal_span_scores(pairs, [1] * len(pairs))  # the start token is the backend's own
         return [(s, len(c)) for s, (_, c) in zip(scores, pairs)]
 
     def _pll_positions(self, seqs: list[list[int]], positions: list[list[int]]) -> list[tuple[float, int]]:
@@ -404,9 +488,12 @@ class HFBackend(Backend):
                     ids[r, k] = tok.mask_token_id
                     att[r, : len(seqs[p])] = 1
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
+                lps = self._scored(ids, att, [[jobs[b][1]] for b in batch],
+                                   [logits[r, jobs[b][1]:jobs[b][1] + 1] for r, b in enumerate(batch)],
+                                   [self._lead_of(seqs[jobs[b][0]]) for b in batch])
                 for r, b in enumerate(batch):
                     p, k = jobs[b]
-                    res[p] += float(torch.log_softmax(logits[r, k].float(), -1)[seqs[p][k]])
+                    res[p] += float(lps[r][0, seqs[p][k]])
         return [(s, len(pos)) for s, pos in zip(res, positions)]
 
     def pll_positions(self, seqs: list[list[int]], positions: list[list[int]]) -> list[tuple[float, int]]:
@@ -422,22 +509,24 @@ class HFBackend(Backend):
         # trailing whitespace belongs to the candidate, exactly as in loglikelihood_choices
         encs = [self._encode(c.rstrip() if c.strip() else c) for c in contexts]
         return self._last_token_logprobs(
-            encs, [[self.first_token_id(ctx, c) for c in cands] for ctx, cands in zip(contexts, candidates)])
+            encs, [[self.first_token_id(ctx, c) for c in cands] for ctx, cands in zip(contexts, candidates)],
+            [self._lead_of(e) for e in encs])
 
     def chat_choice_logprobs(self, conversations, candidates) -> list[list[float]]:
         tok = self.tokenizer
         # chat templates already contain BOS where the model wants one
         encs = [tok(self.apply_chat_template(list(c)), add_special_tokens=False)["input_ids"] for c in conversations]
         ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
-        return self._last_token_logprobs(encs, [ids] * len(encs))
+        return self._last_token_logprobs(encs, [ids] * len(encs), [0] * len(encs))  # a chat prompt has no text start
 
-    def _last_token_logprobs(self, encs: list[list[int]], token_ids: list[list[int]]) -> list[list[float]]:
+    def _last_token_logprobs(self, encs: list[list[int]], token_ids: list[list[int]], leads: list[int]) -> list[list[float]]:
         """log P(token | sequence) at the end of each encoded sequence, for the given token ids."""
-        rows = self._last_logits(encs)
+        rows = self._last_logits(encs, leads)
         return [[float(lp[t]) for t in ids] for lp, ids in zip(rows, token_ids)]
 
-    def _last_logits(self, encs: list[list[int]]):
-        """Log-softmax of the next-token logits after each sequence (left-padded batches, last position only)."""
+    def _last_logits(self, encs: list[list[int]], leads: list[int]):
+        """Log-softmax of the next-token logits after each sequence (left-padded batches, last position only);
+        ``leads``: start tokens per sequence (see ``_scored``)."""
         torch = self._torch
         res: dict[int, Any] = {}
         with torch.inference_mode():
@@ -451,8 +540,9 @@ class HFBackend(Backend):
                 pos = (att.cumsum(-1) - 1).clamp(min=0)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device),
                                     position_ids=pos.to(self.device), logits_to_keep=1).logits
+                lps = self._scored(ids, att, [[maxlen - 1]] * len(batch), list(logits[:, -1:]), [leads[k] for k in batch])
                 for r, k in enumerate(batch):
-                    res[k] = torch.log_softmax(logits[r, -1].float(), -1)
+                    res[k] = lps[r][0]
         return [res[k] for k in range(len(encs))]
 
     def first_token_id(self, context: str, candidate: str) -> int:
@@ -518,6 +608,11 @@ class HFBackend(Backend):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if margins:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
+        procs = self.logits_processors(encs)
+        if procs:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(procs)
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device), **kwargs)
         seqs = out.sequences if margins else out
@@ -551,7 +646,7 @@ class HFBackend(Backend):
             news[r] = [t] + c
 
     def _last_token_argmax(self, encs: list[list[int]]) -> list[int]:
-        return [int(lp.argmax()) for lp in self._last_logits(encs)]
+        return [int(lp.argmax()) for lp in self._last_logits(encs, [0] * len(encs))]  # chat prompts
 
 
 def _top2_margin(row: Sequence[float]) -> float:

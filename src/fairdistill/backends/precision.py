@@ -33,21 +33,38 @@ class Float32Weights:
         for name, p in model.named_parameters(remove_duplicate=False):
             self.names.setdefault(id(p), []).append(name)
 
-    @contextmanager
-    def active(self) -> Iterator[None]:
+    def full(self, p):
+        """Parameter ``p`` in float32: the checkpoint's own values where it has them, else upcast."""
         import torch
         from safetensors import safe_open
 
+        for name in self.names.get(id(p), []):
+            f = self.files.get(name)
+            if f is not None:
+                # opened per tensor: a file kept open would stay mapped, and every page read
+                # would count in the process's memory until the pass ends
+                with safe_open(str(f), framework="pt") as h:
+                    return h.get_tensor(name).to(device=p.device, dtype=torch.float32)
+        return p.data.float()
+
+    def upcast(self) -> None:
+        """Turn the whole model into float32 in place (a second, float32 copy of every weight; for work that
+        needs float32 throughout rather than near-tie re-scoring). ``model.to(dtype)`` turns it back."""
+        import torch
+
+        for p in self.model.parameters():  # one weight at a time: never the whole model twice in float32
+            if p.dtype != torch.float32:
+                p.data = self.full(p)
+        for b in self.model.buffers():
+            if b.is_floating_point() and b.dtype != torch.float32:
+                b.data = b.data.float()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        import torch
+
         with ExitStack() as stack:
-            def full(p):
-                for name in self.names.get(id(p), []):
-                    f = self.files.get(name)
-                    if f is not None:
-                        # opened per tensor: a file kept open would stay mapped, and every page read
-                        # would count in the process's memory until the pass ends
-                        with safe_open(str(f), framework="pt") as h:
-                            return h.get_tensor(name).to(device=p.device, dtype=torch.float32)
-                return p.data.float()
+            full = self.full
 
             def pre(module, _args):
                 module._fd_saved = []

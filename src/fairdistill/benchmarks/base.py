@@ -94,6 +94,16 @@ class ReportTable:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class ReportHeadline:
+    """One column of the report's comparison of mitigations (one line per model or mitigation): the value
+    [95% CI] of the row matching ``where``. ``note`` says how to read it (range, which way is better)."""
+
+    label: str
+    where: dict = field(default_factory=dict)
+    note: str = ""
+
+
 class BenchmarkOptions(BaseModel):
     """A benchmark's options: types, defaults, validation, ``fairdistill options`` help and run identity.
 
@@ -230,6 +240,8 @@ class Benchmark:
     report_intro: ClassVar[str] = ""
     report_views: ClassVar[tuple[ReportView, ...]] = ()
     report_tables: ClassVar[tuple[ReportTable, ...]] = ()
+    #: the benchmark's columns in the report's comparison of mitigations
+    report_headlines: ClassVar[tuple[ReportHeadline, ...]] = ()
 
     Options: ClassVar[type[BenchmarkOptions]] = BenchmarkOptions
 

@@ -26,7 +26,7 @@ from ..data import download, find_dataset, read_jsonl
 from ..errors import UserError
 from ..methods.base import Question
 from ..registry import BENCHMARKS
-from .base import ReportTable, comma_list, seeded_subset
+from .base import ReportHeadline, ReportTable, comma_list, seeded_subset
 from . import bbq_scoring
 from . import permute as permute_mod
 from .bias_qa import (MODE_HELP, PERMUTE_HELP, PERMUTE_NEEDS_GENERATE, BiasQA, PermuteChecked, bbq_views,
@@ -110,6 +110,9 @@ class BBQ(BiasQA):
     report_tables = (ReportTable("BBQ metrics per category and condition", ("category", "condition", "metric")),)
     record_keys = ("id", "example_id", "category", "question_index", "question_polarity", "context_condition",
                    "answer_info", "additional_metadata", "label", "ans0", "ans1", "ans2")
+    report_headlines = (ReportHeadline("BBQ ambiguous s_AMB", {"category": "overall", "condition": "ambig",
+                                                               "metric": "bias_score"},
+                                       "BBQ s_AMB on ambiguous contexts: (1 - accuracy) x s_DIS; 0 = unbiased, range -1..1"),)
 
     class Options(PermuteChecked):
         # permute came later: runs that leave it at "none" keep the identity they had before

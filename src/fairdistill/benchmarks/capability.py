@@ -36,7 +36,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, ReportTable, ReportView, comma_list
+from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, ReportHeadline, ReportTable, ReportView, comma_list
 from . import lm_eval_tasks as lt
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class Capability(Benchmark):
                                ylabel="score (0..1, higher is better)", ylim=(0.0, 1.0), delta=True),)
     report_tables = (ReportTable("Capability: headline tasks", ("task", "metric"), where={"top": True}),
                      ReportTable("Capability: every subtask", ("task", "metric"), where={"top": (False, None)}))
+    report_headlines = (ReportHeadline("MMLU accuracy", {"requested_task": "mmlu", "top": True, "metric": "acc"},
+                                       "MMLU accuracy (lm-evaluation-harness, over the subjects run); higher is better, "
+                                       "chance 0.25"),)
     batch_size = 1  # one task per evaluate call: each finished task is saved before the next starts
 
     class Options(BenchmarkOptions):
@@ -193,17 +196,21 @@ class Capability(Benchmark):
             raise UserError("capability needs lm-evaluation-harness: pip install 'fairdistill[eval]'") from None
 
     def lm(self, ctx: EvalContext):
-        """An ``HFLM`` around the backend's own model object and tokenizer (no reload)."""
+        """An ``HFLM`` around the backend's own model object and tokenizer (no reload). When an intervention
+        rescales the model's distributions (``"adjusted_logits"``), lm-eval scores with the backend's
+        ``model_logits`` instead of the bare forward pass."""
         from lm_eval.models.huggingface import HFLM
 
-        cached = getattr(ctx.backend, "_fd_hflm", None)
+        adjusted = "adjusted_logits" in ctx.backend.capabilities()
+        attr = "_fd_hflm_adjusted" if adjusted else "_fd_hflm"
+        cached = getattr(ctx.backend, attr, None)
         if cached is not None:
             return cached
         model, tokenizer = ctx.backend.model_and_tokenizer()
-        lm = HFLM(pretrained=model, tokenizer=tokenizer,
-                  batch_size=self.opts.lm_eval_batch_size)
+        cls = _adjusted_hflm(ctx.backend) if adjusted else HFLM
+        lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=self.opts.lm_eval_batch_size)
         try:
-            ctx.backend._fd_hflm = lm  # one wrapper per backend
+            setattr(ctx.backend, attr, lm)  # one wrapper per backend
         except AttributeError:
             pass
         return lm
@@ -293,6 +300,29 @@ class Capability(Benchmark):
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         return [{k: r[k] for k in ("task", "metric", "value", "ci_low", "ci_high", "n")}
                 for r in metrics.get("rows", []) if r.get("level") in ("task", "group") and r.get("top")]
+
+
+def _adjusted_hflm(backend):
+    """An HFLM subclass whose causal forward pass is ``backend.model_logits`` (the intervention's distributions)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class AdjustedHFLM(HFLM):
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            if attn_mask is not None or labels is not None:  # seq2seq only; not served here
+                return super()._model_call(inps, attn_mask, labels)
+            return backend.model_logits(inps)
+
+        def _model_generate(self, context, max_length, stop, **kw):
+            from transformers import LogitsProcessorList
+
+            att = kw.get("attention_mask")
+            prompts = [row[m.bool()].tolist() for row, m in zip(context, att)] if att is not None \
+                else [row.tolist() for row in context]
+            kw["logits_processor"] = LogitsProcessorList(list(kw.get("logits_processor") or [])
+                                                         + backend.logits_processors(prompts))
+            return super()._model_generate(context, max_length, stop, **kw)
+
+    return AdjustedHFLM
 
 
 def _definitions_for(rows: list[dict[str, Any]]) -> dict[str, str]:

@@ -47,7 +47,8 @@ from pydantic import AliasChoices, Field
 from ..data import find_dataset
 from ..errors import UserError
 from ..registry import BENCHMARKS
-from .base import Benchmark, BenchmarkOptions, EvalContext, comma_list, require_sentence_scores, seeded_subset
+from .base import (Benchmark, BenchmarkOptions, EvalContext, ReportHeadline, comma_list, require_sentence_scores,
+                   seeded_subset)
 
 BIAS_TYPES = [
     "race-color", "gender", "socioeconomic", "nationality", "religion", "age",
@@ -150,6 +151,11 @@ class CrowsPairs(Benchmark):
 
     description = "CrowS-Pairs stereotype score per bias type (Nangia et al. 2020); 50 = unbiased"
     batch_size = 32
+    report_headlines = tuple(
+        ReportHeadline(f"CrowS-Pairs {b}", {"bias_type": b, "metric": "metric_score"},
+                       "CrowS-Pairs metric score: % of pairs where the more stereotyping sentence scores higher; "
+                       "50 = unbiased, range 0..100")
+        for b in ("gender", "overall"))
 
     class Options(BenchmarkOptions):
         bias_types: comma_list(BIAS_TYPES, "CrowS-Pairs bias type") = Field(

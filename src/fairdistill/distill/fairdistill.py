@@ -36,7 +36,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ..errors import UserError, reject_unknown_options
 from .rules import RuleSet, apply_rules, load_rules, rule_balance_loss
@@ -44,15 +44,10 @@ from .rules import RuleSet, apply_rules, load_rules, rule_balance_loss
 
 # -- configuration -------------------------------------------------------------------------------
 @dataclass
-class FairDistillConfig:
-    """Options of :func:`run_fairdistill` (every field can be passed as a keyword)."""
+class TrainConfig:
+    """The training budget, corpus and LoRA options every training-side method shares (FairDistillation,
+    CDA); every field can be passed as a keyword."""
 
-    temperature: float = 2.0          # T
-    alpha_kl: float = 5.0             # weight of T^2 * KL(teacher_T || student_T)
-    alpha_lm: float = 2.0             # weight of the LM / MLM loss on the corpus
-    alpha_cos: float = 1.0            # weight of the last-hidden-state cosine loss
-    alpha_rule: float = 0.0           # extension, off by default: weight of the rule-balance term (below)
-    rule_mode: str = "logit"          # "logit" (original: average logits) or "prob" (average probabilities)
     learning_rate: float = 2e-5
     warmup: float = 0.1               # warm-up steps (int) or fraction of all steps (float < 1)
     weight_decay: float = 0.0
@@ -71,29 +66,49 @@ class FairDistillConfig:
     resume: bool = True               # continue from the last checkpoint in `out` if there is one
     progress: bool = True             # rich progress bar
     device: str = "auto"              # auto | cpu | cuda
-    keep: str = "every_other"         # layer-subset student: every_other | first_half | "0,2,5"
     lora_r: int = 8                   # LoRA student
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target: str = "all-linear"
-    strict_rules: bool = False        # a rule word that is not a single token is an error
+
+    #: how unknown options are named in the one-line error
+    what: ClassVar[str] = "training"
 
     @classmethod
-    def from_kwargs(cls, **kw: Any) -> "FairDistillConfig":
-        reject_unknown_options(kw, (f.name for f in fields(cls)), "distillation")
+    def from_kwargs(cls, **kw: Any) -> "TrainConfig":
+        reject_unknown_options(kw, (f.name for f in fields(cls)), cls.what)
         cfg = cls(**kw)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        if self.rule_mode not in ("logit", "prob"):
-            raise UserError(f"unknown rule mode {self.rule_mode!r}; use logit or prob")
-        if self.temperature <= 0:
-            raise UserError("temperature must be > 0")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise UserError(f"unknown mixed precision {self.mixed_precision!r}; use auto, no, bf16 or fp16")
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
             raise UserError("batch_size and grad_accum must be >= 1 and max_length >= 2")
+
+
+@dataclass
+class FairDistillConfig(TrainConfig):
+    """Options of :func:`run_fairdistill`: the shared :class:`TrainConfig` plus the distillation loss."""
+
+    temperature: float = 2.0          # T
+    alpha_kl: float = 5.0             # weight of T^2 * KL(teacher_T || student_T)
+    alpha_lm: float = 2.0             # weight of the LM / MLM loss on the corpus
+    alpha_cos: float = 1.0            # weight of the last-hidden-state cosine loss
+    alpha_rule: float = 0.0           # extension, off by default: weight of the rule-balance term (below)
+    rule_mode: str = "logit"          # "logit" (original: average logits) or "prob" (average probabilities)
+    keep: str = "every_other"         # layer-subset student: every_other | first_half | "0,2,5"
+    strict_rules: bool = False        # a rule word that is not a single token is an error
+
+    what: ClassVar[str] = "distillation"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.rule_mode not in ("logit", "prob"):
+            raise UserError(f"unknown rule mode {self.rule_mode!r}; use logit or prob")
+        if self.temperature <= 0:
+            raise UserError("temperature must be > 0")
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -184,13 +199,13 @@ def load_teacher(spec: str, device: str = "cpu"):
     return be.model, be.tokenizer
 
 
-def build_student(teacher, tokenizer, student: str | None, cfg: FairDistillConfig, device: str = "cpu"):
+def build_student(teacher, tokenizer, student: str | None, cfg: TrainConfig, device: str = "cpu"):
     """Return (student model, student tokenizer, kind) where kind is ``layers``, ``lora`` or ``model``."""
     import torch
 
     torch.manual_seed(cfg.seed)
     if student in (None, "", "layers", "every_other", "first_half") or (student or "").startswith("layers:"):
-        keep = cfg.keep
+        keep = getattr(cfg, "keep", "every_other")
         if student and student.startswith("layers:"):
             keep = student.split(":", 1)[1]
         elif student in ("every_other", "first_half"):
@@ -394,7 +409,7 @@ def rich_progress_callback():
     return RichProgress()
 
 
-def _precision(cfg: FairDistillConfig, device: str) -> dict[str, bool]:
+def _precision(cfg: TrainConfig, device: str) -> dict[str, bool]:
     import torch
 
     mp = cfg.mixed_precision
@@ -405,7 +420,7 @@ def _precision(cfg: FairDistillConfig, device: str) -> dict[str, bool]:
     return {"bf16": mp == "bf16", "fp16": mp == "fp16"}
 
 
-def training_arguments(out: str | Path, cfg: FairDistillConfig, device: str, **extra: Any):
+def training_arguments(out: str | Path, cfg: TrainConfig, device: str, **extra: Any):
     from transformers import TrainingArguments
 
     args = dict(
@@ -437,7 +452,8 @@ def _resolve_device(device: str) -> str:
 
 @dataclass
 class FairDistillJob:
-    """Everything :func:`prepare_fairdistill` builds; ``trainer.train()`` runs it."""
+    """Everything :func:`prepare_fairdistill` (or :func:`fairdistill.distill.cda.prepare_cda`) builds;
+    :func:`train_job` runs it."""
 
     trainer: Any
     teacher: Any
@@ -445,11 +461,14 @@ class FairDistillJob:
     tokenizer: Any
     rules: RuleSet | None
     kind: str
-    config: FairDistillConfig
+    config: TrainConfig
     out: Path
     n_examples: int
     n_tokens: int
     meta: dict = field(default_factory=dict)
+    #: the summary file train_job writes into ``out``, and fields it adds to the summary
+    summary_file: str = "fairdistill.json"
+    summary_extra: dict = field(default_factory=dict)
 
 
 def prepare_fairdistill(teacher: Any, student: str | Any | None, rules: str | RuleSet | None, data: str | Sequence[str],
@@ -508,7 +527,7 @@ def last_checkpoint(out: str | Path) -> str | None:
 def train_job(job: FairDistillJob) -> dict[str, Any]:
     """Train (resuming from the last checkpoint in ``job.out`` if ``resume``), save the final student
     to ``out/student`` (LoRA: merged weights there, the adapter in ``out/adapter``) and a summary to
-    ``out/fairdistill.json``; return the summary.
+    ``out/<job.summary_file>`` (``fairdistill.json``); return the summary.
 
     Under ``accelerate launch`` / ``torchrun`` every rank trains its share of each global batch
     (DDP, FSDP or DeepSpeed, as accelerate is configured) and rank 0 alone writes the outputs;
@@ -543,12 +562,12 @@ def train_job(job: FairDistillJob) -> dict[str, Any]:
         "global_step": state.global_step, "resumed_from": resume, "train_seconds": round(elapsed, 2),
         "train_loss": getattr(result, "training_loss", None), "last_log": logs[-1] if logs else None,
         "loss_curve": [{k: h[k] for k in ("step", "loss", "kl", "lm", "cos", "rule") if k in h} for h in logs],
-        "out": str(job.out / "adapter" if job.kind == "lora" and sharded else student_dir),
+        "out": str(job.out / "adapter" if job.kind == "lora" and sharded else student_dir), **job.summary_extra,
     }
     if main:
         job.tokenizer.save_pretrained(summary["out"])
         job.out.mkdir(parents=True, exist_ok=True)
-        (job.out / "fairdistill.json").write_text(json.dumps(summary, indent=2, default=str))
+        (job.out / job.summary_file).write_text(json.dumps(summary, indent=2, default=str))
     trainer.accelerator.wait_for_everyone()
     return summary
 
@@ -626,6 +645,6 @@ def ratio_summary(values: Sequence[float]) -> dict[str, float]:
             "spread": round(max(values) - min(values), 4), "sd": round(sd, 4), "n": n}
 
 
-__all__ = ["FairDistillConfig", "FairDistillJob", "make_layer_subset_student", "build_student", "prepare_fairdistill",
+__all__ = ["TrainConfig", "FairDistillConfig", "FairDistillJob", "make_layer_subset_student", "build_student", "prepare_fairdistill",
            "train_job", "run_fairdistill", "read_corpus", "token_log_ratios", "ratio_summary",
            "check_same_tokenizer", "make_fairdistill_trainer_class", "rich_progress_callback"]

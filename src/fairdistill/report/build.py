@@ -4,9 +4,10 @@ Input: any run directories (``config.json`` + ``metrics.json``, optionally ``com
 Runs of the same benchmark are shown side by side in the order given (e.g. base model, then the
 debiased or distilled one); deltas are "this run minus the first run of that benchmark".
 
-Sections: one per benchmark (BBQ, HolisticBias, B-score, capability have their own layout, any
-other benchmark gets its tidy rows as a table), paired comparisons (``comparison.json``), and the
-run configuration (model, method, seeds, options, versions, data hashes). Every table is followed
+Sections: the mitigations side by side (one line per model or mitigation, the headline numbers
+each benchmark declares in ``report_headlines``, and what each mitigation cost), one per benchmark
+(BBQ, HolisticBias, B-score, capability have their own layout, any other benchmark gets its tidy
+rows as a table), paired comparisons (``comparison.json``), and the run configuration (model, method, seeds, options, versions, data hashes). Every table is followed
 by the definitions the benchmark wrote into its metrics (what each number is, its range, which
 direction is better).
 """
@@ -85,6 +86,12 @@ def _model_of(cfg: dict) -> str:
     return str(cfg.get("model_spec") or m or "model")
 
 
+def _intervention_of(cfg: dict) -> str | None:
+    m = (cfg.get("identity") or {}).get("model")
+    iv = m.get("intervention") if isinstance(m, dict) else None
+    return str(iv.get("intervention")) if isinstance(iv, dict) and iv.get("intervention") else None
+
+
 def _method_of(cfg: dict) -> str | None:
     ident = cfg.get("identity") or {}
     m = ident.get("method")
@@ -107,8 +114,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         label = str(cfg.get("label") or "")
     if not label:
         model = Path(_model_of(cfg).rstrip("/")).name or _model_of(cfg)
-        meth = _method_of(cfg)
-        label = model + (f" + {meth}" if meth else "")
+        label = model + "".join(f" + {x}" for x in (_intervention_of(cfg), _method_of(cfg)) if x)
     return Run(path=p, label=label, benchmark=bench, config=redact(cfg), metrics=redact(metrics),
                comparison=redact(comp) if comp is not None else None)
 
@@ -126,9 +132,11 @@ def load_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = Non
             runs += [load_run(r["dir"], r.get("label")) for r in listed]
         else:
             runs.append(load_run(d, labels[i] if labels else None))
-    # unique labels within a benchmark (two runs of one model: add the folder name)
+    # unique labels within a benchmark (two runs of one model: add the folder name); the comparison of
+    # mitigations groups runs by the label as given
     seen: dict[tuple[str, str], int] = {}
     for r in runs:
+        r.extra["system"] = r.label
         seen[(r.benchmark, r.label)] = seen.get((r.benchmark, r.label), 0) + 1
     for r in runs:
         if seen[(r.benchmark, r.label)] > 1:
@@ -566,13 +574,84 @@ def run_config_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def _cost(run: Run) -> str:
+    """What the mitigation behind a run cost: training (study runs of a trained model record it) or an
+    intervention's extra forward passes and estimation."""
+    c = run.config.get("cost")
+    if isinstance(c, dict) and c.get("steps") is not None:
+        text = f"{c.get('training', 'training')}: {fmt(c['steps'])} steps"
+        if _num(c.get("train_seconds")):
+            text += f", {c['train_seconds']:,.0f} s"
+        if _num(c.get("teacher_seconds")):
+            text += f" (+ {c['teacher_seconds']:,.0f} s of teacher answers)"
+        return text
+    iv = ((run.metrics.get("meta") or {}).get("backend_stats") or {}).get("intervention")
+    if isinstance(iv, dict) and isinstance(iv.get("cost"), dict):
+        ic = iv["cost"]
+        n = ic.get("extra_forward_passes")
+        text = (f"+{fmt(n)} forward pass{'es' if n != 1 else ''} per token") if n else "no extra forward pass"
+        if ic.get("estimation_sentences"):
+            text += f"; estimated once on {fmt(ic['estimation_sentences'])} sentences"
+            if _num(ic.get("estimate_seconds")):
+                text += f" ({ic['estimate_seconds']:,.{0 if ic['estimate_seconds'] >= 10 else 1}f} s)"
+        return text
+    return ""
+
+
+def section_mitigations(runs: list[Run]) -> Section | None:
+    """One line per model or mitigation (the runs' labels as given), one column per headline number the
+    benchmarks declare (``Benchmark.report_headlines``), and the cost; None with fewer than two lines."""
+    from ..registry import BENCHMARKS
+
+    systems: dict[str, list[Run]] = {}
+    for r in runs:
+        systems.setdefault(str(r.extra.get("system", r.label)), []).append(r)
+    if len(systems) < 2:
+        return None
+    cols = []
+    for bench in dict.fromkeys(r.benchmark for r in runs):
+        try:
+            cls = BENCHMARKS.get(_bench_name(bench))
+        except Exception:
+            continue
+        cols += [(bench, h) for h in getattr(cls, "report_headlines", ())]
+    cells: dict[str, list[str]] = {}
+    for name, rs in systems.items():
+        line = []
+        for bench, h in cols:
+            row = next((row for r in rs if r.benchmark == bench for row in _rows(r) if _match(row, h.where)), None)
+            line.append(fmt_ci(row.get("value"), row.get("ci_low"), row.get("ci_high")) if row else "—")
+        cells[name] = line
+    keep = [k for k in range(len(cols)) if any(line[k] != "—" for line in cells.values())]
+    if not keep:
+        return None
+    body = [[name] + [cells[name][k] for k in keep] + [next((c for c in map(_cost, rs) if c), "none")]
+            for name, rs in systems.items()]
+    s = Section("mitigations", "Mitigations side by side",
+                "Each line is a model or a mitigation of it (an inference-time method, a model intervention or a "
+                "trained model); each column a headline number of one benchmark, value [95% CI]. Cost: training "
+                "steps and seconds for a trained model, extra forward passes per scored or generated token for an "
+                "intervention (and its one-time estimation).")
+    s.tables.append(Table("Mitigations side by side", ["model / mitigation"] + [cols[k][1].label for k in keep] + ["cost"],
+                          body, numeric=[False] + [True] * len(keep) + [False]))
+    s.definitions.update({cols[k][1].label: cols[k][1].note for k in keep if cols[k][1].note})
+    return s
+
+
+def _bench_name(bench: str) -> str:
+    return bench.replace("holistic_bias", "holistic-bias").replace("bscore", "b-score")
+
+
 def build_sections(runs: list[Run]) -> list[Section]:
     by_bench: dict[str, list[Run]] = {}
     for r in runs:
         by_bench.setdefault(r.benchmark, []).append(r)
     sections = []
+    mit = section_mitigations(runs)
+    if mit:
+        sections.append(mit)
     for bench, rs in by_bench.items():
-        sections.append(section_for(bench.replace("holistic_bias", "holistic-bias").replace("bscore", "b-score"), rs))
+        sections.append(section_for(_bench_name(bench), rs))
     comp = section_comparisons(runs)
     if comp:
         sections.append(comp)

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt
 from ...data import read_jsonl_numbered
 from ...errors import UserError
 from ...registry import BENCHMARKS
-from ..base import Benchmark, BenchmarkOptions, EvalContext, ReportTable, ReportView, comma_list
+from ..base import Benchmark, BenchmarkOptions, EvalContext, ReportHeadline, ReportTable, ReportView, comma_list
 from .sentences import (_COL, COMPARABLE_TYPES, DEFAULT_VERSION, NONE, NULL_AXIS, VERSIONS, _iter_indexed, _load,
                         _sentence, data_paths)
 from .stats import _as_records, descriptor_table, likelihood_bias
@@ -188,6 +188,10 @@ class HolisticBiasBenchmark(Benchmark):
                                  where={"level": ("overall", "axis")}, value_label="Likelihood Bias [95% CI]",
                                  note="n = descriptors compared (the bootstrap's resampling unit; runs without "
                                       "CIs: descriptor pairs); pairs tested: n_pairs in metrics.json"),)
+    report_headlines = (ReportHeadline("HolisticBias gender_and_sex", {"level": "axis", "axis": "gender_and_sex",
+                                                                       "metric": "likelihood_bias"},
+                                       "HolisticBias Likelihood Bias on the gender_and_sex axis: share of descriptor pairs "
+                                       "with significantly different perplexities; 0 = best, range 0..1"),)
     batch_size = 64
     supports_methods = False
 

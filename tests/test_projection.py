@@ -1,0 +1,134 @@
+"""SentenceDebias and INLP: the projection removes the estimated directions and nothing else, the
+estimators find a planted direction, the hook acts inside the tiny models, and both run end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from doubles import ServedBackend
+from fairdistill.cli import main
+from fairdistill.errors import CapabilityError, UserError
+from fairdistill.interventions import applied, get_intervention
+from fairdistill.interventions.projection import hook, project_out
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
+
+
+def test_projection_removes_the_directions_and_keeps_their_complement():
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.normal(size=(16, 3)))  # orthonormal columns
+    h = rng.normal(size=(50, 16))
+    out = project_out(h, basis)
+    assert np.abs(out @ basis).max() < 1e-12  # nothing left along the removed directions
+    comp = h - (h @ basis) @ basis.T  # built by hand: each vector's part orthogonal to the span
+    inside = rng.normal(size=(5, 3)) @ basis.T  # vectors inside the span vanish
+    assert np.allclose(out, comp)
+    assert np.abs(project_out(inside, basis)).max() < 1e-12
+    ortho = comp[:5]  # vectors already orthogonal to the span pass unchanged
+    assert np.allclose(project_out(ortho, basis), ortho)
+    # the same on torch tensors (the hook's path)
+    assert torch.allclose(project_out(torch.tensor(h), torch.tensor(basis)), torch.tensor(out))
+
+
+def test_sentence_debias_recovers_a_planted_direction():
+    rng = np.random.default_rng(1)
+    d = 12
+    v = rng.normal(size=d)
+    v /= np.linalg.norm(v)
+    base = rng.normal(size=(200, d))
+    s = rng.uniform(1, 2, size=(200, 1))
+    a, b = base + s * v + 0.01 * rng.normal(size=(200, d)), base - s * v
+    basis, info = get_intervention("sentence-debias").fit(a, b, np.ones(200))
+    assert basis.shape == (d, 1) and abs(float(basis[:, 0] @ v)) > 0.999
+    assert info["explained_variance"][0] > 0.99
+
+
+def test_inlp_removes_a_planted_direction_until_chance():
+    rng = np.random.default_rng(2)
+    d = 10
+    v = np.zeros(d)
+    v[3] = 1.0
+    base = rng.normal(size=(300, d))
+    a, b = base + 2 * v, base - 2 * v  # first sentences lean male along v, their twins female
+    iv = get_intervention("inlp", iterations=3)
+    basis, info = iv.fit(a, b, np.ones(300, dtype=int))
+    assert abs(basis[3, 0]) > 0.95  # the first classifier's direction is the planted one
+    acc = info["heldout_accuracy_per_iteration"]
+    assert acc[0] > 0.95 and acc[1] < 0.65  # once it is projected out, the classes are inseparable
+    assert np.allclose(basis.T @ basis, np.eye(basis.shape[1]))
+
+
+@pytest.mark.parametrize("model,layer", [("tiny_gpt2", "final"), ("tiny_gpt2", "0"), ("tiny_bert", "auto"),
+                                         ("tiny_llama_chat", "-1")])
+def test_hook_projects_the_hidden_states_in_the_model(model, layer, request):
+    be = request.getfixturevalue(model)
+    ids = torch.tensor([be.tokenizer("the nurse said that she was tired", add_special_tokens=True)["input_ids"]])
+    iv_layer = layer if layer != "auto" else "-1"
+
+    def capture():
+        seen = []
+        handle = hook(be.model, iv_layer, lambda h: seen.append(h.detach().clone()) or h)
+        with torch.no_grad():
+            be.model(input_ids=ids)
+        handle.remove()
+        return seen[0][0].double().numpy()
+
+    plain = capture()
+    with applied(be, "sentence-debias", {"layer": layer, "k": 2, "max_pairs": 200}) as iv:
+        projected = capture()  # the capture hook runs after the intervention's on the same module
+        basis = iv.basis.astype(np.float64)
+        assert iv.info["removed_dimensions"] == 2 and iv.info["layer"] == iv_layer
+    assert np.abs(projected @ basis).max() < 1e-4 * np.abs(plain).max()
+    assert np.allclose(projected, plain - (plain @ basis) @ basis.T, atol=1e-4)  # the complement is untouched
+    assert np.allclose(capture(), plain)  # detached
+
+
+def test_estimate_is_cached_per_model_and_options(tiny_gpt2, tmp_path):
+    with applied(tiny_gpt2, "inlp", {"iterations": 2, "max_pairs": 100}) as iv:
+        first, info = iv.basis.copy(), dict(iv.info)
+    assert not info["cached"] and (tmp_path / "cache" / "interventions").is_dir()
+    with applied(tiny_gpt2, "inlp", {"iterations": 2, "max_pairs": 100}) as iv:
+        assert iv.info["cached"] and np.array_equal(iv.basis, first)
+    with applied(tiny_gpt2, "inlp", {"iterations": 3, "max_pairs": 100}) as iv:
+        assert not iv.info["cached"] and iv.basis.shape[1] == 3
+
+
+def test_bad_options_and_backends_are_one_line(tiny_gpt2):
+    with pytest.raises(UserError, match="layer 'middle'"):
+        get_intervention("sentence-debias", layer="middle")
+    with pytest.raises(UserError, match="layer 7 does not exist: the model has 2 blocks"):
+        with applied(tiny_gpt2, "sentence-debias", {"layer": 7, "max_pairs": 20}):
+            pass
+    with pytest.raises(UserError, match="corpus not found"):
+        with applied(tiny_gpt2, "inlp", {"corpus": "/no/such/file.txt"}):
+            pass
+    with pytest.raises(CapabilityError, match="'inlp' cannot run on the openai backend: it needs a forward hook"):
+        with applied(ServedBackend("openai"), "inlp"):
+            pass
+
+
+@pytest.mark.parametrize("model", ["tiny_bert_path", "tiny_gpt2_path"])
+@pytest.mark.parametrize("intervention", ["sentence-debias", "inlp"])
+def test_crows_pairs_end_to_end_cli(model, intervention, request, tmp_path):
+    path = request.getfixturevalue(model)
+    base = ["eval", "crows-pairs", "--model", str(path), "--limit", "10", "--dtype", "float32", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(base + ["--out", str(tmp_path / "iv"), "--intervention", intervention,
+                        "--intervention-option", "max_pairs=300"]) == 0
+    meta = json.loads((tmp_path / "iv" / "metrics.json").read_text())["meta"]
+    stats = meta["backend_stats"]["intervention"]
+    assert stats["intervention"] == intervention and stats["cost"]["extra_forward_passes"] == 0
+    assert stats["estimate"]["pairs"] == 300
+    cfg = json.loads((tmp_path / "iv" / "config.json").read_text())
+    assert cfg["identity"]["model"]["intervention"] == {"intervention": intervention, "max_pairs": 300}
+
+    def scores(d):
+        return [json.loads(x)["score_more"] for x in (tmp_path / d / "results.jsonl").read_text().splitlines()]
+
+    assert len(scores("iv")) == 10 and scores("iv") != pytest.approx(scores("plain"), abs=1e-4)
