@@ -162,3 +162,38 @@ def test_declared_capabilities_and_the_cache_covers_token_pll(tiny_bert, tiny_ll
     first = cached.pll_positions([ids], [[1, 2]])
     again = cached.pll_positions([ids], [[1, 2]])
     assert first == again == tiny_bert.pll_positions([ids], [[1, 2]]) and cached.hits == 1
+
+
+def test_shared_prompt_prefixes_are_computed_once_with_the_same_answers(tiny_llama_chat_path, bbq_dir):
+    """Rows that share a long prompt prefix (one BBQ question in its three option orders) are grouped,
+    their prefix computed once; greedy answers, and float32 first-token decisions, equal the unshared ones."""
+    from fairdistill.backends.hf import HFBackend, shared_prefix_groups
+    from fairdistill.benchmarks.bbq import BBQ, mc_question
+    from fairdistill.methods.base import user_turn
+
+    items = BBQ(categories="Age", limit=3, condition="ambig", data=str(bbq_dir)).load_items()
+    reqs = [GenerationRequest(messages=[{"role": "user", "content": user_turn(mc_question(it, o))}], max_new_tokens=6)
+            for it in items for o in ([0, 1, 2], [1, 2, 0], [2, 0, 1])]
+    reqs.append(GenerationRequest(messages=[{"role": "user", "content": "An unrelated short prompt"}], max_new_tokens=6))
+    be = HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="float32")
+    encs = [be.tokenizer(be.apply_chat_template(r.messages), add_special_tokens=False)["input_ids"] for r in reqs]
+    group, lens = shared_prefix_groups(encs)
+    assert group == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    for g in range(3):  # the shared part is a real common prefix, and ends before the options differ
+        rows = [encs[r] for r in range(9) if group[r] == g]
+        assert lens[g] >= 32 and all(e[:lens[g]] == rows[0][:lens[g]] for e in rows)
+        assert len({tuple(e[lens[g]:lens[g] + 1]) for e in rows}) > 1
+    assert shared_prefix_groups([encs[0], encs[-1]]) is None
+    shared = [(x.text, x.completion_tokens) for x in be.generate(reqs)]
+    be.share_prefixes = False
+    plain = [(x.text, x.completion_tokens) for x in be.generate(reqs)]
+    assert shared == plain
+    # bf16 with every first token decided in float32: the float32 pass shares prefixes too
+    half = HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="bfloat16", rescore_margin=1e9)
+    want = [int(lp.argmax()) for lp in be._last_logits(encs, [0] * len(encs))]
+    first = lambda texts: [half.tokenizer(t, add_special_tokens=False)["input_ids"][:1] for t in texts]  # noqa: E731
+    got = half.generate(reqs)
+    assert half.stats()["first_token_fp32"] == len(reqs)
+    assert first([g.text for g in got]) == first([t for t, _ in plain])
+    with half._fp32_weights().active():
+        assert half._last_token_argmax(encs) == want

@@ -72,12 +72,15 @@ class HFBackend(Backend):
         shared_prefix: bool = True,
         rescore_margin: float = 0.0,
         weights_dir: str | None = None,
+        share_prefixes: bool = True,
     ):
         import torch
 
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        # generation: a prompt prefix several rows share (rotations of one question) is computed once
+        self.share_prefixes = share_prefixes
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.shared_prefix = shared_prefix
@@ -123,6 +126,7 @@ class HFBackend(Backend):
         batch_size: int = 16,
         trust_remote_code: bool = False,
         rescore_margin: float = DEFAULT_RESCORE_MARGIN,
+        share_prefixes: bool = True,
         **_: Any,
     ) -> "HFBackend":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
@@ -157,7 +161,7 @@ class HFBackend(Backend):
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load model {target!r}: {msg}") from None
         return cls(model, tok, name=target, batch_size=batch_size, device=dev, rescore_margin=rescore_margin,
-                   weights_dir=path if os.path.isdir(path) else None)
+                   weights_dir=path if os.path.isdir(path) else None, share_prefixes=_flag(share_prefixes))
 
     def describe(self) -> dict[str, Any]:
         out = {"backend": "hf", "model": self.name, "model_type": self.model_type,
@@ -274,11 +278,7 @@ class HFBackend(Backend):
         if self.rescore_margin > 0:
             near = [i for i, row in enumerate(out) if len(row) > 1 and _top2_margin(row) < self.rescore_margin]
             if near:
-                if self._fp32 is None:
-                    from .precision import Float32Weights
-
-                    self._fp32 = Float32Weights(self.model, self._weights_dir)
-                with self._fp32.active():
+                with self._fp32_weights().active():
                     fixed = self._loglikelihood_choices([requests[i] for i in near])
                 for i, row in zip(near, fixed):
                     out[i] = row
@@ -613,7 +613,11 @@ class HFBackend(Backend):
             from transformers import LogitsProcessorList
 
             kwargs["logits_processor"] = LogitsProcessorList(procs)
+        shared = None if procs or not self.share_prefixes else shared_prefix_groups(encs)
         with torch.inference_mode():
+            if shared is not None:
+                ids, att, kwargs[self.cache_kw] = self._prefix_cache(encs, *shared)
+                maxlen = ids.shape[1]
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device), **kwargs)
         seqs = out.sequences if margins else out
         news = [seqs[r, maxlen:].tolist() for r in range(len(encs))]
@@ -622,17 +626,50 @@ class HFBackend(Backend):
         top2 = torch.log_softmax(out.scores[0].float(), -1).topk(2, -1).values
         return news, (top2[:, 0] - top2[:, 1]).tolist()
 
+    def _prefix_cache(self, encs: list[list[int]], group: list[int], lens: list[int]):
+        """The batch laid out as [left pad, shared prefix, pad, own suffix] per row, and the keys/values of
+        each group's prefix computed once and repeated for its rows (positions follow the mask, so each
+        row sees the same positions as without sharing)."""
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id
+        n_groups = max(group) + 1
+        rep = [group.index(g) for g in range(n_groups)]
+        lp = max(lens)
+        ls = max(len(e) - lens[group[r]] for r, e in enumerate(encs))
+        pre = torch.full((n_groups, lp), pad, dtype=torch.long)
+        pre_att = torch.zeros_like(pre)
+        for g, r in enumerate(rep):
+            pre[g, lp - lens[g]:] = torch.tensor(encs[r][:lens[g]])
+            pre_att[g, lp - lens[g]:] = 1
+        pos = (pre_att.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=pre.to(self.device), attention_mask=pre_att.to(self.device),
+                         position_ids=pos.to(self.device), use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_select_indices(torch.tensor(group, device=self.device))
+        ids = torch.full((len(encs), lp + ls), pad, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for r, e in enumerate(encs):
+            g = group[r]
+            ids[r, :lp], att[r, :lp] = pre[g], pre_att[g]
+            suf = e[lens[g]:]
+            ids[r, lp + ls - len(suf):] = torch.tensor(suf)
+            att[r, lp + ls - len(suf):] = 1
+        return ids, att, cache
+
+    def _fp32_weights(self):
+        if self._fp32 is None:
+            from .precision import Float32Weights
+
+            self._fp32 = Float32Weights(self.model, self._weights_dir)
+        return self._fp32
+
     def _fix_first_tokens(self, encs, news, margins, max_new, eos) -> None:
         """Greedy bf16 answers whose first token was a near-tie: that token decided in float32, the rest
         regenerated after it when it changed. (In a short answer the first token is the answer.)"""
         near = [r for r, m in enumerate(margins) if m < self.rescore_margin and news[r]]
         if not near:
             return
-        if self._fp32 is None:
-            from .precision import Float32Weights
-
-            self._fp32 = Float32Weights(self.model, self._weights_dir)
-        with self._fp32.active():
+        with self._fp32_weights().active():
             first = self._last_token_argmax([encs[r] for r in near])
         self.n_first_fp32 += len(near)
         redo = [(r, t) for r, t in zip(near, first) if t != news[r][0]]
@@ -646,12 +683,63 @@ class HFBackend(Backend):
             news[r] = [t] + c
 
     def _last_token_argmax(self, encs: list[list[int]]) -> list[int]:
-        return [int(lp.argmax()) for lp in self._last_logits(encs, [0] * len(encs))]  # chat prompts
+        shared = shared_prefix_groups(encs) if self.share_prefixes and not self.logits_processors(encs) else None
+        if shared is None:
+            return [int(lp.argmax()) for lp in self._last_logits(encs, [0] * len(encs))]  # chat prompts
+        torch = self._torch
+        with torch.inference_mode():
+            ids, att, cache = self._prefix_cache(encs, *shared)
+            lp = cache.get_seq_length()
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids[:, lp:].to(self.device), attention_mask=att.to(self.device),
+                                position_ids=pos[:, lp:].to(self.device), use_cache=True,
+                                logits_to_keep=1, **{self.cache_kw: cache}).logits
+        return logits[:, -1].argmax(-1).tolist()
+
+
+def _flag(v: Any) -> bool:
+    """A boolean backend option, also when given as text on the command line."""
+    return v if isinstance(v, bool) else str(v).strip().lower() not in ("false", "0", "no", "off")
 
 
 def _top2_margin(row: Sequence[float]) -> float:
     a, b = sorted(row)[-2:]
     return b - a
+
+
+#: the least number of prompt tokens rows must share for their prefix to be computed once
+MIN_SHARED_PREFIX = 32
+
+
+def shared_prefix_groups(encs: list[list[int]], min_shared: int = MIN_SHARED_PREFIX):
+    """Rows grouped by a long common token prefix (e.g. one question asked in several option orders):
+    (group index per row, shared length per group), or None when no prefix is shared by two rows. A
+    group's shared length leaves every member at least one token of its own to feed the model."""
+    group: list[int] = []
+    lens: list[int] = []
+    reps: list[list[int]] = []
+    for e in encs:
+        for g, r in enumerate(reps):
+            n = 0
+            for a, b in zip(e, r[:lens[g]]):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(e) - 1)
+            if n >= min_shared:
+                group.append(g)
+                lens[g] = n
+                break
+        else:
+            group.append(len(reps))
+            reps.append(e)
+            lens.append(len(e) - 1)
+    if len(reps) == len(encs):
+        return None
+    # a singleton keeps its whole prompt but one token as its "prefix"; members shrink to the common part
+    for r, e in enumerate(encs):
+        lens[group[r]] = min(lens[group[r]], len(e) - 1)
+    return group, lens
 
 
 def _eos_ids(model, tok) -> set[int]:
