@@ -642,8 +642,9 @@ class HFBackend(Backend):
             pre[g, lp - lens[g]:] = torch.tensor(encs[r][:lens[g]])
             pre_att[g, lp - lens[g]:] = 1
         pos = (pre_att.cumsum(-1) - 1).clamp(min=0)
+        # only the keys/values are wanted: logits_to_keep=1 skips the vocabulary projection of every prefix token
         out = self.model(input_ids=pre.to(self.device), attention_mask=pre_att.to(self.device),
-                         position_ids=pos.to(self.device), use_cache=True)
+                         position_ids=pos.to(self.device), use_cache=True, logits_to_keep=1)
         cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_select_indices(torch.tensor(group, device=self.device))
         ids = torch.full((len(encs), lp + ls), pad, dtype=torch.long)

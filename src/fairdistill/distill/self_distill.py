@@ -200,11 +200,12 @@ def agreement_summary(bench_of: Callable[[str], Any], items: dict[str, dict], re
 
     hits = {"untrained": [_agree(recs["untrained"][i], t[i]) for i in ids],
             "student": [_agree(recs["student"][i], t[i]) for i in ids],
-            "constant": [const_pred(i) is not None and const_pred(i) == t[i]["pred"] for i in ids]}
+            "constant": [const_pred(i) == t[i]["pred"] for i in ids]}  # the teacher's pred is never None here
     out: dict[str, Any] = {"n": len(ids), "teacher_unparsed": len(items) - len(ids),
                            "constant_answer": constant_role}
     for who, h in hits.items():
         out[f"{who}_vs_teacher"] = round(sum(h) / len(h), 4) if h else None
+        out[f"{who}_agrees"] = sum(h)
     for other in ("untrained", "constant"):
         test = mcnemar_exact(hits[other], hits["student"])
         out[f"student_vs_{other}_mcnemar"] = {"student_only": test["incorrect->correct"],
@@ -244,8 +245,8 @@ def write_summary_run(folder: Path, evaluation: dict[str, Any], identity: dict[s
         for who in ("student", "untrained", "constant"):
             v, n = ag[f"{who}_vs_teacher"], ag["n"]
             lo = hi = None
-            if v is not None and n:
-                ci = binomtest(round(v * n), n).proportion_ci(method="wilson")
+            if n:
+                ci = binomtest(ag[f"{who}_agrees"], n).proportion_ci(method="wilson")
                 lo, hi = ci.low, ci.high
             p = None if who == "student" else ag[f"student_vs_{who}_mcnemar"]["p_value"]
             rows.append({"split": split, "model": who + (f" ({ag['constant_answer']})" if who == "constant" else ""),
