@@ -164,3 +164,24 @@ def test_unknown_executor_and_missing_ray_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if not installed
     with pytest.raises(UserError, match=r"fairdistill\[ray\]"):
         run_study(cfg, out=tmp_path / "o", show_progress=False, executor="ray")
+
+
+def test_backend_options_reach_every_model_of_the_study(tiny_gpt2_path, tmp_path):
+    """`backend_options` of the study apply to every model (trained ones too), a model's own override them,
+    and self-distillation evaluates with the base model's options (so its calls hit the study's cache)."""
+    from fairdistill.study import StudyConfig, _Study
+
+    cfg = StudyConfig(dtype="bfloat16", device="cpu", backend_options={"rescore_margin": 0.5},
+                      models=[{"name": "a", "model": str(tiny_gpt2_path), "backend_options": {"rescore_margin": 0}},
+                              {"name": "b", "model": str(tiny_gpt2_path)}])
+    study = _Study(cfg, tmp_path, tmp_path / "out", False)
+    study.models["trained"] = str(tiny_gpt2_path)
+    margins = {}
+    for name in ("a", "b", "trained"):
+        be = study.load_backend(name)
+        margins[name] = be.rescore_margin
+        be.close()
+    assert margins == {"a": 0.0, "b": 0.5, "trained": 0.5}
+    from fairdistill.distill.self_distill import SelfDistillConfig
+
+    assert SelfDistillConfig.from_kwargs(backend_options={"rescore_margin": 0}).backend_options == {"rescore_margin": 0}

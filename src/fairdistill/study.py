@@ -45,6 +45,8 @@ class ModelEntry(_Strict):
     model: str = Field(description="model string: local dir, built-in name (smollm2), hub id, hf:PATH, ...")
     device: str | None = None
     dtype: str | None = None
+    backend_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="backend keyword options of this model, over the study's")
     num_cpus: float = Field(1, description="--executor ray: CPUs each run (and training) of this model asks for")
     num_gpus: float = Field(0, description="--executor ray: GPUs each run (and training) of this model asks for")
 
@@ -100,6 +102,8 @@ class StudyConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="backend keyword options of every model "
+                                            "(e.g. rescore_margin: 0 for bf16 without float32 re-scoring)")
     batch_size: int = 16
     cache: bool = Field(False, description="a response cache per model in the study folder: overlapping runs "
                                            "(the plain model's rotation 0 and its plain run) and reruns never re-ask it")
@@ -204,13 +208,19 @@ class _Study:
         entry = next((m for m in self.cfg.models if m.name == name), None)
         device = (entry.device if entry and entry.device else self.cfg.device)
         dtype = (entry.dtype if entry and entry.dtype else self.cfg.dtype)
-        backend = load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size)
+        backend = load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size,
+                               **self.backend_options(name))
         if self.cfg.cache:
             from .backends.cache import CachingBackend
 
             (self.out / name).mkdir(parents=True, exist_ok=True)
             backend = CachingBackend(backend, self.out / name / "responses.sqlite")
         return backend
+
+    def backend_options(self, name: str) -> dict[str, Any]:
+        """The study's backend options with the model's own over them (trained models take the study's)."""
+        entry = next((m for m in self.cfg.models if m.name == name), None)
+        return {**self.cfg.backend_options, **(entry.backend_options if entry else {})}
 
     def spec(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
              intervention: InterventionEntry | None = None) -> RunSpec:
@@ -328,6 +338,7 @@ class _Study:
                     if self.cfg.cache:  # the teacher's answers are those its method runs above already got
                         opts.setdefault("cache", str(self.out / t.base / "responses.sqlite"))
                     opts.setdefault("dtype", self.cfg.dtype)
+                    opts.setdefault("backend_options", self.backend_options(t.base))
                     summary = fn(model=base_spec, out=str(out), **opts)
             except ModuleNotFoundError as e:
                 raise UserError(f"training kind {t.kind!r} is not available in this installation ({e})") from None

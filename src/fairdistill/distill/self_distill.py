@@ -64,6 +64,7 @@ class SelfDistillConfig(SFTConfig):
     method_options: dict = field(default_factory=dict)  # the teacher method's options
     cache: str | None = None          # response cache (sqlite) of teacher and untrained calls
     dtype: str = "auto"               # dtype of every evaluation
+    backend_options: dict = field(default_factory=dict)  # backend options of every evaluation (rescore_margin, ...)
     evaluate: bool = True
     eval_train: bool = False          # also evaluate untrained model and student on the training items
     transfer: list = field(default_factory=list)  # benchmarks not trained on: names or {name, options}
@@ -396,7 +397,8 @@ class _Job:
         from ..backends.base import load_backend
 
         info = _train_and_merge(self.model_name, sft, self.out, self.student_dir, self.cfg)
-        return load_backend(str(self.student_dir), dtype=self.cfg.dtype, device=self.cfg.device), None, info
+        return load_backend(str(self.student_dir), dtype=self.cfg.dtype, device=self.cfg.device,
+                                    **self.cfg.backend_options), None, info
 
     def evaluate_after(self, student_be, t_recs: dict[str, dict]) -> dict[str, Any]:
         for sub, ids in self.splits.items():
@@ -431,7 +433,8 @@ def _eval_backend(model: Any, cfg: SelfDistillConfig, outp: Path):
     from ..backends.base import load_backend
     from ..backends.cache import CachingBackend
 
-    be = model if not isinstance(model, str) else load_backend(model, dtype=cfg.dtype, device=cfg.device)
+    be = model if not isinstance(model, str) else load_backend(model, dtype=cfg.dtype, device=cfg.device,
+                                                                         **cfg.backend_options)
     return CachingBackend(be, cfg.cache or outp / "responses.sqlite")
 
 
