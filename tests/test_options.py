@@ -145,3 +145,12 @@ def test_ids_option_selects_items_and_enters_the_identity_only_when_set():
     with pytest.raises(UserError, match="1 of the requested ids are not among its items") as e:
         bad.load_items()
     assert "\n" not in str(e.value)
+
+
+def test_a_mistyped_flag_is_a_usage_line_not_a_traceback(capsys):
+    """click's usage errors (typer vendors its own copy of click from 0.22 on) end in one error line."""
+    from fairdistill.cli import main
+
+    assert main(["eval", "bbq", "--no-such-flag", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option: --no-such-flag" in err and "Traceback" not in err

@@ -340,6 +340,21 @@ def list_cmd():
     console.print(t)
 
 
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Usage-error and abort classes of click and of the copy of click that typer >= 0.22 vendors."""
+    import importlib
+
+    usage, abort = [], []
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage += [c for c in (getattr(mod, "ClickException", None),) if c]
+        abort += [c for c in (getattr(mod, "Abort", None),) if c]
+    return tuple(usage), tuple(abort)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
@@ -350,12 +365,11 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted: finished items are saved; rerun the same command to resume")
         return 130
     except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        usage, abort = _click_errors()
+        if isinstance(e, usage):
             e.show()
             return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, abort):
             return 130
         raise
     return 0
