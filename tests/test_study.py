@@ -185,3 +185,27 @@ def test_backend_options_reach_every_model_of_the_study(tiny_gpt2_path, tmp_path
     from fairdistill.distill.self_distill import SelfDistillConfig
 
     assert SelfDistillConfig.from_kwargs(backend_options={"rescore_margin": 0}).backend_options == {"rescore_margin": 0}
+
+
+def test_a_finished_training_whose_merged_model_is_gone_is_merged_again_not_retrained(tiny_gpt2_path, tmp_path):
+    """A study folder carried to a fresh machine keeps adapters, not the large merged models."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from fairdistill.study import _Study
+
+    cfg_path = tmp_path / "s.yaml"
+    cfg_path.write_text(f"models: [{{name: base, model: {tiny_gpt2_path}}}]\nbenchmarks: [{{name: bbq}}]\n"
+                        "training: [{name: sd, kind: self_distill, base: base, options: {method: reprompting}}]\n")
+    cfg, cfg_dir = load_study(cfg_path)
+    st = _Study(cfg, cfg_dir, tmp_path / "out", show_progress=False)
+    train_dir = tmp_path / "out" / "train" / "sd"
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_path)
+    peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["c_attn"])).save_pretrained(train_dir / "adapter")
+    gone = tmp_path / "elsewhere" / "merged"
+    (train_dir / "study_trained.json").write_text(json.dumps(
+        {"model_dir": str(gone), "kind": "self_distill", "base": "base", "summary": {"global_step": 7}}))
+    model_dir = st.train(cfg.training[0])
+    assert Path(model_dir) == (train_dir / "merged").resolve() and (Path(model_dir) / "config.json").exists()
+    assert json.loads((train_dir / "study_trained.json").read_text())["model_dir"] == model_dir
+    assert st.costs["sd"]["steps"] == 7  # the recorded training summary is kept, not redone

@@ -320,7 +320,13 @@ class _Study:
         base_spec = self.models[t.base]
         done = out / "study_trained.json"
         if done.exists():
-            model_dir = json.loads(done.read_text())["model_dir"]
+            info = json.loads(done.read_text())
+            model_dir = info["model_dir"]
+            if not (Path(model_dir) / "config.json").exists():
+                # the study folder moved to another machine with its adapters but not the (large) merged
+                # model: merge again rather than train again
+                model_dir = self._trained_dir(info.get("summary"), out, base_spec)
+                done.write_text(json.dumps({**info, "model_dir": model_dir}, indent=2, default=str))
             self.log(f"training {t.name}: already done -> {model_dir}")
         else:
             self.log(f"[bold]training[/bold] {t.name} ({t.kind}) from {t.base} -> {out}")
