@@ -209,3 +209,78 @@ def test_a_finished_training_whose_merged_model_is_gone_is_merged_again_not_retr
     assert Path(model_dir) == (train_dir / "merged").resolve() and (Path(model_dir) / "config.json").exists()
     assert json.loads((train_dir / "study_trained.json").read_text())["model_dir"] == model_dir
     assert st.costs["sd"]["steps"] == 7  # the recorded training summary is kept, not redone
+
+
+def _shrunk_qwen_study(path: Path, chat_model: str, panel_model: str, data: Path) -> Path:
+    """examples/qwen_study.yaml with every model swapped for a tiny one and every size cut to a few
+    items: the same benchmarks, methods, trainings and report, in a couple of minutes."""
+    import yaml
+
+    cfg = yaml.safe_load((EXAMPLES / "qwen_study.yaml").read_text())
+    cfg["models"] = [{**m, "model": chat_model} for m in cfg["models"]]
+    for b in cfg["benchmarks"]:
+        o = b.setdefault("options", {})
+        if b["name"] == "bbq":
+            o.update(categories=["Age", "Gender_identity"], limit=2 if o["limit"] == 50 else 1, max_new_tokens=2)
+        elif b["name"] == "holistic-bias":
+            o["sample"] = 40
+    cfg["capability"].update(subjects=cfg["capability"]["subjects"][:2], limit=2)
+    small = {"explanation": {"explain_tokens": 4}, "intent-aware": {"cot_tokens": 4, "feedback_tokens": 4, "max_rounds": 1},
+             "adjudication": {"panel": f"{chat_model},{panel_model}", "judge_tokens": 2}}
+    for m in cfg["methods"]:
+        m["options"] = {**m.get("options", {}), **small.get(m["name"], {})}
+    for t in cfg["training"]:
+        if t["kind"] == "fairdistill":
+            t["options"].update(max_steps=2)
+        else:  # a random tiny model's answers rarely parse: the teacher is a test double that always says "A"
+            t["options"].update(limit=3, epochs=1, method="always-a")  # (under rotation "A" would be a tie)
+            t["options"].pop("permute")
+        if "data" in t["options"]:
+            t["options"]["data"] = t["options"]["data"].replace("${data}", str(data))
+    cfg["out"] = str(path.parent / "out")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_the_qwen_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_path, shared_data, tmp_path, monkeypatch):
+    """Everything the long Qwen study does (each method on its benchmarks, four FairDistillation students,
+    the self-distilled student with its held-out and transfer runs, capability, the report) on tiny
+    random models, so that the real run cannot fail hours in on a step no test has taken."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("peft")
+    from fairdistill.methods.base import Method, MethodResult
+    from fairdistill.registry import METHODS
+
+    class AlwaysA(Method):
+        name = "always-a"
+
+        def answer(self, questions, gen=None):
+            return [MethodResult(text="A", transcript=[{"role": "assistant", "content": "A"}], calls=2)
+                    for _ in questions]
+
+    METHODS.names()  # the shipped methods are registered; the double joins them for this test only
+    monkeypatch.setitem(METHODS._items, "always-a", AlwaysA)
+    cfg = _shrunk_qwen_study(tmp_path / "qwen_study.yaml", str(tiny_llama_chat_path), str(tiny_llama_chat_path),
+                             shared_data)
+    report = run_study(cfg, show_progress=False)
+    study = json.loads((tmp_path / "out" / "study.json").read_text())
+    for r in study["runs"]:
+        assert (Path(r["dir"]) / "metrics.json").exists(), r
+    methods = {r["method"] for r in study["runs"] if r["model"] == "qwen15"}
+    assert methods == {None, "reprompting", "explanation", "intent-aware", "adjudication",
+                       *(f"prefix-{i}" for i in range(1, 7))}
+    assert set(study["trained"]) == {"qwen15-fairdistill-he-she", "qwen15-fairdistill-gender",
+                                     "qwen15-fairdistill-published-objective", "qwen15-no-rule-control",
+                                     "qwen15-self-distilled-reprompting"}
+    sd = json.loads((tmp_path / "out" / "train" / "qwen15-self-distilled-reprompting" / "study_trained.json").read_text())
+    assert sd["summary"]["transfer"]  # the untrained model and the student on the occupation probe
+    for name in study["trained"]:  # every trained model gets the plain evaluation, capability included
+        assert {r["benchmark"] for r in study["runs"] if r["model"] == name} >= {
+            "bbq-ambig", "bbq-disambig", "occupation", "holistic-gender", "capability"}
+    # each method run is paired against the plain run of the same items
+    for r in study["runs"]:
+        if r["method"]:
+            assert (Path(r["dir"]) / "comparison.json").exists(), r["dir"]
+    html = report.read_text()
+    assert "Capability retention" in html and "self-distilled" in html and "reprompting" in html

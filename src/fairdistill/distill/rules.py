@@ -229,6 +229,7 @@ def compile_rules(spec: dict[str, Any], tokenizer, strict: bool = False) -> Rule
         rules += [{"name": r["name"].title(), "sides": [[w[:1].upper() + w[1:] for w in s] for s in r["sides"]]}
                   for r in rules if any(w[:1].islower() for s in r["sides"] for w in s)]
     compiled: list[dict] = []  # {"names", "sides": list[set], "words": list[list]}
+    partial: set[int] = set()  # first tokens standing in for a longer word (multi_token: first)
     for r in rules:
         sides: list[set[int]] = []
         words: list[list[str]] = []
@@ -253,6 +254,7 @@ def compile_rules(spec: dict[str, Any], tokenizer, strict: bool = False) -> Rule
                             continue
                         warnings.append(f"rule {r['name']}: {form!r} is {len(toks)} tokens {pieces}; "
                                         f"using its first token {pieces[0]!r} only")
+                        partial.add(toks[0])
                     ids.add(toks[0])
                     forms.append(form)
             sides.append(ids)
@@ -269,7 +271,7 @@ def compile_rules(spec: dict[str, Any], tokenizer, strict: bool = False) -> Rule
         if sum(1 for s in sides if s) < 2:
             warnings.append(f"rule {r['name']}: fewer than two sides left after tokenisation; rule dropped")
             continue
-        _merge_into(compiled, {"names": [r["name"]], "sides": sides, "words": words}, tokenizer)
+        _merge_into(compiled, {"names": [r["name"]], "sides": sides, "words": words}, tokenizer, partial, warnings)
     groups = []
     for c in compiled:
         keep = [(sorted(s), w) for s, w in zip(c["sides"], c["words"]) if s]
@@ -286,8 +288,22 @@ def compile_rules(spec: dict[str, Any], tokenizer, strict: bool = False) -> Rule
     return rs
 
 
-def _merge_into(compiled: list[dict], new: dict, tokenizer) -> None:
-    """Merge ``new`` with every compiled group that shares a token (sides aligned by position)."""
+def _merge_into(compiled: list[dict], new: dict, tokenizer, partial: set[int] = frozenset(),
+                warnings: list[str] | None = None) -> None:
+    """Merge ``new`` with every compiled group that shares a token (sides aligned by position).
+
+    Two rules that put one whole word on different sides contradict each other (an error). When the
+    shared token only stands in for a longer word (``' mrs'`` -> ``' m'``), the clash is the
+    tokenizer's: that token is left out of both rules with a warning, as within one rule."""
+    for c in compiled:
+        clash = {tid for i, s in enumerate(c["sides"]) for j, t in enumerate(new["sides"]) if i != j for tid in s & t}
+        if clash and clash <= set(partial):
+            if warnings is not None:
+                warnings.append(f"rules {'+'.join(c['names'])} and {'+'.join(new['names'])} put the first token(s) "
+                                f"{tokenizer.convert_ids_to_tokens(sorted(clash))} of longer words on different "
+                                "sides; left out of both")
+            for s in (*c["sides"], *new["sides"]):
+                s -= clash
     new_ids = set().union(*new["sides"])
     hits = [c for c in compiled if new_ids & set().union(*c["sides"])]
     for c in hits:

@@ -467,7 +467,7 @@ def _train_and_merge(model: str, sft: list[dict], outp: Path, student_dir: Path,
 
 def _transfer_entry(t: str | dict) -> dict:
     if isinstance(t, str):
-        return {"name": t, "options": {}}
+        return {"name": t, "options": {}, "key": t}
     if not isinstance(t, dict) or "name" not in t:
         raise UserError(f"transfer entry {t!r}: give a benchmark name or {{name, options}}")
     return {"name": t["name"], "options": dict(t.get("options") or {}), "key": t.get("id", t["name"])}
