@@ -284,3 +284,8 @@ def test_the_qwen_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_pat
             assert (Path(r["dir"]) / "comparison.json").exists(), r["dir"]
     html = report.read_text()
     assert "Capability retention" in html and "self-distilled" in html and "reprompting" in html
+    # study.log: a timestamped start and done line per run and training, written by the process doing it
+    log = (tmp_path / "out" / "study.log").read_text().splitlines()
+    assert sum(" done  " in line for line in log) == len(study["runs"]) - sum(
+        r["benchmark"] is None for r in study["runs"]) + len(study["trained"])
+    assert any("done  bbq-ambig on qwen15 in" in line and "items)" in line for line in log)

@@ -190,6 +190,13 @@ class _Study:
         self.costs: dict[str, dict[str, Any]] = {}  # trained model -> what its training cost
 
     # -- helpers --------------------------------------------------------------------------------
+    def journal(self, msg: str) -> None:
+        """One timestamped line in ``<out>/study.log``, progress bars or not, from whichever process
+        (Ray task) does the work: how far a long study has got, readable from any shell."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with (self.out / "study.log").open("a", encoding="utf-8") as f:  # short appends: one line each
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+
     def log(self, msg: str) -> None:
         if self.show_progress:
             from rich.console import Console
@@ -244,7 +251,12 @@ class _Study:
                  "method_options": method.options if method else {}}
         if model_name in self.costs:
             extra["cost"] = self.costs[model_name]
-        execute(spec, backend, show_progress=self.show_progress, extra_config=extra)
+        self.journal(f"start {bench.key} on {label}")
+        t0 = time.perf_counter()
+        _, metrics = execute(spec, backend, show_progress=self.show_progress, extra_config=extra)
+        n = ((metrics or {}).get("meta") or {}).get("n_items") if isinstance(metrics, dict) else None
+        self.journal(f"done  {bench.key} on {label} in {time.perf_counter() - t0:.0f} s"
+                     + (f" ({n} items)" if n is not None else ""))
         return spec.out
 
     def plan(self, model_name: str) -> list[tuple[BenchmarkEntry, MethodEntry | None, InterventionEntry | None]]:
@@ -330,6 +342,7 @@ class _Study:
             self.log(f"training {t.name}: already done -> {model_dir}")
         else:
             self.log(f"[bold]training[/bold] {t.name} ({t.kind}) from {t.base} -> {out}")
+            self.journal(f"start training {t.name} ({t.kind}) from {t.base}")
             t0 = time.perf_counter()
             try:
                 if t.kind == "fairdistill":
@@ -351,6 +364,7 @@ class _Study:
             except KeyError as e:
                 raise UserError(f"training {t.name!r}: missing option {e}") from None
             model_dir = self._trained_dir(summary, out, base_spec)
+            self.journal(f"done  training {t.name} in {time.perf_counter() - t0:.0f} s")
             done.write_text(json.dumps({"model_dir": model_dir, "kind": t.kind, "base": t.base,
                                         "seconds": round(time.perf_counter() - t0, 1),
                                         "summary": summary if isinstance(summary, dict) else None},
