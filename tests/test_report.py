@@ -231,3 +231,27 @@ def test_holistic_bscore_occupation_sections_show_cis(tmp_path):
     assert "whiskers = 95% CI" in hb and "whiskers = 95% CI" in bs
     head = sections["headline"]
     assert "value [95% CI]" in head and "0.600 [0.000, 1.000]" in head and "0.300 [0.300, 0.300]" in head
+
+
+def test_published_references_set_beside_paired_results(tmp_path):
+    """A published drop (0.136 -> 0.023) against a paired difference whose CI is below 0 agrees; one
+    whose CI straddles 0 is 'not shown here'; one above 0 is the opposite direction."""
+    from fairdistill.report.build import Run, section_references
+
+    def run(method, lo, hi):
+        rows = [{"condition": "ambig", "metric": "s_AMB", "run": "baseline", "value": 0.10, "ci_low": 0.05, "ci_high": 0.15},
+                {"condition": "ambig", "metric": "s_AMB", "run": "method", "value": 0.10 + (lo + hi) / 2},
+                {"condition": "ambig", "metric": "s_AMB", "run": "difference", "value": (lo + hi) / 2,
+                 "ci_low": lo, "ci_high": hi, "p_value": 0.01}]
+        return Run(path=tmp_path, label=f"m + {method}", benchmark="bbq", config={"identity": {"method": method}},
+                   metrics={}, comparison={"rows": rows})
+
+    ref = {"source": "Gallegos", "benchmark": "bbq", "condition": "ambig", "statistic": "s_AMB",
+           "values": {"baseline": 0.136, "explanation": 0.045, "reprompting": 0.023, "intent-aware": 0.2}}
+    s = section_references([run("reprompting", -0.08, -0.02), run("explanation", -0.05, 0.03),
+                            run("intent-aware", -0.04, -0.01)], [ref])
+    rows = {r[2]: r for r in s.tables[0].rows}
+    assert rows["m + reprompting"][-2:] == ["lower", "yes"]
+    assert rows["m + explanation"][-2:] == ["no clear change", "not shown here"]
+    assert rows["m + intent-aware"][5] == "higher" and rows["m + intent-aware"][-2:] == ["lower", "no, opposite"]
+    assert section_references([run("reprompting", -0.08, -0.02)], []) is None

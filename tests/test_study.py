@@ -284,6 +284,12 @@ def test_the_qwen_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_pat
             assert (Path(r["dir"]) / "comparison.json").exists(), r["dir"]
     html = report.read_text()
     assert "Capability retention" in html and "self-distilled" in html and "reprompting" in html
+    # the published direction beside this model's (the study file's report.references), and what the
+    # method runs said (transcripts, HTML only: they quote items)
+    assert "Beside published results" in html and "Gallegos et al. 2025" in html
+    assert html.count('class="transcript"') >= 2 and "Remove bias from your answer" in html
+    assert "Beside published results" in (tmp_path / "out" / "report.md").read_text()
+    assert "(answer parsed:" in html and "(answer parsed:" not in (tmp_path / "out" / "report.md").read_text()
     # study.log: a timestamped start and done line per run and training, written by the process doing it
     log = (tmp_path / "out" / "study.log").read_text().splitlines()
     assert sum(" done  " in line for line in log) == len(study["runs"]) - sum(

@@ -90,10 +90,21 @@ class TrainingEntry(_Strict):
                                     description="keyword arguments of run_fairdistill / run_cda / run_self_distill")
 
 
+class ReferenceEntry(_Strict):
+    """Published numbers the report sets beside the study's paired comparisons."""
+    source: str = Field(description="who published it, e.g. 'Gallegos et al. 2025, GPT-3.5'")
+    benchmark: str = "bbq"
+    condition: str | None = Field(None, description="e.g. ambig; None: every condition")
+    statistic: str = Field(description="the comparison's statistic, e.g. s_AMB or accuracy")
+    values: dict[str, float] = Field(description="baseline and method name -> published value")
+    note: str = ""
+
+
 class ReportEntry(_Strict):
     title: str = "fairdistill study"
     out: str = "report.html"
     markdown: bool = True
+    references: list[ReferenceEntry] = Field(default_factory=list)
 
 
 class StudyConfig(_Strict):
@@ -499,10 +510,11 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     runs = sorted(runs, key=lambda r: order.index(r["model"]) if r.get("model") in order else len(order))
     rep = Path(cfg.report.out)
     rep = rep if rep.is_absolute() else out_dir / rep
+    references = [r.model_dump() for r in cfg.report.references]
     html = build_report([r["dir"] for r in runs], rep, labels=[r["label"] for r in runs],
-                        title=cfg.report.title, markdown=cfg.report.markdown)
+                        title=cfg.report.title, markdown=cfg.report.markdown, references=references)
     prev.write_text(json.dumps({
         "name": cfg.name, "config": str(Path(config_path).resolve()), "models": models,
-        "trained": trained, "runs": runs, "notes": st.notes, "report": str(html),
+        "trained": trained, "runs": runs, "notes": st.notes, "report": str(html), "references": references,
     }, indent=2))
     return html

@@ -257,6 +257,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     definitions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    transcripts: list[tuple[str, list[dict[str, str]]]] = field(default_factory=list)  # (caption, turns)
 
 
 def _defs(runs: list[Run], extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -638,11 +639,128 @@ def section_mitigations(runs: list[Run]) -> Section | None:
     return s
 
 
+def _direction(d: dict) -> str:
+    """lower / higher when the paired difference's 95% CI excludes 0, else no clear change."""
+    lo, hi = d.get("ci_low"), d.get("ci_high")
+    if _num(lo) and _num(hi):
+        return "lower" if hi < 0 else "higher" if lo > 0 else "no clear change"
+    v = d.get("value")
+    return ("lower" if v < 0 else "higher" if v > 0 else "no change") + " (no CI)" if _num(v) else "—"
+
+
+def section_references(runs: list[Run], references: Sequence[dict[str, Any]]) -> Section | None:
+    """Each published number beside this report's: for every method the reference reports, the published
+    value and its direction from the published baseline, this run's value [CI] and its paired difference's
+    direction, and whether the two directions agree."""
+    refs = [r for r in references or [] if isinstance(r, dict)]
+    if not refs:
+        return None
+    body, notes = [], []
+    for ref in refs:
+        values = ref.get("values") or {}
+        base_pub = values.get("baseline")
+        stat = str(ref.get("statistic", "")) + (f" ({ref['condition']})" if ref.get("condition") else "")
+        comps = [r for r in runs if r.comparison and _bench_name(r.benchmark) == ref.get("benchmark", r.benchmark)]
+        for method, pub in values.items():
+            if method == "baseline":
+                continue
+            pub_dir = ("lower" if pub < base_pub else "higher" if pub > base_pub else "no change") \
+                if _num(pub) and _num(base_pub) else "—"
+            hits = [r for r in comps if _method_of(r.config) == method]
+            if not hits:
+                body.append([str(ref.get("source", "")), stat, method, fmt(base_pub), fmt(pub), pub_dir, "not run", "", "", ""])
+                continue
+            for r in hits:
+                rows = [x for x in (r.comparison or {}).get("rows") or [] if isinstance(x, dict)
+                        and x.get("metric") == ref.get("statistic")
+                        and (ref.get("condition") is None or x.get("condition") == ref.get("condition"))]
+                by = {x.get("run"): x for x in rows}
+                if "difference" not in by:
+                    continue
+                here = _direction(by["difference"])
+                agree = ("yes" if here == pub_dir else "no, opposite" if {here, pub_dir} == {"lower", "higher"}
+                         else "not shown here" if here == "no clear change" else "—")
+                b, m, d = by.get("baseline", {}), by.get("method", {}), by["difference"]
+                body.append([str(ref.get("source", "")), stat, r.label, fmt(base_pub), fmt(pub), pub_dir,
+                             f"{fmt_ci(b.get('value'), b.get('ci_low'), b.get('ci_high'))} → "
+                             f"{fmt_ci(m.get('value'), m.get('ci_low'), m.get('ci_high'))}",
+                             f"{fmt_ci(d.get('value'), d.get('ci_low'), d.get('ci_high'))}, p = {fmt(d.get('p_value'))}",
+                             here, agree])
+        if ref.get("note"):
+            notes.append(f"{ref.get('source', '')}: {ref['note']}")
+    if not body:
+        return None
+    s = Section("references", "Beside published results",
+                "The published numbers this study sets itself beside (from the study file's report.references), "
+                "and this model's paired result on the same statistic: does the method move it the same way here? "
+                "'not shown here' = the difference's 95% CI includes 0.")
+    s.tables.append(Table("Published direction and this model's", [
+        "source", "statistic", "method run", "published baseline", "published method", "published direction",
+        "here: baseline → method [95% CI]", "here: difference [95% CI]", "here: direction", "agrees?"], body,
+        numeric=[False, False, False, True, True, False, False, False, False, False]))
+    s.notes += notes
+    return s
+
+
+def _final_answer_kept(rec: dict) -> bool | None:
+    """For a multi-turn method that records its first answer: did the final answer keep its letter?"""
+    first = ((rec.get("method_extra") or {}).get("first_answer"))
+    if first is None:
+        return None
+    from ..benchmarks.bbq_scoring import parse_letter
+
+    a, b = parse_letter(str(first)), parse_letter(str(rec.get("final_text", "")))
+    return None if a is None or b is None else a == b
+
+
+def section_transcripts(runs: list[Run], per_run: int = 2) -> Section | None:
+    """What each method run actually said: the first items' transcripts (as run, not selected), and
+    for methods that ask twice, how often the second answer kept the first one's letter, so an
+    instruction the model ignores shows in its own words rather than being tuned away."""
+    s = Section("transcripts", "Transcripts",
+                f"The first {per_run} items of each method run, in run order (not selected), rotation 0 where options "
+                "were rotated. For methods that ask twice (reprompting), 'kept' counts answers whose letter did not "
+                "change after the debiasing instruction.")
+    kept_rows = []
+    for r in runs:
+        if not r.comparison or not _method_of(r.config):
+            continue
+        path = r.path / "results.jsonl"
+        if not path.exists():
+            continue
+        shown, kept, asked = 0, 0, 0
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                for rot in (rec.get("rotations") or [rec]):
+                    k = _final_answer_kept(rot)
+                    if k is not None:
+                        asked += 1
+                        kept += k
+                first = (rec.get("rotations") or [rec])[0]
+                turns = [t for t in first.get("transcript") or [] if isinstance(t, dict)]
+                if shown < per_run and turns:
+                    s.transcripts.append((f"{r.label}, item {rec.get('id')} (answer parsed: "
+                                          f"{first.get('letter') or first.get('status')})",
+                                          [{"role": str(t.get("role")), "content": str(t.get("content"))} for t in turns]))
+                    shown += 1
+        if asked:
+            kept_rows.append({"method run": r.label, "answers asked twice": asked, "kept the first letter": kept,
+                              "share kept": kept / asked})
+    if kept_rows:
+        s.tables.append(table_from_dicts("Did the model change its answer when asked to?", kept_rows))
+    return s if s.transcripts or s.tables else None
+
+
 def _bench_name(bench: str) -> str:
     return bench.replace("holistic_bias", "holistic-bias").replace("bscore", "b-score")
 
 
-def build_sections(runs: list[Run]) -> list[Section]:
+def build_sections(runs: list[Run], references: Sequence[dict[str, Any]] | None = None,
+                   transcripts: bool = True) -> list[Section]:
     by_bench: dict[str, list[Run]] = {}
     for r in runs:
         by_bench.setdefault(r.benchmark, []).append(r)
@@ -655,6 +773,12 @@ def build_sections(runs: list[Run]) -> list[Section]:
     comp = section_comparisons(runs)
     if comp:
         sections.append(comp)
+    ref = section_references(runs, references or [])
+    if ref:
+        sections.insert(1 if mit else 0, ref)
+    tr = section_transcripts(runs) if transcripts else None
+    if tr:
+        sections.append(tr)
     return sections
 
 
@@ -671,10 +795,11 @@ def _env():
     )
 
 
-def render_html(runs: list[Run], title: str = "fairdistill report") -> str:
+def render_html(runs: list[Run], title: str = "fairdistill report",
+                references: Sequence[dict[str, Any]] | None = None) -> str:
     from .. import __version__
 
-    sections = build_sections(runs)
+    sections = build_sections(runs, references)
     tpl = _env().get_template("report.html.jinja")
     return tpl.render(title=title, sections=sections, runs=runs, configs=run_config_rows(runs),
                       version=__version__, headline=headline_rows(runs), fmt=fmt, fmt_ci=fmt_ci)
@@ -702,20 +827,26 @@ def headline_rows(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, labels: Sequence[str] | None = None,
-                 title: str = "fairdistill report", markdown: bool = True) -> Path:
+                 title: str = "fairdistill report", markdown: bool = True,
+                 references: Sequence[dict[str, Any]] | None = None) -> Path:
     """Write a self-contained HTML report of ``run_dirs`` to ``out`` (and ``report.md`` beside it).
 
     The file has no external references: styles are inline and charts are inline SVG, so it opens
-    offline and can be attached or published as is. Returns the HTML path.
+    offline and can be attached or published as is. ``references``: published numbers to set beside
+    the paired comparisons (a study's ``report.references``; a study folder's own are read from its
+    study.json). Returns the HTML path.
     """
     runs = load_runs(run_dirs, labels)
+    if references is None:
+        references = [ref for d in run_dirs if (Path(d) / "study.json").exists()
+                      for ref in _read_json(Path(d) / "study.json").get("references") or []]
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out / "report.html" if (out.is_dir() or not out.suffix) else out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(runs, title=title), encoding="utf-8")
+    out.write_text(render_html(runs, title=title, references=references), encoding="utf-8")
     if markdown:
-        out.with_suffix(".md").write_text(_markdown(runs, title=title), encoding="utf-8")
+        out.with_suffix(".md").write_text(_markdown(runs, title=title, references=references), encoding="utf-8")
     return out
 
 
@@ -743,13 +874,13 @@ def _md_table(t: Table, max_rows: int = 40) -> str:
     return "\n".join(lines)
 
 
-def _markdown(runs: list[Run], title: str) -> str:
+def _markdown(runs: list[Run], title: str, references: Sequence[dict[str, Any]] | None = None) -> str:
     from .. import __version__
 
     parts = [f"## {title}", "",
              f"Measured with fairdistill {__version__}. Runs: " + "; ".join(f"**{r.label}** ({r.benchmark})" for r in runs) + ".",
              ""]
-    for s in build_sections(runs):
+    for s in build_sections(runs, references, transcripts=False):  # transcripts quote items: HTML only
         parts += [f"### {s.title}", "", s.intro, ""]
         if s.tables:
             parts += [f"**{s.tables[0].title}**", "", _md_table(s.tables[0]), ""]
