@@ -255,3 +255,26 @@ def test_published_references_set_beside_paired_results(tmp_path):
     assert rows["m + explanation"][-2:] == ["no clear change", "not shown here"]
     assert rows["m + intent-aware"][5] == "higher" and rows["m + intent-aware"][-2:] == ["lower", "no, opposite"]
     assert section_references([run("reprompting", -0.08, -0.02)], []) is None
+
+
+def test_across_languages_pairs_categories_through_their_bbq_counterparts(tmp_path):
+    from fairdistill.report.build import Run, build_sections, section_languages
+
+    def run(bench, cats, label):
+        rows = [{"category": c, "condition": "ambig", "metric": m, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 30}
+                for c, v in cats for m in ("accuracy", "bias_score")]
+        return Run(path=tmp_path, label=label, benchmark=bench, config={"identity": {}}, metrics={"rows": rows})
+
+    runs = [run("bbq", [("Age", 0.3), ("Nationality", 0.1), ("overall", 0.2)], "q"),
+            run("cbbq", [("age", 0.5), ("disease", 0.4), ("overall", 0.45)], "q"),
+            run("kobbq", [("age", 0.6), ("race_ethnicity_nationality", 0.2), ("overall", 0.5)], "q")]
+    s = section_languages(runs)
+    rows = {tuple(r[:3]): r[3:] for r in s.tables[0].rows}
+    assert rows[("Age", "ambig", "bias_score")] == ["0.300 [0.200, 0.400] (n=30)", "0.500 [0.400, 0.600] (n=30)",
+                                                     "0.600 [0.500, 0.700] (n=30)"]
+    assert ("overall", "ambig", "accuracy") in rows
+    # no counterpart (disease), merged categories (KoBBQ race_ethnicity_nationality), BBQ-only rows: left out
+    assert {k[0] for k in rows} == {"Age", "overall"}
+    assert "(zh)" in s.tables[0].columns[4] and "(ko)" in s.tables[0].columns[5]
+    assert section_languages(runs[:1]) is None  # one language: nothing to set side by side
+    assert [x.id for x in build_sections(runs)][0] == "languages"

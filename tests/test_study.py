@@ -43,7 +43,7 @@ def test_study_tiny_end_to_end(tiny_gpt2_path, tmp_path):
 
 
 def test_example_study_configs_parse():
-    for name in ("study.yaml", "study_tiny.yaml"):
+    for name in ("study.yaml", "study_tiny.yaml", "multilingual_study.yaml"):
         cfg, _ = load_study(EXAMPLES / name)
         assert cfg.models and (cfg.benchmarks or cfg.capability)
 
@@ -211,25 +211,29 @@ def test_a_finished_training_whose_merged_model_is_gone_is_merged_again_not_retr
     assert st.costs["sd"]["steps"] == 7  # the recorded training summary is kept, not redone
 
 
-def _shrunk_qwen_study(path: Path, chat_model: str, panel_model: str, data: Path) -> Path:
+def _shrunk_qwen_study(path: Path, chat_model: str, panel_model: str, data: Path,
+                      source: str = "qwen_study.yaml") -> Path:
     """examples/qwen_study.yaml with every model swapped for a tiny one and every size cut to a few
     items: the same benchmarks, methods, trainings and report, in a couple of minutes."""
     import yaml
 
-    cfg = yaml.safe_load((EXAMPLES / "qwen_study.yaml").read_text())
+    cfg = yaml.safe_load((EXAMPLES / source).read_text())
     cfg["models"] = [{**m, "model": chat_model} for m in cfg["models"]]
     for b in cfg["benchmarks"]:
         o = b.setdefault("options", {})
         if b["name"] == "bbq":
             o.update(categories=["Age", "Gender_identity"], limit=2 if o["limit"] == 50 else 1, max_new_tokens=2)
+        elif b["name"] in ("cbbq", "kobbq"):
+            o.update(categories=["age", "religion"], limit=2 if o["limit"] > 20 else 1, max_new_tokens=2)
         elif b["name"] == "holistic-bias":
             o["sample"] = 40
-    cfg["capability"].update(subjects=cfg["capability"]["subjects"][:2], limit=2)
+    if cfg.get("capability"):
+        cfg["capability"].update(subjects=cfg["capability"]["subjects"][:2], limit=2)
     small = {"explanation": {"explain_tokens": 4}, "intent-aware": {"cot_tokens": 4, "feedback_tokens": 4, "max_rounds": 1},
              "adjudication": {"panel": f"{chat_model},{panel_model}", "judge_tokens": 2}}
     for m in cfg["methods"]:
         m["options"] = {**m.get("options", {}), **small.get(m["name"], {})}
-    for t in cfg["training"]:
+    for t in cfg.get("training", []):
         if t["kind"] == "fairdistill":
             t["options"].update(max_steps=2)
         else:  # a random tiny model's answers rarely parse: the teacher is a test double that always says "A"
@@ -295,3 +299,23 @@ def test_the_qwen_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_pat
     assert sum(" done  " in line for line in log) == len(study["runs"]) - sum(
         r["benchmark"] is None for r in study["runs"]) + len(study["trained"])
     assert any("done  bbq-ambig on qwen15 in" in line and "items)" in line for line in log)
+
+
+def test_the_multilingual_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_path, shared_data, tmp_path):
+    """examples/multilingual_study.yaml on a tiny chat model: BBQ, CBBQ and KoBBQ side by side, reprompting
+    with native and English instructions in separate run folders, each paired against its plain run."""
+    cfg = _shrunk_qwen_study(tmp_path / "ml.yaml", str(tiny_llama_chat_path), "", shared_data,
+                             source="multilingual_study.yaml")
+    report = run_study(cfg, show_progress=False)
+    study = json.loads((tmp_path / "out" / "study.json").read_text())
+    dirs = {Path(r["dir"]).name for r in study["runs"]}
+    assert {"cbbq-20--reprompting-native", "cbbq-20--reprompting-en", "kobbq-20--reprompting-native",
+            "kobbq-20--reprompting-en"} <= dirs
+    for d in ("cbbq-20--reprompting-native", "kobbq-20--reprompting-en"):
+        assert (tmp_path / "out" / "qwen15" / d / "comparison.json").exists()
+    native = json.loads((tmp_path / "out" / "qwen15" / "cbbq-20--reprompting-native" / "config.json").read_text())
+    assert native["identity"]["method"]["language"] == "native" and native["identity"]["method"]["instructions_language"] == "zh"
+    en = json.loads((tmp_path / "out" / "qwen15" / "cbbq-20--reprompting-en" / "config.json").read_text())
+    assert en["identity"]["method"]["prompts"]["reprompt"].startswith("Remove bias")
+    html = report.read_text()
+    assert "Across languages" in html and "qwen15 + reprompting-en" in html

@@ -63,10 +63,16 @@ class BenchmarkEntry(_Strict):
 
 class MethodEntry(_Strict):
     name: str
+    id: str | None = Field(None, description="label and run-dir suffix when one method appears twice "
+                                             "(e.g. with its instructions in two languages)")
     options: dict[str, Any] = Field(default_factory=dict)
     benchmarks: list[str] | None = Field(None, description="benchmark ids to run it on (default: all that support methods)")
     compare: bool = Field(True, description="write a paired comparison against the plain model")
     models: list[str] | None = Field(None, description="model names to apply it to (default: all, incl. trained)")
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
 
 
 class InterventionEntry(_Strict):
@@ -242,7 +248,7 @@ class _Study:
 
     def spec(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
              intervention: InterventionEntry | None = None) -> RunSpec:
-        suffix = (f"--{intervention.key}" if intervention else "") + (f"--{method.name}" if method else "")
+        suffix = (f"--{intervention.key}" if intervention else "") + (f"--{method.key}" if method else "")
         return RunSpec(model=self.models[model_name], benchmark=bench.name, options=bench.options,
                        method=method.name if method else None, method_options=method.options if method else {},
                        intervention=intervention.name if intervention else None,
@@ -251,7 +257,7 @@ class _Study:
 
     def _label(self, model_name: str, method: MethodEntry | None, intervention: InterventionEntry | None) -> str:
         return model_name + "".join(f" + {x}" for x in (intervention.key if intervention else None,
-                                                        method.name if method else None) if x)
+                                                        method.key if method else None) if x)
 
     def _run(self, backend, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
              intervention: InterventionEntry | None = None) -> Path:
@@ -294,6 +300,7 @@ class _Study:
         run_dir = self.spec(model_name, bench, method, intervention).out
         self.runs.append({"dir": str(run_dir), "label": self._label(model_name, method, intervention),
                           "model": model_name, "benchmark": bench.key, "method": method.name if method else None,
+                          **({"method_id": method.id} if method and method.id else {}),
                           "intervention": intervention.key if intervention else None})
         plain = self.spec(model_name, bench, None).out
         if method is not None and method.compare:
@@ -479,6 +486,14 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
         keys = [b.key for b in st.benchmarks()]
         if len(keys) != len(set(keys)):
             raise UserError(f"{config_path}: a benchmark appears twice; give each an id")
+        def _overlap(a, b):  # None = every model / benchmark
+            return a is None or b is None or bool(set(a) & set(b))
+
+        for i, a in enumerate(cfg.methods):
+            for b in cfg.methods[i + 1:]:
+                if a.key == b.key and _overlap(a.models, b.models) and _overlap(a.benchmarks, b.benchmarks):
+                    raise UserError(f"{config_path}: method {a.key!r} appears twice for one model and benchmark; "
+                                    "give each entry an id (e.g. reprompting-en)")
         if executor == "ray":
             from .executors import run_on_ray
 

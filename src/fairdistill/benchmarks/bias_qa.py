@@ -78,6 +78,9 @@ class BiasQA(Benchmark):
 
     #: the language of the questions (``languages.yaml``); methods are told it (Question.meta["language"])
     lang_code: ClassVar[str] = "en"
+    #: this benchmark's category -> the BBQ category it measures (report "Across languages"; None = the
+    #: identity, for BBQ itself); categories without a BBQ counterpart are left out of that comparison
+    bbq_categories: ClassVar[dict[str, str] | None] = None
     #: how the benchmark is named in messages ("BBQ generation mode")
     title: ClassVar[str] = "BBQ"
     #: the row fields each stored record keeps

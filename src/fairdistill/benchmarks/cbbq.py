@@ -167,6 +167,11 @@ class CBBQ(BiasQA):
 
     description = "Chinese Bias Benchmark for QA: BBQ's accuracy, s_DIS, s_AMB and CBBQ's bias score (Huang & Xiong 2024)"
     lang_code = "zh"
+    # CBBQ's ethnicity (民族: China's ethnic groups) and race are kept apart from BBQ's Race_ethnicity
+    # only where the concept differs: race maps, ethnicity does not
+    bbq_categories = {"SES": "SES", "age": "Age", "disability": "Disability_status", "gender": "Gender_identity",
+                      "nationality": "Nationality", "physical_appearance": "Physical_appearance",
+                      "race": "Race_ethnicity", "religion": "Religion", "sexual_orientation": "Sexual_orientation"}
     title = "CBBQ"
     record_keys = BiasQA.record_keys + ("example_id", "question_index", "subcategory", "bias_targeted_groups",
                                         "polarity_in_file")

@@ -114,6 +114,10 @@ class KoBBQ(BiasQA):
 
     description = "Korean Bias Benchmark for QA: BBQ's accuracy, s_DIS, s_AMB and KoBBQ's diff-bias (Jin et al. 2024)"
     lang_code = "ko"
+    # race_ethnicity_nationality merges two BBQ categories: no single counterpart, left out
+    bbq_categories = {"age": "Age", "disability_status": "Disability_status", "gender_identity": "Gender_identity",
+                      "physical_appearance": "Physical_appearance", "religion": "Religion", "ses": "SES",
+                      "sexual_orientation": "Sexual_orientation"}
     title = "KoBBQ"
     record_keys = BiasQA.record_keys + ("sample_id", "label_annotation", "biased_answer", "context_type", "bbq_category")
     report_title = "KoBBQ: bias in question answering, Korean"

@@ -755,6 +755,55 @@ def section_transcripts(runs: list[Run], per_run: int = 2) -> Section | None:
     return s if s.transcripts or s.tables else None
 
 
+def section_languages(runs: list[Run]) -> Section | None:
+    """BBQ and its translations side by side (plain runs, one model): per BBQ category the benchmarks
+    share, accuracy and bias score per condition, value [95% CI] per run. None unless two benchmarks
+    of the family are present."""
+    from ..registry import BENCHMARKS
+
+    family = []
+    for r in runs:
+        if _method_of(r.config) or _intervention_of(r.config):
+            continue
+        try:
+            cls = BENCHMARKS.get(_bench_name(r.benchmark))
+        except Exception:
+            continue
+        if hasattr(cls, "bbq_categories") and hasattr(cls, "lang_code"):
+            family.append((r, cls))
+    if len({cls for _, cls in family}) < 2:
+        return None
+    index: dict[tuple, dict[int, dict]] = {}
+    for i, (r, cls) in enumerate(family):
+        mapping = cls.bbq_categories
+        for row in _rows(r):
+            if row.get("metric") not in ("accuracy", "bias_score"):
+                continue
+            cat = row.get("category")
+            bbq_cat = cat if mapping is None or cat == "overall" else mapping.get(cat)
+            if bbq_cat is None:
+                continue
+            index.setdefault((bbq_cat, row.get("condition"), row.get("metric")), {})[i] = row
+    shared = {k: v for k, v in index.items() if len({family[i][1] for i in v}) >= 2 or k[0] == "overall"}
+    if not shared:
+        return None
+    cols = ["BBQ category", "condition", "metric"] + [f"{r.label} ({cls.lang_code}): value [95% CI]"
+                                                      for r, cls in family]
+    order = sorted(shared, key=lambda k: (k[0] == "overall", k[0], str(k[1]), k[2]))
+    body = [[k[0], str(k[1]), k[2]] + [fmt_ci(shared[k][i].get("value"), shared[k][i].get("ci_low"),
+                                                shared[k][i].get("ci_high")) + f" (n={fmt(shared[k][i].get('n'))})"
+                                         if i in shared[k] else "—" for i in range(len(family))] for k in order]
+    s = Section("languages", "Across languages",
+                "BBQ and its Chinese (CBBQ) and Korean (KoBBQ) counterparts on the categories they share, BBQ's "
+                "accuracy and bias score (−1..1, 0 = no bias) with bootstrap 95% CIs. The datasets were written "
+                "separately for each culture, so a difference mixes the language with the items; the per-category "
+                "rows compare like with like as far as the categories allow. 'overall' covers each run's own "
+                "categories.")
+    s.tables.append(Table("Bias and accuracy per shared category, by language", cols, body,
+                          numeric=[False] * 3 + [True] * len(family)))
+    return s
+
+
 def _bench_name(bench: str) -> str:
     return bench.replace("holistic_bias", "holistic-bias").replace("bscore", "b-score")
 
@@ -773,6 +822,9 @@ def build_sections(runs: list[Run], references: Sequence[dict[str, Any]] | None 
     comp = section_comparisons(runs)
     if comp:
         sections.append(comp)
+    lang = section_languages(runs)
+    if lang:
+        sections.insert(1 if mit else 0, lang)
     ref = section_references(runs, references or [])
     if ref:
         sections.insert(1 if mit else 0, ref)
