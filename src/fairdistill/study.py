@@ -72,7 +72,8 @@ class MethodEntry(_Strict):
 
     @property
     def key(self) -> str:
-        return self.id or self.name
+        # getattr: an entry pickled by an older fairdistill (a Ray task queued before an upgrade) has no id
+        return getattr(self, "id", None) or self.name
 
 
 class InterventionEntry(_Strict):
