@@ -291,6 +291,7 @@ def test_the_qwen_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_pat
     # the published direction beside this model's (the study file's report.references), and what the
     # method runs said (transcripts, HTML only: they quote items)
     assert "Beside published results" in html and "Gallegos et al. 2025" in html
+    assert "6.0 calls, " in html and "per item (plain: 3.0 calls)" in html  # reprompting's cost, 3 rotations
     assert html.count('class="transcript"') >= 2 and "Remove bias from your answer" in html
     assert "Beside published results" in (tmp_path / "out" / "report.md").read_text()
     assert "(answer parsed:" in html and "(answer parsed:" not in (tmp_path / "out" / "report.md").read_text()

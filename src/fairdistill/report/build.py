@@ -596,6 +596,13 @@ def _cost(run: Run) -> str:
             if _num(ic.get("estimate_seconds")):
                 text += f" ({ic['estimate_seconds']:,.{0 if ic['estimate_seconds'] >= 10 else 1}f} s)"
         return text
+    cost = (run.comparison or {}).get("cost") or {}
+    calls = (cost.get("calls_per_item") or {}).get("method")
+    if _num(calls):  # an inference-time method: what each answer costs against the plain model's
+        toks = (cost.get("tokens_per_item") or {}).get("method")
+        base = (cost.get("calls_per_item") or {}).get("baseline")
+        text = f"{fmt(calls, 1)} calls" + (f", {toks:,.0f} tokens" if _num(toks) else "") + " per item"
+        return text + (f" (plain: {fmt(base, 1)} calls)" if _num(base) else "")
     return ""
 
 
