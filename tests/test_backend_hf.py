@@ -197,3 +197,25 @@ def test_shared_prompt_prefixes_are_computed_once_with_the_same_answers(tiny_lla
     assert first([g.text for g in got]) == first([t for t, _ in plain])
     with half._fp32_weights().active():
         assert half._last_token_argmax(encs) == want
+
+
+def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_computed_it(tiny_gpt2, tiny_gpt2_path,
+                                                                                        bbq_dir, tmp_path):
+    """results.jsonl lost (a fresh machine), the response cache kept: the rerun asks the model nothing
+    and its metrics keep the speed measured when the answers were computed, not the cache's."""
+    import json
+
+    from fairdistill.backends.cache import CachingBackend
+    from fairdistill.runner import RunSpec, execute
+
+    spec = RunSpec(model=str(tiny_gpt2_path), benchmark="bbq", out=tmp_path / "run",
+                   options={"data": str(bbq_dir), "categories": ["Age"], "limit": 3, "mode": "loglik"})
+    _, first = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
+    assert first["meta"]["cache_misses_this_session"] > 0 and first["meta"]["new_items_this_session"] == 3
+    (tmp_path / "run" / "results.jsonl").unlink()
+    _, again = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
+    assert again["meta"]["cache_misses_this_session"] == 0 and again["meta"]["cache_hits_this_session"] > 0
+    assert again["meta"]["timing_from_earlier_session"] is True
+    assert again["meta"]["seconds_this_session"] == first["meta"]["seconds_this_session"]
+    assert again["rows"] == first["rows"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]["timing_from_earlier_session"]
