@@ -209,6 +209,13 @@ def test_a_finished_training_whose_merged_model_is_gone_is_merged_again_not_retr
     assert Path(model_dir) == (train_dir / "merged").resolve() and (Path(model_dir) / "config.json").exists()
     assert json.loads((train_dir / "study_trained.json").read_text())["model_dir"] == model_dir
     assert st.costs["sd"]["steps"] == 7  # the recorded training summary is kept, not redone
+    # recorded inside the training folder (e.g. train/<name>/student): merged again at that very path,
+    # so the trained model keeps its identity and its response cache
+    (train_dir / "study_trained.json").write_text(json.dumps(
+        {"model_dir": str((train_dir / "student").resolve()), "kind": "self_distill", "base": "base", "summary": {}}))
+    st = _Study(cfg, cfg_dir, tmp_path / "out", show_progress=False)
+    assert Path(st.train(cfg.training[0])) == (train_dir / "student").resolve()
+    assert (train_dir / "student" / "config.json").exists()
 
 
 def _shrunk_qwen_study(path: Path, chat_model: str, panel_model: str, data: Path,

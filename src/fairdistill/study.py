@@ -355,9 +355,14 @@ class _Study:
             model_dir = info["model_dir"]
             if not (Path(model_dir) / "config.json").exists():
                 # the study folder moved to another machine with its adapters but not the (large) merged
-                # model: merge again rather than train again
-                model_dir = self._trained_dir(info.get("summary"), out, base_spec)
-                done.write_text(json.dumps({**info, "model_dir": model_dir}, indent=2, default=str))
+                # model: merge again rather than train again, into the same folder, so the model's
+                # identity (its path) and with it the response cache stay the same
+                adapter = out / "adapter"
+                if (adapter / "adapter_config.json").exists() and Path(model_dir).resolve().is_relative_to(out.resolve()):
+                    model_dir = _merge_adapter(base_spec, adapter, Path(model_dir))
+                else:
+                    model_dir = self._trained_dir(info.get("summary"), out, base_spec)
+                    done.write_text(json.dumps({**info, "model_dir": model_dir}, indent=2, default=str))
             self.log(f"training {t.name}: already done -> {model_dir}")
         else:
             self.log(f"[bold]training[/bold] {t.name} ({t.kind}) from {t.base} -> {out}")
