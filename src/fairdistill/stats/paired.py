@@ -42,7 +42,10 @@ DEFINITIONS: dict[str, str] = {
     "cost": (
         "Per item: model calls, prompt/completion tokens (records) and wall seconds (metrics.json meta "
         "seconds_this_session / new_items_this_session; None when the last session evaluated no new "
-        "items, e.g. a finished run re-opened); ratio = method / baseline."
+        "items, e.g. a finished run re-opened, or answered every item from the response cache); ratio = "
+        "method / baseline. Calls answered from the response cache cost no seconds (e.g. reprompting's "
+        "first turn is the plain run's question): seconds understate a method that shares a cache with "
+        "its baseline, calls and tokens do not (meta cache_hits_this_session says how many)."
     ),
 }
 
