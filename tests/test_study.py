@@ -327,3 +327,22 @@ def test_the_multilingual_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_
     assert en["identity"]["method"]["prompts"]["reprompt"].startswith("Remove bias")
     html = report.read_text()
     assert "Across languages" in html and "qwen15 + reprompting-en" in html
+
+
+def test_two_studies_naming_one_cache_folder_ask_the_model_once(tiny_gpt2_path, tmp_path):
+    """`cache: FOLDER` puts the per-model response caches there: a second study of the same model on
+    the same items (a different study folder) is answered from the first one's cache."""
+    import sqlite3
+
+    spec = ("models: [{{name: base, model: {m}}}]\ndevice: cpu\ndtype: float32\ncache: {c}\n"
+            "benchmarks: [{{name: bbq, options: {{categories: [Age], limit: 3, mode: loglik}}}}]\n")
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(spec.format(m=tiny_gpt2_path, c=tmp_path / "shared-cache"))
+    run_study(tmp_path / "a.yaml", out=tmp_path / "a", show_progress=False)
+    db = tmp_path / "shared-cache" / "base" / "responses.sqlite"
+    n = sqlite3.connect(db).execute("select count(*) from responses").fetchone()[0]
+    assert n > 0 and not (tmp_path / "a" / "base" / "responses.sqlite").exists()
+    run_study(tmp_path / "b.yaml", out=tmp_path / "b", show_progress=False)
+    meta = json.loads((tmp_path / "b" / "base" / "bbq" / "metrics.json").read_text())["meta"]
+    assert meta["cache_misses_this_session"] == 0 and meta["cache_hits_this_session"] > 0
+    assert sqlite3.connect(db).execute("select count(*) from responses").fetchone()[0] == n

@@ -123,8 +123,9 @@ class StudyConfig(_Strict):
     backend_options: dict[str, Any] = Field(default_factory=dict, description="backend keyword options of every model "
                                             "(e.g. rescore_margin: 0 for bf16 without float32 re-scoring)")
     batch_size: int = 16
-    cache: bool = Field(False, description="a response cache per model in the study folder: overlapping runs "
-                                           "(the plain model's rotation 0 and its plain run) and reruns never re-ask it")
+    cache: bool | str = Field(False, description="a response cache per model (true: in the study folder; a folder: "
+                                                 "there, shared with the studies that name it): overlapping runs (the "
+                                                 "plain model's rotation 0 and its plain run) and reruns never re-ask it")
     data: str | None = Field(None, description="evaluation-data root holding bbq/, mmlu/, ... (default: auto)")
     models: list[ModelEntry] = Field(min_length=1)
     benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
@@ -238,9 +239,16 @@ class _Study:
         if self.cfg.cache:
             from .backends.cache import CachingBackend
 
-            (self.out / name).mkdir(parents=True, exist_ok=True)
-            backend = CachingBackend(backend, self.out / name / "responses.sqlite")
+            backend = CachingBackend(backend, self.cache_path(name))
         return backend
+
+    def cache_path(self, name: str) -> Path:
+        """``<cache folder>/<model name>/responses.sqlite``: the study folder's unless ``cache`` names another
+        folder (another study's: the same model answers the same request once for both; entries are keyed
+        by the model's identity, so a different model of the same name never reads them)."""
+        root = self.out if self.cfg.cache is True else Path(_local_path(str(self.cfg.cache), self.cfg_dir))
+        (root / name).mkdir(parents=True, exist_ok=True)
+        return root / name / "responses.sqlite"
 
     def backend_options(self, name: str) -> dict[str, Any]:
         """The study's backend options with the model's own over them (trained models take the study's)."""
@@ -379,7 +387,7 @@ class _Study:
                 else:
                     opts.setdefault("seed", self.cfg.seed)
                     if self.cfg.cache:  # the teacher's answers are those its method runs above already got
-                        opts.setdefault("cache", str(self.out / t.base / "responses.sqlite"))
+                        opts.setdefault("cache", str(self.cache_path(t.base)))
                     opts.setdefault("dtype", self.cfg.dtype)
                     opts.setdefault("backend_options", self.backend_options(t.base))
                     summary = fn(model=base_spec, out=str(out), **opts)
