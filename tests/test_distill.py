@@ -216,7 +216,7 @@ def test_fairdistill_rule_removes_heldout_bias(masked, tiny_gpt2_path, tiny_bert
     (r_gap, r_sum), (n_gap, n_sum) = res["rule"], res["norule"]
     msg = f"teacher gap {t_gap:.2f} {t_sum}; rule {r_gap:.2f} {r_sum}; no rule {n_gap:.2f} {n_sum}"
     # with the rule: held-out log-ratios near 0 and their spread shrinks (0.2: on one tiny-tokenizer
-    # build of ten the rule left 16 % of the teacher's gap; without it the student keeps over 30 %)
+    # build the rule left 16 % of the teacher's gap; without it the student keeps over 30 %)
     assert abs(r_gap) < 0.2 * t_gap and r_sum["mean_abs"] < 0.2 * t_sum["mean_abs"], msg
     assert r_sum["spread"] < 0.25 * n_sum["spread"], msg
     # identical distillation without the rule keeps the teacher's pattern
