@@ -309,7 +309,7 @@ class _Study:
         run_dir = self.spec(model_name, bench, method, intervention).out
         self.runs.append({"dir": str(run_dir), "label": self._label(model_name, method, intervention),
                           "model": model_name, "benchmark": bench.key, "method": method.name if method else None,
-                          **({"method_id": method.id} if method and method.id else {}),
+                          **({"method_id": method.key} if method and method.key != method.name else {}),
                           "intervention": intervention.key if intervention else None})
         plain = self.spec(model_name, bench, None).out
         if method is not None and method.compare:
