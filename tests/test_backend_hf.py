@@ -219,6 +219,10 @@ def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_compu
     assert again["meta"]["seconds_this_session"] == first["meta"]["seconds_this_session"]
     assert again["rows"] == first["rows"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]["timing_from_earlier_session"]
+    # the finished run opened again (a second process of the same study): still that session's timing
+    _, reopened = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
+    assert reopened["meta"]["seconds_this_session"] == first["meta"]["seconds_this_session"]
+    assert reopened["meta"]["new_items_this_session"] == 3 and reopened["meta"]["timing_from_earlier_session"]
     # a new run answered wholly from another run's cache: no timing at all rather than the cache's
     spec2 = spec.model_copy(update={"out": tmp_path / "run2"})
     _, cached = execute(spec2, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)

@@ -244,9 +244,14 @@ def test_resume_continues_from_checkpoint(tiny_gpt2_path, tmp_path):
     assert ck and ck.endswith("checkpoint-3")
     for f in ("optimizer.pt", "scheduler.pt", "trainer_state.json"):
         assert (tmp_path / "a" / "checkpoint-3" / f).exists()
+    # the cut-off stretch's seconds, as a session that trained through train_job would have recorded them
+    (tmp_path / "a" / "checkpoint-3" / "train_clock.json").write_text('{"seconds": 1000.0}')
     resumed = train_job(prepare_fairdistill((teacher, tok), None, "he_she", corpus, tmp_path / "a", **opts))
     assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["global_step"] == 6
+    assert 1000 < resumed["train_seconds"] < 1000 + 600  # both stretches, not just the last one
     straight = train_job(prepare_fairdistill((teacher, tok), None, "he_she", corpus, tmp_path / "b", **opts))
+    clock = json.loads((tmp_path / "b" / "checkpoint-3" / "train_clock.json").read_text())["seconds"]
+    assert 0 < clock <= straight["train_seconds"]
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "student").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "student").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "resumed run differs from an uninterrupted one"

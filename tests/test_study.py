@@ -109,7 +109,7 @@ def test_the_qwen_study_file_is_valid_before_any_model_loads():
         METHODS.get(m.name)
         assert set(m.benchmarks) <= keys
     known = {"fairdistill": {f.name for f in dataclasses.fields(FairDistillConfig)} | {"student", "rules", "data"},
-             "self_distill": {f.name for f in dataclasses.fields(SelfDistillConfig)} | {"method", "prompts"}}
+             "self_distill": {f.name for f in dataclasses.fields(SelfDistillConfig)} | {"method", "prompts", "fallback"}}
     for t in cfg.training:
         assert set(t.options) <= known[t.kind], (t.name, set(t.options) - known[t.kind])
 
@@ -281,14 +281,22 @@ def test_the_qwen_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_pat
     methods = {r["method"] for r in study["runs"] if r["model"] == "qwen15"}
     assert methods == {None, "reprompting", "explanation", "intent-aware", "adjudication",
                        *(f"prefix-{i}" for i in range(1, 7))}
-    assert set(study["trained"]) == {"qwen15-fairdistill-he-she", "qwen15-fairdistill-gender",
-                                     "qwen15-fairdistill-published-objective", "qwen15-no-rule-control",
-                                     "qwen15-self-distilled-reprompting"}
-    sd = json.loads((tmp_path / "out" / "train" / "qwen15-self-distilled-reprompting" / "study_trained.json").read_text())
+    assert set(study["trained"]) == {"qwen15-fd-he-she", "qwen15-fd-gender", "qwen15-fd-published-objective",
+                                     "qwen15-fd-no-rule", "qwen15-fairdistill-he-she",
+                                     "qwen15-self-distilled"}
+    fd = json.loads((tmp_path / "out" / "train" / "qwen15-fd-he-she" / "fairdistill.json").read_text())
+    assert fd["examples"] == 310  # the built-in occupations corpus, held-out occupations left out
+    sd = json.loads((tmp_path / "out" / "train" / "qwen15-self-distilled" / "study_trained.json").read_text())
     assert sd["summary"]["transfer"]  # the untrained model and the student on the occupation probe
     for name in study["trained"]:  # every trained model gets the plain evaluation, capability included
         assert {r["benchmark"] for r in study["runs"] if r["model"] == name} >= {
-            "bbq-ambig", "bbq-disambig", "occupation", "holistic-gender", "capability"}
+            "bbq-ambig", "bbq-disambig", "occupation", "occupation-pronouns", "holistic-gender", "capability"}
+        # and is compared item by item with the model it was trained from wherever the benchmark pairs units
+        for bench in ("bbq-ambig", "occupation-pronouns"):
+            comp = json.loads((tmp_path / "out" / name / bench / "comparison.json").read_text())
+            assert Path(comp["runs"]["baseline"]["dir"]) == tmp_path / "out" / "qwen15" / bench
+            assert comp["n_matched"] == (10 if bench == "occupation-pronouns" else 4)
+        assert not (tmp_path / "out" / name / "occupation" / "comparison.json").exists()  # no paired units
     # each method run is paired against the plain run of the same items
     for r in study["runs"]:
         if r["method"]:
@@ -346,3 +354,45 @@ def test_two_studies_naming_one_cache_folder_ask_the_model_once(tiny_gpt2_path, 
     meta = json.loads((tmp_path / "b" / "base" / "bbq" / "metrics.json").read_text())["meta"]
     assert meta["cache_misses_this_session"] == 0 and meta["cache_hits_this_session"] > 0
     assert sqlite3.connect(db).execute("select count(*) from responses").fetchone()[0] == n
+
+
+def test_the_self_distillation_teacher_is_chosen_by_the_rule_from_the_method_comparisons(tmp_path):
+    """method: auto picks the method with the lowest paired s_AMB difference whose 95% CI lies below 0;
+    a larger drop whose CI includes 0 does not win; with no qualifying method the fallback is the teacher."""
+    from fairdistill.study import _Study, load_study
+
+    cfg_file = tmp_path / "s.yaml"
+    cfg_file.write_text("""
+name: t
+models: [{name: m, model: x}]
+benchmarks:
+  - {id: bbq-ambig, name: bbq, options: {mode: generate, condition: ambig}}
+  - {id: bbq-disambig, name: bbq, options: {mode: generate, condition: disambig}}
+methods:
+  - {name: reprompting}
+  - {name: prefix-1, options: {attribute: auto}}
+  - {name: prefix-2}
+  - {name: explanation}
+""")
+    cfg, cfg_dir = load_study(cfg_file)
+    st = _Study(cfg, cfg_dir, tmp_path / "out", show_progress=False)
+
+    def comp(method: str, bench: str, value: float, lo: float, hi: float) -> None:
+        d = tmp_path / "out" / "m" / f"{bench}--{method}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "comparison.json").write_text(json.dumps({"rows": [
+            {"condition": "ambig", "metric": "s_AMB", "run": "difference", "value": value, "ci_low": lo,
+             "ci_high": hi, "p_value": 0.01, "n": 350}]}))
+
+    assert st.choose_teacher("m")["method"] == "reprompting"  # nothing compared yet: the fallback
+    comp("reprompting", "bbq-ambig", +0.114, 0.013, 0.223)    # raises the bias
+    comp("prefix-1", "bbq-ambig", -0.078, -0.145, -0.014)     # lowers it, CI below 0
+    comp("prefix-2", "bbq-ambig", -0.052, -0.119, 0.020)      # lowers it, CI includes 0
+    comp("explanation", "bbq-ambig", -0.200, -0.450, 0.050)   # the largest drop, CI includes 0: not chosen
+    comp("explanation", "bbq-disambig", -0.900, -0.950, -0.850)  # disambiguated items do not count
+    c = st.choose_teacher("m")
+    assert c["method"] == "prefix-1" and c["options"] == {"attribute": "auto"}
+    assert "-0.078" in c["reason"] and len(c["candidates"]) == 4
+    (tmp_path / "out" / "m" / "bbq-ambig--prefix-1" / "comparison.json").unlink()
+    c = st.choose_teacher("m", fallback="prefix-2")
+    assert c["method"] == "prefix-2" and "fallback" in c["reason"]

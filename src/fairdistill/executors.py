@@ -89,12 +89,21 @@ def run_on_ray(study, address: str | None = None) -> None:
                     out.append((name, bench, method, iv, ref))
             return out
 
+        def submit_training(t):
+            return t, train_remote.options(**_resources(study, t.base)).remote(quiet, t, env)
+
         first = submit_runs([m.name for m in study.cfg.models])
-        trainings = [(t, train_remote.options(**_resources(study, t.base)).remote(quiet, t, env))
-                     for t in study.cfg.training]
+        # a teacher chosen from the method comparisons (method: auto) waits for them to be written
+        late = [t for t in study.cfg.training if t.kind == "self_distill" and t.options.get("method") == "auto"]
+        trainings = [submit_training(t) for t in study.cfg.training if t not in late]
         _wait([ref for *_, ref in first] + [ref for _, ref in trainings])
         for name, bench, method, iv, _ in first:
             study.record(name, bench, method, iv)
+        if late:
+            extra = [submit_training(t) for t in late]
+            _wait([ref for _, ref in extra])
+            trainings += extra
+        trainings.sort(key=lambda tr: study.cfg.training.index(tr[0]))
         for t, ref in trainings:
             study.add_trained(t.name, ray.get(ref))
         second = submit_runs([t.name for t, _ in trainings])

@@ -208,7 +208,9 @@ def run_benchmark(
     hits, misses = sum(p["hits"] for p in parts), sum(p["misses"] for p in parts)
     timing = {"new_items_this_session": sum(p["n_new"] for p in parts),
               "seconds_this_session": round(max(p["seconds"] for p in parts), 3)}
-    if hits and not misses:  # nothing computed: no speed to report, unless an earlier session measured it
+    # nothing computed (every answer from the cache, or a finished run opened again): no speed to
+    # report, unless an earlier session measured it
+    if not misses and (hits or not timing["new_items_this_session"]):
         timing = ({"new_items_this_session": old_meta["new_items_this_session"],
                    "seconds_this_session": old_meta.get("seconds_this_session"), "timing_from_earlier_session": True}
                   if old_meta.get("new_items_this_session") else

@@ -316,7 +316,13 @@ class _Study:
             self.compare(plain, run_dir)
         elif intervention is not None and intervention.compare and _has_paired_comparison(bench.name):
             self.compare(plain, run_dir)
-        return run_dir
+        elif method is None and intervention is None and _has_paired_comparison(bench.name):
+            # a trained model against the model it was trained from, item by item: the before/after of
+            # a training as a paired difference rather than two overlapping CIs
+            base = (self.costs.get(model_name) or {}).get("base")
+            base_dir = self.spec(base, bench, None).out if base in self.models else None
+            if base_dir is not None and (base_dir / "results.jsonl").exists():
+                self.compare(base_dir, run_dir)
         return run_dir
 
     def evaluate_model(self, model_name: str) -> None:
@@ -386,6 +392,15 @@ class _Study:
                     summary = fn(model=base_spec, data=opts.pop("data"), out=str(out), **opts)
                 else:
                     opts.setdefault("seed", self.cfg.seed)
+                    fallback = opts.pop("fallback", "reprompting")  # the study's option, not the training's
+                    if opts.get("method") == "auto":
+                        choice = self.choose_teacher(t.base, fallback)
+                        opts["method"] = choice["method"]
+                        # the chosen method's own options, so its cached answers are the teacher's
+                        opts["method_options"] = {**choice.get("options", {}), **opts.get("method_options", {})}
+                        self.journal(f"teacher of {t.name}: {choice['method']} ({choice['reason']})")
+                        (out / "teacher_choice.json").parent.mkdir(parents=True, exist_ok=True)
+                        (out / "teacher_choice.json").write_text(json.dumps(choice, indent=2))
                     if self.cfg.cache:  # the teacher's answers are those its method runs above already got
                         opts.setdefault("cache", str(self.cache_path(t.base)))
                     opts.setdefault("dtype", self.cfg.dtype)
@@ -404,6 +419,41 @@ class _Study:
         self.add_trained(t.name, model_dir)
         return model_dir
 
+    def choose_teacher(self, base: str, fallback: str = "reprompting") -> dict[str, Any]:
+        """The self-distillation teacher by the rule fixed before the runs: among the methods run on
+        ``base``, the one whose paired s_AMB difference against the plain model on ambiguous BBQ items
+        is lowest with a 95% CI that excludes 0 (lies below it); if none qualifies, ``fallback``.
+
+        Reads the methods' ``comparison.json`` files, so it runs after the method runs. Returns the
+        method, its options, the reason and every candidate's difference [CI]."""
+        ambig = [b for b in self.benchmarks() if b.name == "bbq" and b.options.get("condition") == "ambig"]
+        candidates = []
+        for m in self.cfg.methods:
+            if m.models is not None and base not in m.models:
+                continue
+            for b in ambig:
+                comp = self.spec(base, b, m).out / "comparison.json"
+                if not comp.exists():
+                    continue
+                rows = json.loads(comp.read_text()).get("rows") or []
+                d = next((r for r in rows if r.get("metric") == "s_AMB" and r.get("run") == "difference"), None)
+                if d is None or d.get("value") is None:
+                    continue
+                candidates.append({"method": m.name, "id": m.key, "benchmark": b.key, "options": dict(m.options),
+                                   "difference": d["value"], "ci": [d.get("ci_low"), d.get("ci_high")],
+                                   "p_value": d.get("p_value"), "n": d.get("n")})
+        lowering = [c for c in candidates if c["ci"][1] is not None and c["ci"][1] < 0]
+        if lowering:
+            best = min(lowering, key=lambda c: c["difference"])
+            return {"method": best["method"], "options": best["options"], "candidates": candidates,
+                    "reason": f"lowest s_AMB difference with a 95% CI below 0: {best['difference']:+.3f} "
+                              f"[{best['ci'][0]:+.3f}, {best['ci'][1]:+.3f}] on {best['benchmark']}"}
+        fb = next((m for m in self.cfg.methods if m.key == fallback or m.name == fallback), None)
+        return {"method": fb.name if fb else fallback, "options": dict(fb.options) if fb else {},
+                "candidates": candidates,
+                "reason": f"no method lowered s_AMB with a 95% CI excluding 0 ({len(candidates)} compared): "
+                          f"the fallback {fallback}"}
+
     def add_trained(self, name: str, model_dir: str) -> None:
         done = self.out / "train" / name / "study_trained.json"
         info = json.loads(done.read_text()) if done.exists() else {}
@@ -411,6 +461,10 @@ class _Study:
         self.costs[name] = {"training": info.get("kind"), "base": info.get("base"), "steps": summary.get("global_step"),
                             "train_seconds": summary.get("train_seconds"),
                             **({"teacher_seconds": summary["teacher_seconds"]} if "teacher_seconds" in summary else {})}
+        choice = self.out / "train" / name / "teacher_choice.json"
+        if choice.exists():  # a self-distillation teacher chosen by the study's rule: which, and why
+            c = json.loads(choice.read_text())
+            self.costs[name].update(teacher=c.get("method"), teacher_reason=c.get("reason"))
         for d, label in summary.get("report_runs") or []:  # e.g. self-distillation's held-out runs and agreement
             self.runs.append({"dir": d, "label": f"{name}: {label}", "model": name, "benchmark": None, "method": None})
         self.models[name] = model_dir

@@ -19,51 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-HELD_F = ["nurse", "secretary", "librarian", "hairdresser", "receptionist"]
-HELD_M = ["engineer", "mechanic", "carpenter", "sheriff", "physician"]
-PROBE_FRAMES = ["The {o} said that", "The {o} told me that", "The {o} thinks that"]
-CORPUS_TEMPLATES = [
-    "The {o} said that the meeting was moved to Friday.",
-    "The {o} told me that the report was finished.",
-    "The {o} thinks that the new schedule works well.",
-    "Yesterday the {o} said that the office would close early.",
-    "The {o} said that it was raining outside.",
-    "The {o} explained that the budget had been approved.",
-    "Our {o} mentioned that the train was late again.",
-    "The {o} said that everyone should bring a coat.",
-    "The {o} told the visitors that lunch was ready.",
-    "I heard the {o} say that the project is on time.",
-]
-
-
-def occupations() -> tuple[list[str], list[str]]:
-    from ..data import find_dataset
-
-    d = find_dataset("winobias")
-    f = [x.strip() for x in (d / "female_occupations.txt").read_text().splitlines() if x.strip()]
-    m = [x.strip() for x in (d / "male_occupations.txt").read_text().splitlines() if x.strip()]
-    return f, m
-
-
-def occupation_corpus(wide: bool = False) -> tuple[list[str], list[str], list[str]]:
-    """Training sentences over WinoBias's occupations (``wide``: also the occupation probe's), minus held-out ones.
-
-    An occupation that contains a held-out word ("aircraft mechanic") is dropped too, so the
-    held-out probes measure generalisation, not memorisation.
-    """
-    import csv
-
-    f, m = occupations()
-    table = Path(__file__).resolve().parent.parent / "benchmarks" / "occupations.csv"
-    rows = [ln for ln in table.read_text().splitlines() if ln and not ln.startswith("#")]
-    probe = [r["occupation"] for r in csv.DictReader(rows)] if wide else []
-    held = HELD_F + HELD_M
-    train: list[str] = []
-    for o in f + m + probe:
-        if o not in train and not any(h in o.split() for h in held):
-            train.append(o)
-    texts = [t.format(o=o) for o in train for t in CORPUS_TEMPLATES]
-    return texts, train, HELD_F + HELD_M
+from ..benchmarks.occupation_pronouns import FRAMES as PROBE_FRAMES, HELD_F, HELD_M
+from .corpora import occupation_corpus
 
 
 def probe_ratios(model, tok, occs: list[str]) -> dict[str, float]:

@@ -237,12 +237,16 @@ def check_same_tokenizer(t_tok, s_tok, teacher_model, student_model) -> None:
 
 # -- data ----------------------------------------------------------------------------------------
 def read_corpus(path: str | os.PathLike, max_examples: int | None = None) -> list[str]:
-    """Texts from a plain-text file (one example per non-empty line) or a jsonl file (``text`` field)."""
+    """Texts from a plain-text file (one example per non-empty line), a jsonl file (``text`` field), or a
+    built-in corpus named in :data:`fairdistill.distill.corpora.CORPORA` (e.g. ``occupations``)."""
     from ..data import read_jsonl
+    from .corpora import CORPORA
 
     p = Path(path).expanduser()
+    if not p.exists() and str(path) in CORPORA:
+        return CORPORA[str(path)]()[:max_examples]
     if not p.exists():
-        raise UserError(f"corpus not found: {p}")
+        raise UserError(f"corpus not found: {p} (built-in corpora: {', '.join(CORPORA)})")
     texts: list[str] = []
     if p.suffix == ".jsonl":
         for k, row in enumerate(read_jsonl(p), 1):
@@ -524,6 +528,28 @@ def last_checkpoint(out: str | Path) -> str | None:
     return get_last_checkpoint(str(out)) if Path(out).is_dir() else None
 
 
+CLOCK_FILE = "train_clock.json"
+
+
+def _clock_of(checkpoint: str | None) -> float:
+    p = Path(checkpoint) / CLOCK_FILE if checkpoint else None
+    return float(json.loads(p.read_text())["seconds"]) if p is not None and p.exists() else 0.0
+
+
+def _clock_callback(t0: float, before: float):
+    from transformers import TrainerCallback
+
+    class TrainClock(TrainerCallback):
+        """Writes the training seconds so far into each checkpoint (read back on resume)."""
+
+        def on_save(self, args, state, control, **kw):
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and ckpt.is_dir():
+                (ckpt / CLOCK_FILE).write_text(json.dumps({"seconds": round(time.perf_counter() - t0 + before, 2)}))
+
+    return TrainClock()
+
+
 def train_job(job: FairDistillJob) -> dict[str, Any]:
     """Train (resuming from the last checkpoint in ``job.out`` if ``resume``), save the final student
     to ``out/student`` (LoRA: merged weights there, the adapter in ``out/adapter``) and a summary to
@@ -533,10 +559,14 @@ def train_job(job: FairDistillJob) -> dict[str, Any]:
     (DDP, FSDP or DeepSpeed, as accelerate is configured) and rank 0 alone writes the outputs;
     every rank returns the summary once they are on disk."""
     resume = last_checkpoint(job.out) if job.config.resume else None
+    # seconds spent before the checkpoint we resume from (a session cut off mid-training), so that
+    # train_seconds is the whole training's cost, not the last stretch's
+    before = _clock_of(resume)
     t0 = time.perf_counter()
     trainer = job.trainer
+    trainer.add_callback(_clock_callback(t0, before))
     result = trainer.train(resume_from_checkpoint=resume)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 + before
     state = trainer.state
     student_dir = job.out / "student"
     main = trainer.is_world_process_zero()
@@ -583,7 +613,8 @@ def run_fairdistill(teacher: str, student: str | None, rules: str | None, data: 
             teacher plus a LoRA adapter; saved merged), or a model string with the same tokenizer.
         rules: rules file (YAML/JSON, see :mod:`fairdistill.distill.rules`) or a shipped name
             (``gender``, ``he_she``); ``None`` distils without rules (the control).
-        data: corpus: plain text (one example per line) or jsonl with a ``text`` field.
+        data: corpus: plain text (one example per line), jsonl with a ``text`` field, or a built-in
+            corpus name (``occupations``: see :mod:`fairdistill.distill.corpora`).
         out: output folder: ``checkpoint-*`` (resume points), ``student/`` (final model + tokenizer,
             loadable with ``--model out/student``), ``adapter/`` (LoRA only), ``fairdistill.json``.
         **config: any :class:`FairDistillConfig` field: temperature (2.0), alpha_kl (5.0), alpha_lm

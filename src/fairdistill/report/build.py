@@ -585,6 +585,8 @@ def _cost(run: Run) -> str:
             text += f", {c['train_seconds']:,.0f} s"
         if _num(c.get("teacher_seconds")):
             text += f" (+ {c['teacher_seconds']:,.0f} s of teacher answers)"
+        if c.get("teacher"):
+            text += f"; teacher {c['teacher']}" + (f" ({c['teacher_reason']})" if c.get("teacher_reason") else "")
         return text
     iv = ((run.metrics.get("meta") or {}).get("backend_stats") or {}).get("intervention")
     if isinstance(iv, dict) and isinstance(iv.get("cost"), dict):

@@ -1,0 +1,41 @@
+"""Write parts of examples/qwen_study.yaml that two processes can run side by side on 2 cores.
+
+    python evidence/qwen-study/split.py methods            # the base model's BBQ runs and the methods
+    python evidence/qwen-study/split.py train NAME [NAME]  # only the named trainings (and their evaluation)
+
+Each part writes into the same study folder (evidence/qwen-study): run folders, caches and trainings
+are the study's own, so the final `fairdistill run examples/qwen_study.yaml --out evidence/qwen-study`
+finds them finished and only writes the comparisons and the report. The part files go to
+evidence/qwen-study/parts/ (not kept: this script makes them again).
+"""
+import sys
+from pathlib import Path
+
+import yaml
+
+root = Path(__file__).resolve().parents[2]
+cfg = yaml.safe_load((root / "examples" / "qwen_study.yaml").read_text())
+part, names = sys.argv[1], sys.argv[2:]
+if part == "methods":
+    cfg["training"] = []
+    cfg.pop("capability", None)  # lm-eval does not go through the response cache: left to the full run
+    cfg["benchmarks"] = [b for b in cfg["benchmarks"] if b["name"] == "bbq"]
+    if names:
+        cfg["methods"] = [m for m in cfg["methods"] if m.get("id", m["name"]) in names]
+elif part == "train":
+    cfg["methods"] = []
+    cfg.pop("capability", None)
+    # a trained model's quick, training-specific probes first (a session may end during its BBQ runs)
+    cfg["benchmarks"].sort(key=lambda b: b["name"] == "bbq")
+    cfg["training"] = [t for t in cfg["training"] if t["name"] in names]
+    missing = set(names) - {t["name"] for t in cfg["training"]}
+    if missing:
+        sys.exit(f"no training named {', '.join(sorted(missing))}")
+else:
+    sys.exit("usage: split.py methods [METHOD...] | train NAME [NAME...]")
+out = Path(__file__).resolve().parent / "parts"
+out.mkdir(exist_ok=True)
+dest = out / f"{part}{'-' + '-'.join(names) if names else ''}.yaml"
+# ${data} and ${config_dir} are expanded when the part is loaded; the part lives beside no corpus of its own
+dest.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+print(dest)
