@@ -119,3 +119,20 @@ def test_errors(tiny_bert, tiny_gpt2):
         Capability(tasks=["mmlu"], subjects=["no_such_subject"]).task_dir()
     with pytest.raises(UserError, match="methods"):
         Capability().check(EvalContext(backend=tiny_gpt2, method=object()))
+
+
+def test_capability_goes_through_the_response_cache(cap_run, tiny_gpt2, tmp_path):
+    """Under a response cache lm-eval's log-likelihoods are stored (keyed by the model's identity): a
+    second run, results lost as on a fresh machine, asks the model nothing and reports the same numbers."""
+    from fairdistill.backends.cache import CachingBackend
+
+    _, plain, _ = cap_run
+    bench = lambda: Capability(tasks=["mmlu", "gpqa_diamond"], subjects=SUBJECTS, limit=LIMIT, bootstrap_iters=0)  # noqa: E731
+    first_be = CachingBackend(tiny_gpt2, tmp_path / "c.sqlite")
+    first = run_benchmark(bench(), EvalContext(backend=first_be), RunStore(tmp_path / "a"), show_progress=False)
+    assert first_be.misses > 0 and first_be.hits == 0
+    again_be = CachingBackend(tiny_gpt2, tmp_path / "c.sqlite")
+    again = run_benchmark(bench(), EvalContext(backend=again_be), RunStore(tmp_path / "b"), show_progress=False)
+    assert again_be.misses == 0 and again_be.hits == first_be.misses
+    for task in ("fd_mmlu", "fd_gpqa_diamond"):
+        assert _row(again, task, "acc")["value"] == _row(first, task, "acc")["value"] == _row(plain, task, "acc")["value"]

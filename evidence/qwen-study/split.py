@@ -24,9 +24,13 @@ if part == "methods":
         cfg["methods"] = [m for m in cfg["methods"] if m.get("id", m["name"]) in names]
 elif part == "train":
     cfg["methods"] = []
-    cfg.pop("capability", None)
-    # a trained model's quick, training-specific probes first (a session may end during its BBQ runs)
+    # a trained model's quick, training-specific probes and capability first, BBQ last (a session may
+    # end during its BBQ runs); the capability block as an entry keeps its run folder and identity
+    cap = cfg.pop("capability", None)
     cfg["benchmarks"].sort(key=lambda b: b["name"] == "bbq")
+    if cap is not None:
+        at = next(i for i, b in enumerate(cfg["benchmarks"]) if b["name"] == "bbq")
+        cfg["benchmarks"].insert(at, {"name": "capability", "options": cap})
     cfg["training"] = [t for t in cfg["training"] if t["name"] in names]
     missing = set(names) - {t["name"] for t in cfg["training"]}
     if missing:

@@ -203,11 +203,16 @@ class Capability(Benchmark):
 
         adjusted = "adjusted_logits" in ctx.backend.capabilities()
         attr = "_fd_hflm_adjusted" if adjusted else "_fd_hflm"
-        cached = getattr(ctx.backend, attr, None)
+        # the backend's own attribute (a wrapper such as the response cache forwards unknown ones)
+        cached = getattr(ctx.backend, "__dict__", {}).get(attr)
         if cached is not None:
             return cached
         model, tokenizer = ctx.backend.model_and_tokenizer()
         cls = _adjusted_hflm(ctx.backend) if adjusted else HFLM
+        from ..backends.cache import CachingBackend
+
+        if isinstance(ctx.backend, CachingBackend):
+            cls = _cached_hflm(cls, ctx.backend)
         lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=self.opts.lm_eval_batch_size)
         try:
             setattr(ctx.backend, attr, lm)  # one wrapper per backend
@@ -300,6 +305,23 @@ class Capability(Benchmark):
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         return [{k: r[k] for k in ("task", "metric", "value", "ci_low", "ci_high", "n")}
                 for r in metrics.get("rows", []) if r.get("level") in ("task", "group") and r.get("top")]
+
+
+def _cached_hflm(base: type, cache) -> type:
+    """``base`` (an HFLM class) whose log-likelihood requests go through fairdistill's response cache
+    (:class:`~fairdistill.backends.cache.CachingBackend`): keyed by the model's identity and lm-eval's
+    request, stored as JSON (lm-eval's own ``CachingLM`` pickles and ignores which model answered), so
+    a rerun on a fresh machine with the cache restored scores nothing again."""
+
+    class CachedHFLM(base):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            args = [[str(a) for a in r.args] for r in requests]
+            res = cache._cached("lm_eval.loglikelihood", args, [True] * len(args), lambda idx: [
+                [float(lp), bool(greedy)]
+                for lp, greedy in base.loglikelihood(self, [requests[i] for i in idx], disable_tqdm=disable_tqdm)])
+            return [(float(lp), bool(greedy)) for lp, greedy in res]
+
+    return CachedHFLM
 
 
 def _adjusted_hflm(backend):
