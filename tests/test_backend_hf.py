@@ -215,15 +215,25 @@ def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_compu
     (tmp_path / "run" / "results.jsonl").unlink()
     _, again = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
     assert again["meta"]["cache_misses_this_session"] == 0 and again["meta"]["cache_hits_this_session"] > 0
-    assert again["meta"]["timing_from_earlier_session"] is True
-    assert again["meta"]["seconds_this_session"] == first["meta"]["seconds_this_session"]
+    measured = first["meta"]["timing"]
+    assert measured == {"items": 3, "seconds": first["meta"]["seconds_this_session"], "from_earlier_session": False}
+    assert again["meta"]["timing"] == {**measured, "from_earlier_session": True}
+    assert again["meta"]["seconds_this_session"] is None  # this session measured nothing: no cache speed
     assert again["rows"] == first["rows"]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]["timing_from_earlier_session"]
-    # the finished run opened again (a second process of the same study): still that session's timing
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]["timing"]["from_earlier_session"]
+    # the finished run opened again (a second process of the same study): this session did nothing,
+    # and the measurement stays that of the session that computed the answers
     _, reopened = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
-    assert reopened["meta"]["seconds_this_session"] == first["meta"]["seconds_this_session"]
-    assert reopened["meta"]["new_items_this_session"] == 3 and reopened["meta"]["timing_from_earlier_session"]
+    assert reopened["meta"]["new_items_this_session"] == 0
+    assert reopened["meta"]["timing"] == {**measured, "from_earlier_session": True}
+    # a metrics.json written before meta.timing existed: its *_this_session fields are the measurement
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    m["meta"] = {"new_items_this_session": 3, "seconds_this_session": 12.5}
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
+    _, legacy = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
+    assert legacy["meta"]["timing"] == {"items": 3, "seconds": 12.5, "from_earlier_session": True}
     # a new run answered wholly from another run's cache: no timing at all rather than the cache's
     spec2 = spec.model_copy(update={"out": tmp_path / "run2"})
     _, cached = execute(spec2, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
     assert cached["meta"]["seconds_this_session"] is None and cached["meta"]["new_items_this_session"] == 3
+    assert "timing" not in cached["meta"]

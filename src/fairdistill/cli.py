@@ -251,7 +251,7 @@ def distill_cmd(
     teacher: str = typer.Option(..., help="teacher model (built-in name, directory, hub id)"),
     student: str = typer.Option("every_other", help="every_other, first_half, layers:0,2,5, lora, or a model with the same tokenizer"),
     rules: Optional[str] = typer.Option("gender", help="rules file (YAML/JSON) or shipped set (gender, he_she); 'none' for the no-rule control"),
-    data: Path = typer.Option(..., help="corpus: plain text (one example per line) or jsonl with a 'text' field"),
+    data: Path = typer.Option(..., help="corpus: plain text (one example per line), jsonl with a 'text' field, or a built-in corpus (occupations, occupations-wide)"),
     out: Path = typer.Option(..., help="output folder (rerun with the same folder to resume)"),
     option: list[str] = typer.Option([], "--option", "-o", help="training option key=value, e.g. max_steps=200 learning_rate=2e-5 temperature=2 rule_mode=prob alpha_rule=5"),
 ):

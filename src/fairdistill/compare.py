@@ -38,8 +38,12 @@ def _wall(run_dir: Path) -> tuple[float | None, float | None]:
     if not p.exists():
         return None, None
     meta = json.loads(p.read_text()).get("meta", {})
-    sec, new = meta.get("seconds_this_session"), meta.get("new_items_this_session")
-    if sec is None or not new:  # a resumed run that evaluated nothing new says nothing about speed
+    t = meta.get("timing")  # the session that computed the answers (see runner)
+    if isinstance(t, dict):
+        sec, new = t.get("seconds"), t.get("items")
+    else:  # files written before meta.timing existed
+        sec, new = meta.get("seconds_this_session"), meta.get("new_items_this_session")
+    if sec is None or not new:  # no session measured this run's speed
         return None, None
     return float(sec), float(sec) / new
 

@@ -206,15 +206,15 @@ def run_benchmark(
     metrics = benchmark.metrics(records)
     stats = sum_stats([p["stats"] for p in parts])
     hits, misses = sum(p["hits"] for p in parts), sum(p["misses"] for p in parts)
-    timing = {"new_items_this_session": sum(p["n_new"] for p in parts),
-              "seconds_this_session": round(max(p["seconds"] for p in parts), 3)}
-    # nothing computed (every answer from the cache, or a finished run opened again): no speed to
-    # report, unless an earlier session measured it
-    if not misses and (hits or not timing["new_items_this_session"]):
-        timing = ({"new_items_this_session": old_meta["new_items_this_session"],
-                   "seconds_this_session": old_meta.get("seconds_this_session"), "timing_from_earlier_session": True}
-                  if old_meta.get("new_items_this_session") else
-                  {"new_items_this_session": timing["new_items_this_session"], "seconds_this_session": None})
+    n_new = sum(p["n_new"] for p in parts)
+    seconds = round(max(p["seconds"] for p in parts), 3)
+    computed = misses > 0 or (n_new > 0 and not hits)  # the model answered something this session
+    # *_this_session: what this session did (a run answered wholly from the cache has no speed: None);
+    # timing: the speed measurement of the session that computed the answers, kept when a later session
+    # only rebuilt results.jsonl from the cache (a fresh machine) or opened the finished run again
+    this = {"new_items_this_session": n_new, "seconds_this_session": seconds if computed or not hits else None}
+    measured = {"items": n_new, "seconds": seconds, "from_earlier_session": False} if computed else _earlier_timing(old_meta)
+    timing = {**this, **({"timing": measured} if measured else {})}
     metrics.setdefault("meta", {}).update(
         {
             "benchmark": benchmark.name,
@@ -228,3 +228,15 @@ def run_benchmark(
     store.write_metrics(metrics)
     barrier()
     return metrics
+
+
+def _earlier_timing(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The speed measurement an earlier session left in ``metrics.json`` meta (older files: its
+    ``*_this_session`` fields), marked as from an earlier session; None if it measured nothing."""
+    t = meta.get("timing")
+    if isinstance(t, dict) and t.get("items") and t.get("seconds"):
+        return {**t, "from_earlier_session": True}
+    n, sec = meta.get("new_items_this_session"), meta.get("seconds_this_session")
+    if n and sec:
+        return {"items": n, "seconds": sec, "from_earlier_session": True}
+    return None

@@ -41,8 +41,8 @@ DEFINITIONS: dict[str, str] = {
                     "counts, and percent of items)."),
     "cost": (
         "Per item: model calls, prompt/completion tokens (records) and wall seconds (metrics.json meta "
-        "seconds_this_session / new_items_this_session; None when the last session evaluated no new "
-        "items, e.g. a finished run re-opened, or answered every item from the response cache); ratio = "
+        "timing: seconds / items of the session that computed the answers, kept when a later session "
+        "rebuilt the run from the response cache; None when no session measured it); ratio = "
         "method / baseline. Calls answered from the response cache cost no seconds (e.g. reprompting's "
         "first turn is the plain run's question): seconds understate a method that shares a cache with "
         "its baseline, calls and tokens do not (meta cache_hits_this_session says how many)."
