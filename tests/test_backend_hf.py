@@ -216,7 +216,10 @@ def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_compu
     _, again = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
     assert again["meta"]["cache_misses_this_session"] == 0 and again["meta"]["cache_hits_this_session"] > 0
     measured = first["meta"]["timing"]
+    env = measured.pop("environment")
+    assert set(env) >= {"torch", "transformers", "cpu_bf16"} and env["cpu_bf16"] in ("amx", "avx512_bf16", None)
     assert measured == {"items": 3, "seconds": first["meta"]["seconds_this_session"], "from_earlier_session": False}
+    measured["environment"] = env
     assert again["meta"]["timing"] == {**measured, "from_earlier_session": True}
     assert again["meta"]["seconds_this_session"] is None  # this session measured nothing: no cache speed
     assert again["rows"] == first["rows"]
@@ -237,3 +240,18 @@ def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_compu
     _, cached = execute(spec2, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
     assert cached["meta"]["seconds_this_session"] is None and cached["meta"]["new_items_this_session"] == 3
     assert "timing" not in cached["meta"]
+    # a comparison says whether both runs' answers were computed on the same kind of machine
+    from fairdistill.compare import compare
+
+    assert compare(tmp_path / "run", tmp_path / "run2")["same_environment"] is None  # run2 measured nothing
+    m1 = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    m1["meta"]["timing"] = first["meta"]["timing"]
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m1))
+    m2 = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    m2["meta"]["timing"] = {"items": 3, "seconds": 1.0, "environment": {**env, "cpu_bf16": "elsewhere"}}
+    (tmp_path / "run2" / "metrics.json").write_text(json.dumps(m2))
+    c = compare(tmp_path / "run", tmp_path / "run2")
+    assert c["same_environment"] is False and c["runs"]["method"]["computed_on"]["cpu_bf16"] == "elsewhere"
+    m2["meta"]["timing"]["environment"] = env
+    (tmp_path / "run2" / "metrics.json").write_text(json.dumps(m2))
+    assert compare(tmp_path / "run", tmp_path / "run2")["same_environment"] is True

@@ -48,6 +48,12 @@ def _wall(run_dir: Path) -> tuple[float | None, float | None]:
     return float(sec), float(sec) / new
 
 
+def _environment(run_dir: Path) -> dict[str, Any] | None:
+    p = Path(run_dir) / "metrics.json"
+    t = (json.loads(p.read_text()).get("meta") or {}).get("timing") if p.exists() else None
+    return t.get("environment") if isinstance(t, dict) else None
+
+
 def compare(base_dir: str | Path, method_dir: str | Path, seed: int = 0, n_resamples: int = 1000) -> dict[str, Any]:
     """Paired comparison of two run folders of the same benchmark; see the module docstring."""
     base_dir, method_dir = Path(base_dir), Path(method_dir)
@@ -66,9 +72,15 @@ def compare(base_dir: str | Path, method_dir: str | Path, seed: int = 0, n_resam
     (sb, pb), (sm, pm) = _wall(base_dir), _wall(method_dir)
     out["cost"]["seconds_total"] = {"baseline": sb, "method": sm, "ratio": _ratio(sm, sb)}
     out["cost"]["seconds_per_item"] = {"baseline": pb, "method": pm, "ratio": _ratio(pm, pb)}
+    envs = {}
     for d, key in ((base_dir, "baseline"), (method_dir, "method")):
         cfg = RunStore(d).read_config()
-        out.setdefault("runs", {})[key] = {"dir": str(d), "method": (cfg.get("identity") or {}).get("method")}
+        envs[key] = _environment(d)
+        out.setdefault("runs", {})[key] = {"dir": str(d), "method": (cfg.get("identity") or {}).get("method"),
+                                           "computed_on": envs[key]}
+    # answers computed on different machines or library versions differ by numerics alone on near-ties:
+    # say so, rather than let that pass for the method's effect
+    out["same_environment"] = (None if None in envs.values() else envs["baseline"] == envs["method"])
     # cost rows in the tidy table too, so the printed table shows them
     for key, c in out["cost"].items():
         out["rows"].append({"condition": "all", "metric": key.replace("_per_item", "/item"), "run": "ratio",

@@ -123,6 +123,29 @@ def versions() -> dict[str, str]:
     return out
 
 
+def environment() -> dict[str, Any]:
+    """What decides a model's numerics on this machine: library versions and the CPU's bf16 matrix units
+    (AMX and AVX512-BF16 kernels round differently, so a near-tie can go either way between machines)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    env: dict[str, Any] = {k: v for k, v in versions().items() if k in ("torch", "transformers")}
+    env["cpu_bf16"] = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
+    try:
+        import torch
+
+        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:
+        pass
+    return env
+
+
 def run_benchmark(
     benchmark: Benchmark,
     ctx: EvalContext,
@@ -213,7 +236,8 @@ def run_benchmark(
     # timing: the speed measurement of the session that computed the answers, kept when a later session
     # only rebuilt results.jsonl from the cache (a fresh machine) or opened the finished run again
     this = {"new_items_this_session": n_new, "seconds_this_session": seconds if computed or not hits else None}
-    measured = {"items": n_new, "seconds": seconds, "from_earlier_session": False} if computed else _earlier_timing(old_meta)
+    measured = ({"items": n_new, "seconds": seconds, "from_earlier_session": False, "environment": environment()}
+                if computed else _earlier_timing(old_meta))
     timing = {**this, **({"timing": measured} if measured else {})}
     metrics.setdefault("meta", {}).update(
         {

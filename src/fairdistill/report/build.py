@@ -520,6 +520,8 @@ def comparison_overview(comps: list[Run], runs: list[Run]) -> list[dict[str, Any
                 "calls/item": (cost.get("calls_per_item") or {}).get("method"),
                 "tokens/item": (cost.get("tokens_per_item") or {}).get("method"),
                 "seconds/item": (cost.get("seconds_per_item") or {}).get("method"), "n": d.get("n"),
+                # baseline and method answered on machines whose numerics differ (CPU bf16 units, versions)
+                "same machine": {True: "yes", False: "no"}.get(c.get("same_environment"), "not recorded"),
             })
     return out
 
