@@ -49,13 +49,19 @@ def _group(occupation: str) -> str:
     return next((g for g, occs in GROUPS.items() if occupation in occs), "other")
 
 
-def pronoun_metrics(records: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Tidy rows with bootstrap CIs from per-frame records; see DEFINITIONS."""
+def per_occupation(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Occupation -> its log_ratio averaged over the frames, in record order."""
     per: dict[str, list[float]] = {}
     for r in records:
         per.setdefault(r["occupation"], []).append(r["log_ratio"])
+    return {o: sum(v) / len(v) for o, v in per.items()}
+
+
+def pronoun_metrics(records: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Tidy rows with bootstrap CIs from per-frame records; see DEFINITIONS."""
+    per = per_occupation(records)
     occs = list(per)
-    x = np.array([sum(v) / len(v) for v in per.values()])
+    x = np.array(list(per.values()))
     groups = np.array([_group(o) for o in occs])
     idx = resample_indices(len(occs), n_boot, seed, groups) if n_boot > 0 and occs else np.zeros((0, len(occs)), int)
     rows = []
@@ -123,11 +129,8 @@ class OccupationPronouns(Benchmark):
 
     @classmethod
     def paired_units(cls, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        per: dict[str, list[float]] = {}
-        for r in records:
-            per.setdefault(r["occupation"], []).append(r["log_ratio"])
-        return [{"id": o, "cell": "all", "log_ratio": sum(v) / len(v), "male": float(_group(o) == "male-coded"),
-                 "female": float(_group(o) == "female-coded")} for o, v in per.items()]
+        return [{"id": o, "cell": "all", "log_ratio": v, "male": float(_group(o) == "male-coded"),
+                 "female": float(_group(o) == "female-coded")} for o, v in per_occupation(records).items()]
 
     @classmethod
     def paired_statistics(cls, cell: str) -> dict[str, Any]:
