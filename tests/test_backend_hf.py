@@ -252,6 +252,7 @@ def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_compu
     (tmp_path / "run2" / "metrics.json").write_text(json.dumps(m2))
     c = compare(tmp_path / "run", tmp_path / "run2")
     assert c["same_environment"] is False and c["runs"]["method"]["computed_on"]["cpu_bf16"] == "elsewhere"
+    assert c["cost"]["seconds_per_item"]["ratio"] is None and c["cost"]["seconds_per_item"]["method"] == 1.0 / 3
     m2["meta"]["timing"]["environment"] = env
     (tmp_path / "run2" / "metrics.json").write_text(json.dumps(m2))
     assert compare(tmp_path / "run", tmp_path / "run2")["same_environment"] is True

@@ -81,6 +81,9 @@ def compare(base_dir: str | Path, method_dir: str | Path, seed: int = 0, n_resam
     # answers computed on different machines or library versions differ by numerics alone on near-ties:
     # say so, rather than let that pass for the method's effect
     out["same_environment"] = (None if None in envs.values() else envs["baseline"] == envs["method"])
+    if out["same_environment"] is False:  # seconds on two kinds of machine: no ratio to speak of
+        for key in ("seconds_total", "seconds_per_item"):
+            out["cost"][key]["ratio"] = None
     # cost rows in the tidy table too, so the printed table shows them
     for key, c in out["cost"].items():
         out["rows"].append({"condition": "all", "metric": key.replace("_per_item", "/item"), "run": "ratio",
