@@ -282,7 +282,7 @@ def test_the_qwen_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_pat
     assert methods == {None, "reprompting", "explanation", "intent-aware", "adjudication",
                        *(f"prefix-{i}" for i in range(1, 7))}
     assert set(study["trained"]) == {"qwen15-fd-he-she", "qwen15-fd-gender", "qwen15-fd-published-objective",
-                                     "qwen15-fd-no-rule", "qwen15-fairdistill-he-she",
+                                     "qwen15-fd-no-rule", "qwen15-fairdistill-he-she", "qwen15-fd-he-she-lr3e-4",
                                      "qwen15-self-distilled"}
     fd = json.loads((tmp_path / "out" / "train" / "qwen15-fd-he-she" / "fairdistill.json").read_text())
     assert fd["examples"] == 310  # the built-in occupations corpus, held-out occupations left out

@@ -1,7 +1,8 @@
 """Write parts of examples/qwen_study.yaml that two processes can run side by side on 2 cores.
 
     python evidence/qwen-study/split.py methods            # the base model's BBQ runs and the methods
-    python evidence/qwen-study/split.py train NAME [NAME]  # only the named trainings (and their evaluation)
+    python evidence/qwen-study/split.py train NAME [NAME]  # only the named trainings, in that order, each
+                                                           # followed by its evaluation
 
 Each part writes into the same study folder (evidence/qwen-study): run folders, caches and trainings
 are the study's own, so the final `fairdistill run examples/qwen_study.yaml --out evidence/qwen-study`
@@ -31,7 +32,7 @@ elif part == "train":
     if cap is not None:
         at = next(i for i, b in enumerate(cfg["benchmarks"]) if b["name"] == "bbq")
         cfg["benchmarks"].insert(at, {"name": "capability", "options": cap})
-    cfg["training"] = [t for t in cfg["training"] if t["name"] in names]
+    cfg["training"] = sorted((t for t in cfg["training"] if t["name"] in names), key=lambda t: names.index(t["name"]))
     missing = set(names) - {t["name"] for t in cfg["training"]}
     if missing:
         sys.exit(f"no training named {', '.join(sorted(missing))}")
