@@ -248,6 +248,26 @@ def test_adjudication_each_answer_judged_by_the_others_never_itself():
     assert len(res.transcript) == 18 and {t["stage"] for t in res.transcript} >= {"answer", "judge m0:p0"}
 
 
+def test_panel_models_given_by_name_share_the_response_cache(tiny_llama_chat, tiny_llama_chat_path, tmp_path):
+    """A member loaded from a model string answers from the run's cache on a resume (no model call)."""
+    from fairdistill.backends.cache import CachingBackend
+
+    cache = tmp_path / "responses.sqlite"
+    opts = {"panel": str(tiny_llama_chat_path), "judge_tokens": 3}
+    first = get_method("adjudication", CachingBackend(tiny_llama_chat, cache), **opts)
+    member = first.members[1]
+    assert isinstance(member, CachingBackend) and member.path == cache
+    [a] = first.answer([Q], GenerationConfig(max_new_tokens=4))
+    assert member.misses > 0
+    again = get_method("adjudication", CachingBackend(tiny_llama_chat, cache), **opts)
+    [b] = again.answer([Q], GenerationConfig(max_new_tokens=4))
+    assert again.members[1].misses == 0 and again.members[1].hits == member.misses
+    assert again.members[0].misses == 0 and b.text == a.text and b.extra["judgements"] == a.extra["judgements"]
+    # without a cache on the evaluated model, the panel is used as loaded
+    plain = get_method("adjudication", tiny_llama_chat, **opts)
+    assert not isinstance(plain.members[1], CachingBackend)
+
+
 def test_adjudication_votes_and_fallback():
     # two accepted answers name B, one accepted names A -> B wins (first member giving B)
     ok = {"A": "UNBIASED", "B": "Unbiased.", "C": "UNBIASED"}

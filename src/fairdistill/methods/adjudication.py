@@ -86,7 +86,7 @@ class Adjudication(PromptedMethod):
         if n_given < 1:
             raise UserError("adjudication needs a panel of at least two models: add panel=MODEL[,MODEL...] "
                             "(the other members; the evaluated model is the first)")
-        self.members: list[Backend] = [backend] + backend_list(spec, "adjudication panel")
+        self.members: list[Backend] = [backend] + backend_list(spec, "adjudication panel", cache_of=backend)
         self.judge_tokens = self.opts.judge_tokens
 
     def check(self) -> None:

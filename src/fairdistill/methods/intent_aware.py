@@ -71,7 +71,7 @@ class IntentAware(PromptedMethod):
     def __init__(self, backend: Backend, **options: Any):
         super().__init__(backend, **options)
         fm = options.get("feedback_model")
-        fbs = backend_list(fm, "intent-aware feedback_model") if fm is not None else []
+        fbs = backend_list(fm, "intent-aware feedback_model", cache_of=backend) if fm is not None else []
         if len(fbs) > 1:
             raise UserError("intent-aware takes one feedback_model, not a list")
         self.feedback_backend: Backend = fbs[0] if fbs else backend

@@ -202,9 +202,12 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def backend_list(spec: Any, what: str) -> list[Backend]:
-    """Backends from Backend objects and/or model strings (a list, or one comma-separated string)."""
+def backend_list(spec: Any, what: str, cache_of: Backend | None = None) -> list[Backend]:
+    """Backends from Backend objects and/or model strings (a list, or one comma-separated string).
+    A model loaded here from a string shares ``cache_of``'s response cache when that backend has one,
+    so a resumed run (or a fresh machine with the cache) does not query the extra models again."""
     from ..backends.base import load_backend
+    from ..backends.cache import CachingBackend
 
     if spec is None or spec == "":
         return []
@@ -216,7 +219,9 @@ def backend_list(spec: Any, what: str) -> list[Backend]:
         if isinstance(it, Backend):
             out.append(it)
         elif isinstance(it, str):
-            out.append(load_backend(it))
+            be = load_backend(it)
+            # keys hold each model's identity, so the members can share one file
+            out.append(CachingBackend(be, cache_of.path) if isinstance(cache_of, CachingBackend) else be)
         else:
             raise UserError(f"{what}: expected a model string or a backend, got {type(it).__name__}")
     return out
