@@ -92,9 +92,8 @@ def students_table():
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ["qwen15"] + STUDENTS:
         d = here / name
-        if not (d / "occupation-pronouns" / "metrics.json").exists() and name != "qwen15":
-            if not (d / "capability" / "metrics.json").exists():
-                continue
+        if not d.is_dir():  # a training not run yet
+            continue
         op = (load(d / "occupation-pronouns" / "metrics.json") or {}).get("rows", [])
         oc = (load(d / "occupation" / "metrics.json") or {}).get("rows", [])
         hb = (load(d / "holistic-gender" / "metrics.json") or {}).get("rows", [])
@@ -120,19 +119,11 @@ def students_table():
 
 
 def self_table():
-    d = here / "qwen15-self-distilled"
-    choice = load(here / "train" / "qwen15-self-distilled" / "teacher_choice.json")
-    if choice:
-        print("teacher choice:", json.dumps(choice))
-    summary = load(here / "train" / "qwen15-self-distilled" / "self_distill.json")
-    if summary:
-        print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=1))
-    for f in sorted(d.glob("*/comparison.json")) if d.exists() else []:
-        c = load(f)
-        print(f"## {f.parent.name}")
-        for r in c["rows"]:
-            if r["run"] in ("difference", "method", "baseline") and "ci_low" in r:
-                print(f"- {r['condition']} {r['metric']} {r['run']}: {cell(r, '{:+.3f}')}, {p(r.get('p_value'))}")
+    """The self-distillation's teacher choice and its summary (agreement, metrics, comparisons), as written."""
+    d = here / "train" / "qwen15-self-distilled"
+    for f in ("teacher_choice.json", "self_distill.json"):
+        data = load(d / f)
+        print(f"## {f}\n" + (json.dumps(data, indent=1, default=str) if data else "(not written yet)"))
 
 
 if __name__ == "__main__":
