@@ -229,25 +229,39 @@ def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_compu
     _, reopened = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
     assert reopened["meta"]["new_items_this_session"] == 0
     assert reopened["meta"]["timing"] == {**measured, "from_earlier_session": True}
+    assert reopened["meta"]["computed_on"] == first["meta"]["computed_on"] == [
+        {"environment": env, "calls": first["meta"]["cache_misses_this_session"]}]
     # a metrics.json written before meta.timing existed: its *_this_session fields are the measurement
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     m["meta"] = {"new_items_this_session": 3, "seconds_this_session": 12.5}
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
     _, legacy = execute(spec, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
     assert legacy["meta"]["timing"] == {"items": 3, "seconds": 12.5, "from_earlier_session": True}
+    assert legacy["meta"]["computed_on"] == [{"environment": None, "calls": None, "items": 3}]  # not recorded
     # a new run answered wholly from another run's cache: no timing at all rather than the cache's
     spec2 = spec.model_copy(update={"out": tmp_path / "run2"})
     _, cached = execute(spec2, CachingBackend(tiny_gpt2, tmp_path / "c.sqlite"), show_progress=False)
     assert cached["meta"]["seconds_this_session"] is None and cached["meta"]["new_items_this_session"] == 3
     assert "timing" not in cached["meta"]
-    # a comparison says whether both runs' answers were computed on the same kind of machine
+    # a comparison says whether both runs' answers were computed on the same kind of machine: run2
+    # measured no speed, but the cache recorded what computed each answer it reused
     from fairdistill.compare import compare
 
-    assert compare(tmp_path / "run", tmp_path / "run2")["same_environment"] is None  # run2 measured nothing
+    assert cached["meta"]["computed_on"] == [{"environment": env, "calls": cached["meta"]["cache_hits_this_session"]}]
+    assert compare(tmp_path / "run", tmp_path / "run2")["same_environment"] is None  # run's machine: not recorded
+    (tmp_path / "run3").mkdir()
+    for f in ("config.json", "results.jsonl", "metrics.json"):
+        (tmp_path / "run3" / f).write_bytes((tmp_path / "run2" / f).read_bytes())
+    assert compare(tmp_path / "run3", tmp_path / "run2")["same_environment"] is True
+    # metrics without computed_on (written before the cache recorded it): the timing's environment
     m1 = json.loads((tmp_path / "run" / "metrics.json").read_text())
     m1["meta"]["timing"] = first["meta"]["timing"]
+    m1["meta"].pop("computed_on")
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(m1))
     m2 = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    m2["meta"].pop("computed_on")
+    (tmp_path / "run2" / "metrics.json").write_text(json.dumps(m2))
+    assert compare(tmp_path / "run", tmp_path / "run2")["same_environment"] is None  # run2: nothing recorded
     m2["meta"]["timing"] = {"items": 3, "seconds": 1.0, "environment": {**env, "cpu_bf16": "elsewhere"}}
     (tmp_path / "run2" / "metrics.json").write_text(json.dumps(m2))
     c = compare(tmp_path / "run", tmp_path / "run2")
@@ -256,3 +270,45 @@ def test_a_run_rebuilt_from_the_cache_keeps_the_timing_of_the_session_that_compu
     m2["meta"]["timing"]["environment"] = env
     (tmp_path / "run2" / "metrics.json").write_text(json.dumps(m2))
     assert compare(tmp_path / "run", tmp_path / "run2")["same_environment"] is True
+
+
+def test_a_run_resumed_on_another_kind_of_machine_is_known_to_mix_their_answers(tiny_gpt2, tiny_gpt2_path,
+                                                                                bbq_dir, tmp_path):
+    """The cache records what computed each answer: a run whose answers come partly from another kind
+    of machine says so (meta.computed_on) and is never compared as like for like."""
+    import json
+
+    from fairdistill.backends.cache import CachingBackend
+    from fairdistill.compare import compare
+    from fairdistill.runner import RunSpec, environment, execute
+
+    here = environment()
+    there = {**here, "cpu_bf16": "another-machine"}
+    opts = {"data": str(bbq_dir), "categories": ["Age"], "mode": "loglik"}
+
+    def run(name: str, limit: int, env: dict):
+        cb = CachingBackend(tiny_gpt2, tmp_path / "c.sqlite")
+        cb.environment = json.dumps(env, sort_keys=True)  # as if opened on that machine
+        spec = RunSpec(model=str(tiny_gpt2_path), benchmark="bbq", out=tmp_path / name, options={**opts, "limit": limit})
+        return execute(spec, cb, show_progress=False)[1]["meta"]
+
+    two = run("two", 2, there)          # the first items, computed elsewhere
+    three = run("three", 3, here)       # reuses them, computes the third item here
+    assert two["computed_on"] == [{"environment": there, "calls": two["cache_misses_this_session"]}]
+    on = {json.dumps(e["environment"], sort_keys=True): e["calls"] for e in three["computed_on"]}
+    assert on == {json.dumps(there, sort_keys=True): three["cache_hits_this_session"],
+                  json.dumps(here, sort_keys=True): three["cache_misses_this_session"]}
+    assert three["cache_hits_this_session"] > 0 and three["cache_misses_this_session"] > 0
+    c = compare(tmp_path / "two", tmp_path / "three")
+    assert c["same_environment"] is False and "mixed" in c["runs"]["method"]["computed_on"]
+    # entries written by an older release (no record of their machine) make the run's machine unknown
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "c.sqlite")
+    db.execute("DELETE FROM computed_on WHERE environment = ?", (json.dumps(there, sort_keys=True),))
+    db.commit()
+    (tmp_path / "three" / "results.jsonl").unlink()
+    again = run("three", 3, here)
+    assert {json.dumps(e["environment"], sort_keys=True) for e in again["computed_on"]} == {
+        "null", json.dumps(here, sort_keys=True)}
+    assert compare(tmp_path / "three", tmp_path / "three")["same_environment"] is None

@@ -117,6 +117,17 @@ def students_table():
               f"{unp} | "
               f"{cell(top(cap, top=True, metric='acc'))} | {gapd} | {train} |")
 
+    print("\nBetween students, occupation by occupation on the held-out probe (student − reference; "
+          "python evidence/qwen-study/between_students.py):\n")
+    print("| student − reference | he/she gap: paired difference | mean \\|log ratio\\|: paired difference |")
+    print("|---|---|---|")
+    for f in sorted((here / "train").glob("*-vs-*.occupation-pronouns.comparison.json")):
+        rows = {r["metric"]: r for r in load(f)["rows"] if r["run"] == "difference"}
+        a, b = f.name.split(".")[0].split("-vs-")
+        print(f"| {a} − {b} | " + " | ".join(
+            f"{cell(rows.get(m))}, {p(rows[m].get('p_value'))}" if m in rows else "—"
+            for m in ("gap_m_minus_f", "mean_abs_log_ratio")) + " |")
+
 
 def self_table():
     """The self-distillation's teacher choice and its summary (agreement, metrics, comparisons), as written."""

@@ -49,8 +49,18 @@ def _wall(run_dir: Path) -> tuple[float | None, float | None]:
 
 
 def _environment(run_dir: Path) -> dict[str, Any] | None:
+    """What computed a run's answers: one environment, ``{"mixed": [...]}`` when its answers come from
+    more than one (a run resumed on another kind of machine), or None when not recorded."""
     p = Path(run_dir) / "metrics.json"
-    t = (json.loads(p.read_text()).get("meta") or {}).get("timing") if p.exists() else None
+    meta = (json.loads(p.read_text()).get("meta") or {}) if p.exists() else {}
+    on = meta.get("computed_on")
+    envs = [e.get("environment") for e in on or []]
+    known = [e for e in envs if e]
+    if len(known) > 1:  # per answer, from the response cache: two kinds of machine
+        return {"mixed": known}
+    if known:  # one kind, unless some answers' machine was not recorded (older cache entries)
+        return known[0] if None not in envs else None
+    t = meta.get("timing")
     return t.get("environment") if isinstance(t, dict) else None
 
 
@@ -80,7 +90,9 @@ def compare(base_dir: str | Path, method_dir: str | Path, seed: int = 0, n_resam
                                            "computed_on": envs[key]}
     # answers computed on different machines or library versions differ by numerics alone on near-ties:
     # say so, rather than let that pass for the method's effect
-    out["same_environment"] = (None if None in envs.values() else envs["baseline"] == envs["method"])
+    mixed = any(isinstance(e, dict) and "mixed" in e for e in envs.values())
+    out["same_environment"] = (False if mixed else None if None in envs.values()
+                               else envs["baseline"] == envs["method"])
     if out["same_environment"] is False:  # seconds on two kinds of machine: no ratio to speak of
         for key in ("seconds_total", "seconds_per_item"):
             out["cost"][key]["ratio"] = None

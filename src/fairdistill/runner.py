@@ -200,6 +200,7 @@ def run_benchmark(
     # another machine) says nothing about the model's speed: the earlier session's figures are kept
     old_meta = (store.read_metrics().get("meta") or {}) if (store.path / "metrics.json").exists() else {}
     hits0, misses0 = getattr(ctx.backend, "hits", 0), getattr(ctx.backend, "misses", 0)
+    by0 = dict(getattr(ctx.backend, "answered_by", {}))
     t0 = time.perf_counter()
     n_new = 0
     try:
@@ -218,7 +219,9 @@ def run_benchmark(
     elapsed = time.perf_counter() - t0
     parts = all_gather({"n_new": n_new, "seconds": elapsed, "stats": ctx.backend.stats(),
                         "hits": getattr(ctx.backend, "hits", 0) - hits0,
-                        "misses": getattr(ctx.backend, "misses", 0) - misses0})
+                        "misses": getattr(ctx.backend, "misses", 0) - misses0,
+                        "answered_by": {k: n - by0.get(k, 0) for k, n in getattr(ctx.backend, "answered_by", {}).items()
+                                        if n > by0.get(k, 0)}})
     if not dist.is_main:
         barrier()  # rank 0 merges and writes the metrics
         return store.read_metrics()
@@ -245,6 +248,7 @@ def run_benchmark(
             "n_items": len(records),
             **timing,
             **({"cache_hits_this_session": hits, "cache_misses_this_session": misses} if hits or misses else {}),
+            **({"computed_on": on} if (on := computed_on(parts, old_meta, len(records) - n_new)) else {}),
             **({"processes": dist.world_size} if dist.active else {}),
             **({"backend_stats": stats} if stats else {}),
         }
@@ -252,6 +256,30 @@ def run_benchmark(
     store.write_metrics(metrics)
     barrier()
     return metrics
+
+
+def computed_on(parts: list[dict[str, Any]], old_meta: dict[str, Any], earlier: int) -> list[dict[str, Any]]:
+    """What computed the run's answers (the response cache records it per entry), most calls first:
+    ``[{"environment": {...} or None (not recorded), "calls": n}, ...]``; more than one entry means the
+    run mixes machines' answers (a run resumed elsewhere). ``earlier`` items were answered before this
+    pass: their record is the last finished pass's, or an entry ``{"environment": None, "items": n}``."""
+    total: dict[str, int] = {}
+    for p in parts:
+        for k, n in (p.get("answered_by") or {}).items():
+            total[k] = total.get(k, 0) + n
+    out = [{"environment": json.loads(k) if k else None, "calls": n}
+           for k, n in sorted(total.items(), key=lambda kv: -kv[1])]
+    if earlier:
+        old = old_meta.get("computed_on")
+        if not old:
+            return out + [{"environment": None, "calls": None, "items": earlier}]
+        for e in old:  # the earlier pass's calls, added to this pass's by environment
+            mine = next((o for o in out if o["environment"] == e.get("environment")), None)
+            if mine is None:
+                out.append(dict(e))
+            elif mine.get("calls") is not None and e.get("calls") is not None:
+                mine["calls"] += e["calls"]
+    return out
 
 
 def _earlier_timing(meta: dict[str, Any]) -> dict[str, Any] | None:

@@ -426,22 +426,25 @@ class _Study:
 
         Reads the methods' ``comparison.json`` files, so it runs after the method runs. Returns the
         method, its options, the reason and every candidate's difference [CI]."""
-        ambig = [b for b in self.benchmarks() if b.name == "bbq" and b.options.get("condition") == "ambig"]
+        # every compared method run on the plain model's ambiguous BBQ items must have finished: a teacher
+        # chosen while one of them is still running would be chosen among fewer methods than the rule says
+        planned = [(b, m) for b, m, iv in self.plan(base) if m is not None and iv is None and m.compare
+                   and b.name == "bbq" and b.options.get("condition") == "ambig"]
+        missing = [f"{m.key} on {b.key}" for b, m in planned
+                   if not (self.spec(base, b, m).out / "comparison.json").exists()]
+        if missing:
+            raise UserError(f"the self-distillation teacher (method: auto) is chosen from every method's comparison "
+                            f"on ambiguous BBQ items; not yet compared: {', '.join(missing)} (run them first)")
         candidates = []
-        for m in self.cfg.methods:
-            if m.models is not None and base not in m.models:
+        for b, m in planned:
+            comp = self.spec(base, b, m).out / "comparison.json"
+            rows = json.loads(comp.read_text()).get("rows") or []
+            d = next((r for r in rows if r.get("metric") == "s_AMB" and r.get("run") == "difference"), None)
+            if d is None or d.get("value") is None:
                 continue
-            for b in ambig:
-                comp = self.spec(base, b, m).out / "comparison.json"
-                if not comp.exists():
-                    continue
-                rows = json.loads(comp.read_text()).get("rows") or []
-                d = next((r for r in rows if r.get("metric") == "s_AMB" and r.get("run") == "difference"), None)
-                if d is None or d.get("value") is None:
-                    continue
-                candidates.append({"method": m.name, "id": m.key, "benchmark": b.key, "options": dict(m.options),
-                                   "difference": d["value"], "ci": [d.get("ci_low"), d.get("ci_high")],
-                                   "p_value": d.get("p_value"), "n": d.get("n")})
+            candidates.append({"method": m.name, "id": m.key, "benchmark": b.key, "options": dict(m.options),
+                               "difference": d["value"], "ci": [d.get("ci_low"), d.get("ci_high")],
+                               "p_value": d.get("p_value"), "n": d.get("n")})
         lowering = [c for c in candidates if c["ci"][1] is not None and c["ci"][1] < 0]
         if lowering:
             best = min(lowering, key=lambda c: c["difference"])

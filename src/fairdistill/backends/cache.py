@@ -10,6 +10,11 @@ JSON; the model identity is ``backend.describe()`` at the time of the request (n
 any intervention attached to the model). Sampled generation requests
 (temperature > 0) without a seed are not cached: each call must draw anew. Entries are committed
 after every call, so a crash loses at most the call in flight.
+
+Each new entry also records what computed it (table ``computed_on``: library versions and the CPU's
+bf16 units, see ``runner.environment``), and ``answered_by`` counts this instance's calls by that
+environment, cache hits included: a run resumed on another kind of machine is then known to mix
+two machines' answers (near-ties can round either way between them).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -42,6 +48,8 @@ class CachingBackend(Backend):
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, kind TEXT, value TEXT)")
+                # a table of its own, not a column: processes of an older release may write the same file
+                self._db.execute("CREATE TABLE IF NOT EXISTS computed_on (key TEXT PRIMARY KEY, environment TEXT)")
                 self._db.commit()
                 break
             except sqlite3.OperationalError as e:
@@ -51,6 +59,11 @@ class CachingBackend(Backend):
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        from ..runner import environment  # lazy: the runner imports the backends
+
+        self.environment = json.dumps(environment(), sort_keys=True)
+        #: calls answered, by the environment that computed the answer ("" = not recorded: an older entry)
+        self.answered_by: Counter[str] = Counter()
 
     # -- the wrapped backend's identity and capabilities ----------------------------------------
     @property
@@ -116,14 +129,16 @@ class CachingBackend(Backend):
                 compute: Callable[[list[int]], list[Any]]) -> list[Any]:
         keys = [_key(self.identity, kind, p) if ok else None for p, ok in zip(payloads, cacheable)]
         found: dict[str, Any] = {}
+        env_of: dict[str, str] = {}
         wanted = sorted({k for k in keys if k is not None})
         with self._lock:
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
-                rows = self._db.execute(
-                    f"SELECT key, value FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk
-                ).fetchall()
+                marks = ','.join('?' * len(chunk))
+                rows = self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk).fetchall()
                 found.update((k, json.loads(v)) for k, v in rows)
+                env_of.update(self._db.execute(
+                    f"SELECT key, environment FROM computed_on WHERE key IN ({marks})", chunk).fetchall())
         out: list[Any] = [None] * len(payloads)
         todo: list[int] = []
         first_of: dict[str, int] = {}
@@ -132,6 +147,7 @@ class CachingBackend(Backend):
             if k is not None and k in found:
                 out[i] = found[k]
                 self.hits += 1
+                self.answered_by[env_of.get(k, "")] += 1
             elif k is not None and k in first_of:  # the same request twice in one call: ask once
                 dupes.append((i, first_of[k]))
             else:
@@ -140,6 +156,7 @@ class CachingBackend(Backend):
                 todo.append(i)
         if todo:
             self.misses += len(todo)
+            self.answered_by[self.environment] += len(todo)
             fresh = compute(todo)
             rows = []
             for i, v in zip(todo, fresh):
@@ -148,6 +165,8 @@ class CachingBackend(Backend):
                     rows.append((keys[i], kind, json.dumps(v)))
             with self._lock:
                 self._db.executemany("INSERT OR REPLACE INTO responses (key, kind, value) VALUES (?, ?, ?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO computed_on (key, environment) VALUES (?, ?)",
+                                     [(r[0], self.environment) for r in rows])
                 self._db.commit()
         for i, j in dupes:
             out[i] = out[j]
