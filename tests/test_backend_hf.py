@@ -298,6 +298,15 @@ def test_a_run_resumed_on_another_kind_of_machine_is_known_to_mix_their_answers(
     on = {json.dumps(e["environment"], sort_keys=True): e["calls"] for e in three["computed_on"]}
     assert on == {json.dumps(there, sort_keys=True): three["cache_hits_this_session"],
                   json.dumps(here, sort_keys=True): three["cache_misses_this_session"]}
+    # its speed is that of the one item computed here (every item costs the same calls in loglik mode),
+    # not the session's seconds spread over the two items it read from the cache
+    t = three["timing"]
+    assert (t["items"], t["items_computed"]) == (3, 1.0)
+    assert (t["calls_computed"], t["calls_from_cache"]) == (three["cache_misses_this_session"],
+                                                             three["cache_hits_this_session"])
+    from fairdistill.compare import _wall
+
+    assert _wall(tmp_path / "three") == (t["seconds"], t["seconds"] / 1.0)
     assert three["cache_hits_this_session"] > 0 and three["cache_misses_this_session"] > 0
     c = compare(tmp_path / "two", tmp_path / "three")
     assert c["same_environment"] is False and "mixed" in c["runs"]["method"]["computed_on"]

@@ -24,7 +24,17 @@ if part == "methods":
     if names:
         cfg["methods"] = [m for m in cfg["methods"] if m.get("id", m["name"]) in names]
 elif part == "train":
-    cfg["methods"] = []
+    # the methods stay on the ambiguous BBQ items only: a self-distillation teacher (method: auto) is chosen
+    # from their comparisons, which the part reopens (finished runs: nothing is asked) but never extends,
+    # so it does not touch a method run that the methods part may be computing on disambiguated items
+    ambig = {b.get("id", b["name"]) for b in cfg["benchmarks"]
+             if b["name"] == "bbq" and (b.get("options") or {}).get("condition") == "ambig"}
+    kept = []
+    for m in cfg["methods"]:
+        on = [b for b in m.get("benchmarks") or [] if b in ambig]
+        if on:
+            kept.append({**m, "benchmarks": on})
+    cfg["methods"] = kept
     # a trained model's quick, training-specific probes and capability first, BBQ last (a session may
     # end during its BBQ runs); the capability block as an entry keeps its run folder and identity
     cap = cfg.pop("capability", None)

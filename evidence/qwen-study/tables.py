@@ -3,9 +3,12 @@
     python evidence/qwen-study/tables.py methods    # inference-time methods against the plain model
     python evidence/qwen-study/tables.py students   # FairDistillation students against the base model
     python evidence/qwen-study/tables.py self       # self-distillation: teacher, untrained, student
+    python evidence/qwen-study/tables.py panel      # adjudication: what the panel's judges said, letters
 
-Reads only committed files (metrics.json, comparison.json, fairdistill.json), so the tables can be
-made again on a fresh clone without the caches.
+The first three read only committed files (metrics.json, comparison.json, fairdistill.json), so they can
+be made again on a fresh clone without the caches. ``panel`` reads the adjudication runs' results.jsonl,
+which is not committed; `bash evidence/qwen-study/resume.sh methods adjudication` rebuilds it from the
+committed cache snapshot without asking the model anything.
 """
 import json
 import sys
@@ -15,7 +18,7 @@ here = Path(__file__).resolve().parent
 METHODS = ["reprompting", "prefix-1", "prefix-2", "prefix-3", "prefix-4", "prefix-5", "prefix-6",
            "explanation", "intent-aware", "adjudication"]
 STUDENTS = ["qwen15-fd-he-she", "qwen15-fd-gender", "qwen15-fd-published-objective", "qwen15-fd-no-rule",
-            "qwen15-fd-he-she-lr3e-4", "qwen15-fairdistill-he-she"]
+            "qwen15-fd-he-she-lr3e-4", "qwen15-fairdistill-he-she", "qwen15-self-distilled"]
 
 
 def load(path):
@@ -130,12 +133,113 @@ def students_table():
 
 
 def self_table():
-    """The self-distillation's teacher choice and its summary (agreement, metrics, comparisons), as written."""
+    """The self-distillation: how its teacher was chosen, agreement with the teacher (student, untrained
+    model, best constant answer) with Wilson CIs and McNemar tests, the BBQ metrics of teacher, untrained
+    model and student on the held-out items with their paired differences, and the transfer benchmark."""
+    from scipy.stats import binomtest
+
     d = here / "train" / "qwen15-self-distilled"
-    for f in ("teacher_choice.json", "self_distill.json"):
-        data = load(d / f)
-        print(f"## {f}\n" + (json.dumps(data, indent=1, default=str) if data else "(not written yet)"))
+    choice, sd = load(d / "teacher_choice.json"), load(d / "self_distill.json")
+    if choice:
+        print(f"Teacher: {choice['method']} ({choice['reason']})\n")
+    if not sd:
+        print("(self_distill.json not written yet: the training or its evaluation is still running)")
+        return
+    print(f"{sd['n_items']} items, {sd['n_train']} for training ({sd['sft_examples']} SFT examples), "
+          f"{sd['n_heldout']} held out (split: {sd['config'].get('split')}, seed {sd['config'].get('seed')})\n")
+    for split in ("heldout", "train"):
+        ag = (sd.get(split) or {}).get("agreement")
+        if not ag:
+            continue
+        print(f"Agreement with the teacher, {split} items (n = {ag['n']}):\n")
+        print("| model | agreement [95% CI] | student vs this: McNemar | calls per item |\n|---|---|---|---|")
+        for who in ("student", "untrained", "constant"):
+            n, k = ag["n"], ag[f"{who}_agrees"]
+            w = binomtest(k, n).proportion_ci(method="wilson")
+            test = "" if who == "student" else (
+                f"student only {ag[f'student_vs_{who}_mcnemar']['student_only']}, this only "
+                f"{ag[f'student_vs_{who}_mcnemar'][f'{who}_only']}, {p(ag[f'student_vs_{who}_mcnemar']['p_value'])}")
+            label = who + (f" ({ag['constant_answer']})" if who == "constant" else "")
+            print(f"| {label} | {k / n:.3f} [{w.low:.3f}, {w.high:.3f}] | {test} | "
+                  f"{ag['calls_per_item'].get(who, 1.0) if who != 'constant' else 0} |")
+        ch = ag["where_teacher_changed_answer"]
+        print(f"\nWhere the teacher's answer differs from the untrained model's: {ch['n']} items, the student "
+              f"gives the teacher's answer on {ch['student_matches_teacher']}. Answer roles: "
+              + "; ".join(f"{who} {ag['answers'][who]}" for who in ("teacher", "untrained", "student"))
+              + f". The teacher's calls per item: {ag['calls_per_item']['teacher']}.\n")
+        metrics, comps = sd[split]["metrics"], sd[split]["comparisons"]
+        print("| condition | metric | teacher | untrained | student | teacher − untrained | student − untrained |")
+        print("|---|---|---|---|---|---|---|")
+        for cond, per in metrics.items():
+            for metric in ("accuracy", "s_AMB" if cond == "ambig" else "s_DIS"):
+                def val(who):  # a run's own rows call the bias score bias_score; comparisons name it s_AMB / s_DIS
+                    name = "accuracy" if metric == "accuracy" else "bias_score"
+                    r = next((r for r in per[who] if r["metric"] == name and r.get("condition", cond) == cond), None)
+                    return cell(r, "{:.3f}") if r else "—"
+
+                def diff(key):
+                    r = next((r for r in comps[cond][key] if r["metric"] == metric
+                              and r.get("condition", cond) == cond), None)
+                    return f"{cell(r, '{:+.3f}')}, {p(r.get('p_value'))}" if r else "—"
+                print(f"| {cond} | {metric} | {val('teacher')} | {val('untrained')} | {val('student')} | "
+                      f"{diff('teacher_minus_untrained')} | {diff('student_minus_untrained')} |")
+        print()
+    for key, t in (sd.get("transfer") or {}).items():
+        print(f"Transfer, {key} (not trained on), untrained model and student side by side"
+              + ("" if t.get("student_minus_untrained") else f" ({t.get('comparison')})") + "\n")
+        print("| row | untrained | student | paired difference |\n|---|---|---|---|")
+        diffs = {r["metric"]: r for r in t.get("student_minus_untrained") or []}
+        ident = lambda r: tuple((k, r.get(k)) for k in ("probe", "group", "gender", "condition", "metric"))  # noqa: E731
+        for r in t["untrained"]["rows"]:
+            s_ = next((x for x in t["student"]["rows"] if ident(x) == ident(r)), None)
+            dr = diffs.get(r["metric"])
+            label = " ".join(str(v) for _, v in ident(r) if v is not None)
+            print(f"| {label} | {cell(r, '{:.3f}')} | {cell(s_, '{:.3f}') if s_ else '—'} | "
+                  f"{(cell(dr, '{:+.3f}') + ', ' + p(dr.get('p_value'))) if dr else '—'} |")
+        print()
+
+
+def panel_table():
+    """Adjudication, counted over every rotation's ``method_extra``: each judge's verdicts, which member's
+    answer became final (and how often it was right), how often no answer was accepted (the margin
+    fallback), and the letters of the final answers."""
+    from collections import Counter, defaultdict
+
+    for cond in ("ambig", "disambig"):
+        f = here / "qwen15" / f"bbq-{cond}-20--adjudication" / "results.jsonl"
+        if not f.exists():
+            print(f"## {cond}: {f.relative_to(here)} missing (resume.sh methods adjudication rebuilds it)\n")
+            continue
+        verdicts, finals, right, letters = defaultdict(Counter), Counter(), Counter(), Counter()
+        rotations = fallback = accepted = same = 0
+        items = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        for it in items:
+            options = set()
+            for rot in it.get("rotations") or [it]:
+                x = rot.get("method_extra") or {}
+                if not x:
+                    continue
+                rotations += 1
+                for j in x.get("judgements", []):
+                    verdicts[j["judge"]][j["verdict"]] += 1
+                accepted += sum(bool(v) for v in (x.get("accepted") or {}).values())
+                fallback += bool(x.get("fallback"))
+                finals[x.get("final_member")] += 1
+                right[x.get("final_member")] += rot.get("option") == it["label"]
+                letters[rot.get("letter") or "unparsed"] += 1
+                options.add(rot.get("option"))
+            same += len(options) == 1 and None not in options
+        print(f"## {cond}: {len(items)} items, {rotations} rotation answers\n")
+        print("| judge | reject (BIASED) | accept (UNBIASED) | abstain |\n|---|---|---|---|")
+        for judge, c in verdicts.items():
+            print(f"| {judge} | {c['reject']} | {c['accept']} | {c['abstain']} |")
+        print(f"\nanswers accepted: {accepted}; rotations decided by the margin fallback: {fallback} of {rotations}")
+        print("\n| final answer from | rotations | correct |\n|---|---|---|")
+        for m, n in finals.most_common():
+            print(f"| {m} | {n} | {right[m]} |")
+        print("\nfinal letters: " + ", ".join(f"{k} {v} ({v / rotations:.0%})" for k, v in sorted(letters.items()))
+              + f"; the same option in every rotation on {same} of {len(items)} items\n")
 
 
 if __name__ == "__main__":
-    {"methods": methods_table, "students": students_table, "self": self_table}[sys.argv[1]]()
+    {"methods": methods_table, "students": students_table, "self": self_table, "panel": panel_table}[sys.argv[1]]()

@@ -39,8 +39,8 @@ def _wall(run_dir: Path) -> tuple[float | None, float | None]:
         return None, None
     meta = json.loads(p.read_text()).get("meta", {})
     t = meta.get("timing")  # the session that computed the answers (see runner)
-    if isinstance(t, dict):
-        sec, new = t.get("seconds"), t.get("items")
+    if isinstance(t, dict):  # items_computed: a session that also read some of its answers from the cache
+        sec, new = t.get("seconds"), t.get("items_computed") or t.get("items")
     else:  # files written before meta.timing existed
         sec, new = meta.get("seconds_this_session"), meta.get("new_items_this_session")
     if sec is None or not new:  # no session measured this run's speed

@@ -239,7 +239,11 @@ def run_benchmark(
     # timing: the speed measurement of the session that computed the answers, kept when a later session
     # only rebuilt results.jsonl from the cache (a fresh machine) or opened the finished run again
     this = {"new_items_this_session": n_new, "seconds_this_session": seconds if computed or not hits else None}
-    measured = ({"items": n_new, "seconds": seconds, "from_earlier_session": False, "environment": environment()}
+    measured = ({"items": n_new, "seconds": seconds, "from_earlier_session": False, "environment": environment(),
+                 # part of this session's items came from the cache (a run resumed on a fresh machine, whose
+                 # results.jsonl was rebuilt): the seconds were spent on the computed share alone
+                 **({"calls_computed": misses, "calls_from_cache": hits,
+                     "items_computed": round(n_new * misses / (hits + misses), 2)} if hits and misses else {})}
                 if computed else _earlier_timing(old_meta))
     timing = {**this, **({"timing": measured} if measured else {})}
     metrics.setdefault("meta", {}).update(
