@@ -136,8 +136,6 @@ def self_table():
     """The self-distillation: how its teacher was chosen, agreement with the teacher (student, untrained
     model, best constant answer) with Wilson CIs and McNemar tests, the BBQ metrics of teacher, untrained
     model and student on the held-out items with their paired differences, and the transfer benchmark."""
-    from scipy.stats import binomtest
-
     d = here / "train" / "qwen15-self-distilled"
     choice, sd = load(d / "teacher_choice.json"), load(d / "self_distill.json")
     if choice:
@@ -152,21 +150,21 @@ def self_table():
         if not ag:
             continue
         print(f"Agreement with the teacher, {split} items (n = {ag['n']}):\n")
+        # the agreement rows with their Wilson intervals, as the self-distillation wrote them (summary/)
+        rows = [r for r in load(d / "summary" / "metrics.json")["rows"] if r["split"] == split]
+        calls = {r["model"]: r["value"] for r in rows if r["metric"] == "calls per item"}
         print("| model | agreement [95% CI] | student vs this: McNemar | calls per item |\n|---|---|---|---|")
-        for who in ("student", "untrained", "constant"):
-            n, k = ag["n"], ag[f"{who}_agrees"]
-            w = binomtest(k, n).proportion_ci(method="wilson")
+        for r in (r for r in rows if r["metric"] == "agreement with teacher"):
+            who = r["model"].split(" ")[0]
             test = "" if who == "student" else (
                 f"student only {ag[f'student_vs_{who}_mcnemar']['student_only']}, this only "
-                f"{ag[f'student_vs_{who}_mcnemar'][f'{who}_only']}, {p(ag[f'student_vs_{who}_mcnemar']['p_value'])}")
-            label = who + (f" ({ag['constant_answer']})" if who == "constant" else "")
-            print(f"| {label} | {k / n:.3f} [{w.low:.3f}, {w.high:.3f}] | {test} | "
-                  f"{ag['calls_per_item'].get(who, 1.0) if who != 'constant' else 0} |")
+                f"{ag[f'student_vs_{who}_mcnemar'][f'{who}_only']}, {p(r['p (student vs this)'])}")
+            print(f"| {r['model']} | {cell(r, '{:.3f}')} | {test} | {calls.get(who, 0)} |")
         ch = ag["where_teacher_changed_answer"]
         print(f"\nWhere the teacher's answer differs from the untrained model's: {ch['n']} items, the student "
               f"gives the teacher's answer on {ch['student_matches_teacher']}. Answer roles: "
               + "; ".join(f"{who} {ag['answers'][who]}" for who in ("teacher", "untrained", "student"))
-              + f". The teacher's calls per item: {ag['calls_per_item']['teacher']}.\n")
+              + f". The teacher's calls per item: {calls.get('teacher')}.\n")
         metrics, comps = sd[split]["metrics"], sd[split]["comparisons"]
         print("| condition | metric | teacher | untrained | student | teacher − untrained | student − untrained |")
         print("|---|---|---|---|---|---|---|")
@@ -184,6 +182,7 @@ def self_table():
                 print(f"| {cond} | {metric} | {val('teacher')} | {val('untrained')} | {val('student')} | "
                       f"{diff('teacher_minus_untrained')} | {diff('student_minus_untrained')} |")
         print()
+    letters_table(d / "heldout")
     for key, t in (sd.get("transfer") or {}).items():
         print(f"Transfer, {key} (not trained on), untrained model and student side by side"
               + ("" if t.get("student_minus_untrained") else f" ({t.get('comparison')})") + "\n")
@@ -197,6 +196,32 @@ def self_table():
             print(f"| {label} | {cell(r, '{:.3f}')} | {cell(s_, '{:.3f}') if s_ else '—'} | "
                   f"{(cell(dr, '{:+.3f}') + ', ' + p(dr.get('p_value'))) if dr else '—'} |")
         print()
+
+
+def letters_table(heldout):
+    """The letters of the held-out rotation answers and how often all rotations pick the same option (a
+    model locked on one letter would show no effect of anything). Reads results.jsonl, not committed:
+    `resume.sh train qwen15-self-distilled` rebuilds it from the cache snapshots."""
+    from collections import Counter
+
+    print("| model | letters of the rotation answers | same option in every rotation |\n|---|---|---|")
+    for who in ("teacher", "untrained", "student"):
+        files = [heldout / c / who / "results.jsonl" for c in ("ambig", "disambig")]
+        if not all(f.exists() for f in files):
+            print(f"| {who} | results.jsonl missing | |")
+            continue
+        letters, same, n = Counter(), 0, 0
+        for f in files:
+            for line in f.read_text().splitlines():
+                rots = json.loads(line).get("rotations") or []
+                letters.update(x.get("letter") or "unparsed" for x in rots)
+                options = {x.get("option") for x in rots}
+                same += len(options) == 1 and None not in options
+                n += 1
+        total = sum(letters.values())
+        print(f"| {who} | " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(letters.items()))
+              + f" | {same} of {n} |")
+    print()
 
 
 def panel_table():
