@@ -278,3 +278,99 @@ def test_across_languages_pairs_categories_through_their_bbq_counterparts(tmp_pa
     assert "(zh)" in s.tables[0].columns[4] and "(ko)" in s.tables[0].columns[5]
     assert section_languages(runs[:1]) is None  # one language: nothing to set side by side
     assert [x.id for x in build_sections(runs)][0] == "languages"
+
+
+def test_mitigations_table_leaves_out_lines_without_a_headline_number(tmp_path):
+    """A run that carries none of the table's headline numbers (a self-distillation's summary line, its
+    held-out disambiguated runs) gets no empty line; lines with a number keep their place and cost."""
+    from fairdistill.report.build import Run, section_mitigations
+
+    def run(system, condition, value):
+        rows = [{"category": "overall", "condition": condition, "metric": "bias_score", "value": value,
+                 "ci_low": value - 0.1, "ci_high": value + 0.1}]
+        return Run(tmp_path, system, "bbq", {}, {"rows": rows}, extra={"system": system})
+
+    undefined = Run(tmp_path, "method", "bbq", {}, {"rows": [{"category": "overall", "condition": "ambig",
+                    "metric": "bias_score", "value": None, "ci_low": None, "ci_high": None}]}, extra={"system": "method"})
+    runs = [run("base", "ambig", 0.03), run("student", "ambig", 0.14), run("held-out disambig", "disambig", 0.02),
+            undefined]
+    section = section_mitigations(runs)
+    table = section.tables[0]
+    # measured without a value (every answer "unknown") is kept and said, not dropped as "not measured"
+    assert [line[0] for line in table.rows] == ["base", "student", "method"]
+    assert table.rows[1][1] == "0.140 [0.040, 0.240]" and table.rows[2][1] == "undefined"
+    assert "undefined" in section.definitions
+    # with a single line left there is nothing to set side by side
+    assert section_mitigations(runs[:1] + runs[2:3]) is None
+
+
+def test_a_study_report_opens_with_the_mitigations_and_folds_the_long_run_table(tmp_path):
+    """Many runs with a side-by-side table: the per-run headline table is folded (one click away), the
+    side-by-side table is the first section; a short report keeps the headline table open."""
+    from fairdistill.report.build import Run, render_html
+
+    def run(i):
+        rows = [{"category": "overall", "condition": "ambig", "metric": "bias_score", "value": 0.01 * i,
+                 "ci_low": 0.0, "ci_high": 0.5}]
+        return Run(tmp_path, f"system-{i}", "bbq", {}, {"rows": rows, "summary": {"a": 0.1, "b": 0.2}},
+                   extra={"system": f"system-{i}"})
+
+    def headline(html):
+        return re.search(r'<section id="headline">(.*?)</section>', html, re.S).group(1)
+
+    html = render_html([run(i) for i in range(16)])
+    assert "<details><summary>every run's summary values (32 rows" in headline(html)
+    assert html.index('<section id="headline">') < html.index('<section id="sec-mitigations">')
+    assert re.findall(r'<section id="sec-([^"]+)">', html)[0] == "mitigations"
+    assert "<details>" not in headline(render_html([run(i) for i in range(3)]))
+
+
+def test_a_benchmark_chart_of_many_runs_is_a_heat_map_with_every_run_and_category(tmp_path):
+    """Past MAX_BAR_SERIES runs the per-category bars would be unreadable: the chart becomes one row per
+    run and one column per category (diverging colours around 0 for a bias score); few runs keep bars."""
+    from fairdistill.report.build import MAX_BAR_SERIES, Run, section_for
+
+    def run(i):
+        rows = [{"category": c, "condition": "ambig", "metric": "bias_score", "value": 0.05 * i - 0.3 + 0.1 * k,
+                 "ci_low": -0.5, "ci_high": 0.5, "n": 10} for k, c in enumerate(["Age", "Religion", "SES"])]
+        rows.append({"category": "overall", "condition": "ambig", "metric": "accuracy", "value": 0.5,
+                     "ci_low": 0.4, "ci_high": 0.6, "n": 30})
+        return Run(tmp_path, f"system-{i}", "bbq", {}, {"rows": rows}, extra={"system": f"system-{i}"})
+
+    many = section_for("bbq", [run(i) for i in range(MAX_BAR_SERIES + 3)])
+    captions = [c for c, _ in many.charts]
+    grids = [(c, svg) for c, svg in many.charts if "one row per run" in c]
+    assert grids and not any("one bar per run" in c for c in captions if "bias" in c.lower())
+    caption, svg = grids[0]
+    assert f"({MAX_BAR_SERIES + 3} runs" in caption
+    assert all(f"system-{i}" in svg for i in range(MAX_BAR_SERIES + 3)) and "Religion" in svg
+    # a run with no value under a facet (another condition) gets no empty row there
+    other = Run(tmp_path, "disambig-only", "bbq", {}, {"rows": [{**row, "condition": "disambig"} for row in
+                                                                run(0).metrics["rows"]]}, extra={"system": "d"})
+    mixed = section_for("bbq", [run(i) for i in range(MAX_BAR_SERIES + 3)] + [other])
+    ambig = next(svg for c, svg in mixed.charts if "one row per run" in c and "ambig" in c and "disambig" not in c)
+    assert "disambig-only" not in ambig and "system-3" in ambig
+    few = section_for("bbq", [run(i) for i in range(3)])
+    assert any("one bar per run" in c for c, _ in few.charts)
+    assert not any("one row per run" in c for c, _ in few.charts)
+
+
+def test_headline_numbers_carry_the_ci_of_a_metric_condition_row(tmp_path):
+    # BBQ-family summaries name metric and condition in one key (accuracy_ambig); the headline table
+    # must find that row's CI rather than print the bare number
+    from pathlib import Path
+
+    from fairdistill.report.build import Run, headline_rows
+
+    rows = [{"category": "overall", "condition": c, "metric": "accuracy", "value": v, "ci_low": v - 0.1,
+             "ci_high": v + 0.1, "n": 50} for c, v in (("ambig", 0.2), ("disambig", 0.7))]
+    rows.append({"category": "overall", "metric": "ss", "value": 0.6, "ci_low": 0.55, "ci_high": 0.65})
+    run = Run(path=Path(tmp_path), label="m", benchmark="bbq", config={},
+              metrics={"rows": rows, "summary": {"accuracy_ambig": 0.2, "accuracy_disambig": 0.7, "ss": 0.6,
+                                                 "accuracy_other": 0.5, "scale": "fraction"}})
+    got = {h["quantity"]: (h["ci_low"], h["ci_high"]) for h in headline_rows([run])}
+    assert got["accuracy_ambig"] == pytest.approx((0.1, 0.3))
+    assert got["accuracy_disambig"] == pytest.approx((0.6, 0.8))
+    assert got["ss"] == pytest.approx((0.55, 0.65))
+    assert got["accuracy_other"] == (None, None)  # no such row: no CI invented
+    assert "scale" not in got

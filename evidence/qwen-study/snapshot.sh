@@ -1,18 +1,4 @@
 #!/usr/bin/env bash
-# Persist / restore the study's response caches across machines (runs take longer than one session).
-#   bash evidence/qwen-study/snapshot.sh save     # consistent copies beside each live cache (run any time)
-#   bash evidence/qwen-study/snapshot.sh restore  # before resuming on a fresh machine
-set -euo pipefail
-cd "$(dirname "$0")"
-python3 - "$1" <<'PY'
-import sqlite3, sys, pathlib, shutil
-mode = sys.argv[1]
-for snap in (pathlib.Path(".").rglob("responses.snapshot.sqlite") if mode == "restore" else []):
-    live = snap.with_name("responses.sqlite")
-    if not live.exists():
-        shutil.copy(snap, live); print("restored", live)
-for live in (pathlib.Path(".").rglob("responses.sqlite") if mode == "save" else []):
-    src, dst = sqlite3.connect(live, timeout=60), sqlite3.connect(live.with_name("responses.snapshot.sqlite"))
-    src.backup(dst); n = dst.execute("select count(*) from responses").fetchone()[0]
-    dst.close(); src.close(); print("saved", live, n, "entries")
-PY
+# The Qwen study's caches (evidence/snapshot.sh on this folder):
+#   bash evidence/qwen-study/snapshot.sh save | restore
+exec bash "$(dirname "$0")/../snapshot.sh" "$1" "$(dirname "$0")"

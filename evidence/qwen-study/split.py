@@ -3,6 +3,8 @@
     python evidence/qwen-study/split.py methods            # the base model's BBQ runs and the methods
     python evidence/qwen-study/split.py train NAME [NAME]  # only the named trainings, in that order, each
                                                            # followed by its evaluation
+    python evidence/qwen-study/split.py without NAME [NAME]  # the whole study but the named trainings or
+                                                             # methods (a report while one still runs)
 
 Each part writes into the same study folder (evidence/qwen-study): run folders, caches and trainings
 are the study's own, so the final `fairdistill run examples/qwen_study.yaml --out evidence/qwen-study`
@@ -46,8 +48,14 @@ elif part == "train":
     missing = set(names) - {t["name"] for t in cfg["training"]}
     if missing:
         sys.exit(f"no training named {', '.join(sorted(missing))}")
+elif part == "without" and names:
+    found = {t["name"] for t in cfg["training"]} | {m.get("id", m["name"]) for m in cfg["methods"]}
+    if set(names) - found:
+        sys.exit(f"no training or method named {', '.join(sorted(set(names) - found))}")
+    cfg["training"] = [t for t in cfg["training"] if t["name"] not in names]
+    cfg["methods"] = [m for m in cfg["methods"] if m.get("id", m["name"]) not in names]
 else:
-    sys.exit("usage: split.py methods [METHOD...] | train NAME [NAME...]")
+    sys.exit("usage: split.py methods [METHOD...] | train NAME [NAME...] | without NAME [NAME...]")
 out = Path(__file__).resolve().parent / "parts"
 out.mkdir(exist_ok=True)
 dest = out / f"{part}{'-' + '-'.join(names) if names else ''}.yaml"

@@ -4,6 +4,7 @@
     python evidence/qwen-study/tables.py students   # FairDistillation students against the base model
     python evidence/qwen-study/tables.py self       # self-distillation: teacher, untrained, student
     python evidence/qwen-study/tables.py panel      # adjudication: what the panel's judges said, letters
+    python evidence/qwen-study/tables.py cost       # the study's compute time: every run and training
 
 The first three read only committed files (metrics.json, comparison.json, fairdistill.json), so they can
 be made again on a fresh clone without the caches. ``panel`` reads the adjudication runs' results.jsonl,
@@ -266,5 +267,38 @@ def panel_table():
               + f"; the same option in every rotation on {same} of {len(items)} items\n")
 
 
+def cost_table():
+    """The study's run time on this project's machines (one CPU thread per process): the compute seconds
+    each run recorded (``meta.timing``; a resumed run adds up its sessions) and each training's, grouped by
+    model and by the machine's bf16 units. Cache hits cost nothing and are not counted again."""
+    from collections import defaultdict
+
+    runs, total = defaultdict(lambda: [0, 0.0]), defaultdict(float)
+    skip = {"rerun", "parts", "between"}     # the rerun is a control on machines, not part of the study
+    for f in sorted(here.rglob("metrics.json")):
+        rel = f.relative_to(here)
+        if rel.parts[0] in skip or rel.parts[0] == "train" and len(rel.parts) < 4:
+            continue
+        t = (load(f).get("meta") or {}).get("timing") or {}
+        if not t.get("seconds"):
+            continue
+        group = rel.parts[1] + " (self-distillation evaluation)" if rel.parts[0] == "train" else rel.parts[0]
+        machine = (t.get("environment") or {}).get("cpu_bf16") or "not recorded"
+        runs[group, machine][0] += 1
+        runs[group, machine][1] += t["seconds"]
+        total[machine] += t["seconds"]
+    for f in sorted((here / "train").glob("*/study_trained.json")):
+        secs = load(f).get("seconds") or 0.0
+        runs[f.parent.name + " (training)", "see study.log"][0] += 1
+        runs[f.parent.name + " (training)", "see study.log"][1] += secs
+        total["training"] += secs
+    print("| model / part | machine (bf16 units) | runs | CPU-core hours |\n|---|---|---|---|")
+    for (group, machine), (n, secs) in sorted(runs.items()):
+        print(f"| {group} | {machine} | {n} | {secs / 3600:.2f} |")
+    print("\n" + ", ".join(f"{m}: {s / 3600:.1f} h" for m, s in sorted(total.items()))
+          + f"; in all {sum(total.values()) / 3600:.1f} CPU-core hours\n")
+
+
 if __name__ == "__main__":
-    {"methods": methods_table, "students": students_table, "self": self_table, "panel": panel_table}[sys.argv[1]]()
+    {"methods": methods_table, "students": students_table, "self": self_table, "panel": panel_table,
+     "cost": cost_table}[sys.argv[1]]()

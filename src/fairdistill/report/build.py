@@ -288,6 +288,20 @@ def _ordered(values: list) -> list:
     return [v for v in uniq if v not in ("overall", "all")] + [v for v in uniq if v in ("overall", "all")]
 
 
+MAX_BAR_SERIES = 12  # more runs than this: a benchmark's chart is a heat map (runs x groups), not bars
+
+
+def _value_range(values: list[float], symmetric: bool) -> tuple[float, float]:
+    """Colour limits for a heat map: around 0 when the metric's zero means "no bias"."""
+    if not values:
+        return (0.0, 1.0)
+    if symmetric:
+        m = max(abs(v) for v in values) or 1.0
+        return (-m, m)
+    lo, hi = min(values), max(values)
+    return (lo, hi if hi > lo else lo + 1.0)
+
+
 def _view_charts(view, runs: list[Run]) -> list[tuple[str, str]]:
     """The bar chart(s) of one declared view: one per facet value, and the deltas when asked."""
     out = []
@@ -305,6 +319,17 @@ def _view_charts(view, runs: list[Run]) -> list[tuple[str, str]]:
             return [by.get(x, {}).get(key) for x in xs]
 
         suffix = f", {view.facet} = {fv}" if view.facet else ""
+        if len(runs) > MAX_BAR_SERIES:  # a study's 90 runs as bars is a wall of colours; a grid stays legible
+            shown = [r for r in runs if any(_num(v) for v in pick(r, "value"))]  # no empty rows (other conditions)
+            cells = {(r.label, str(x)): v for r in shown for x, v in zip(xs, pick(r, "value"))}
+            lo, hi = view.ylim or _value_range([v for v in cells.values() if _num(v)], view.zero_line)
+            svg = charts.heatmap([r.label for r in shown], [str(x) for x in xs], cells,
+                                 title=view.title + suffix, cbar_label=view.ylabel, vmin=lo, vmax=hi,
+                                 cmap="RdBu_r" if view.zero_line else "viridis")
+            if svg:
+                out.append((f"{view.title}{suffix}: one row per run ({len(shown)} runs, too many for bars; "
+                            "the 95% CIs are in the tables)", svg))
+            continue
         svg = charts.grouped_bars([str(x) for x in xs], {r.label: pick(r, "value") for r in runs},
                                   lows={r.label: pick(r, "ci_low") for r in runs},
                                   highs={r.label: pick(r, "ci_high") for r in runs},
@@ -632,10 +657,18 @@ def section_mitigations(runs: list[Run]) -> Section | None:
         line = []
         for bench, h in cols:
             row = next((row for r in rs if r.benchmark == bench for row in _rows(r) if _match(row, h.where)), None)
-            line.append(fmt_ci(row.get("value"), row.get("ci_low"), row.get("ci_high")) if row else "—")
+            # measured but without a value (s_AMB when no answer names a person) is not "not measured"
+            line.append("—" if row is None else fmt_ci(row.get("value"), row.get("ci_low"), row.get("ci_high"))
+                        if _num(row.get("value")) else "undefined")
         cells[name] = line
     keep = [k for k in range(len(cols)) if any(line[k] != "—" for line in cells.values())]
     if not keep:
+        return None
+    # a line without any headline number (e.g. a self-distillation's summary, or its held-out disambiguated
+    # runs) says nothing here; its own section holds its figures
+    cells = {name: line for name, line in cells.items() if any(line[k] != "—" for k in keep)}
+    systems = {name: rs for name, rs in systems.items() if name in cells}
+    if len(systems) < 2:
         return None
     body = [[name] + [cells[name][k] for k in keep] + [next((c for c in map(_cost, rs) if c), "none")]
             for name, rs in systems.items()]
@@ -647,6 +680,8 @@ def section_mitigations(runs: list[Run]) -> Section | None:
     s.tables.append(Table("Mitigations side by side", ["model / mitigation"] + [cols[k][1].label for k in keep] + ["cost"],
                           body, numeric=[False] + [True] * len(keep) + [False]))
     s.definitions.update({cols[k][1].label: cols[k][1].note for k in keep if cols[k][1].note})
+    if any("undefined" in line for line in body):
+        s.definitions["undefined"] = "the run measured this but it has no value (e.g. a bias score when no answer names a person)"
     return s
 
 
@@ -869,9 +904,18 @@ def render_html(runs: list[Run], title: str = "fairdistill report",
 
 
 def _overall_row(run: Run, metric: str) -> dict[str, Any]:
-    """The one tidy row of ``metric`` at the overall level (level/category "overall"), else {}."""
-    hits = [row for row in _rows(run) if row.get("metric") == metric
-            and row.get("level", "overall") == "overall" and row.get("category", "overall") == "overall"]
+    """The one tidy row of ``metric`` at the overall level (level/category "overall"), else {}.
+
+    A summary key may name a metric and a condition (BBQ's ``accuracy_ambig``: metric ``accuracy``,
+    condition ``ambig``), so those rows match too."""
+    overall = [row for row in _rows(run)
+               if row.get("level", "overall") == "overall" and row.get("category", "overall") == "overall"]
+    hits = [row for row in overall if row.get("metric") == metric and "condition" not in row]
+    if not hits:
+        hits = [row for row in overall if row.get("condition")
+                and f"{row.get('metric')}_{row['condition']}" == metric]
+    if not hits:
+        hits = [row for row in overall if row.get("metric") == metric]
     return hits[0] if len(hits) == 1 else {}
 
 

@@ -164,8 +164,9 @@ def heatmap(
             for j in range(len(cols)):
                 if not np.isnan(grid[i, j]):
                     v = grid[i, j]
+                    r, g, b, _ = im.cmap(im.norm(v))  # light text on dark cells, for any colour map
                     ax.text(j + 0.5, i + 0.5, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if v < vmin + 0.6 * (vmax - vmin) else "black")
+                            color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
     cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     cb.set_label(cbar_label, fontsize=8)
     if cb.solids is not None:
