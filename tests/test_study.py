@@ -36,6 +36,16 @@ def test_study_tiny_end_to_end(tiny_gpt2_path, tmp_path):
 
     again = build_report([str(tmp_path / "out")], str(tmp_path / "again.html"))
     assert again.read_text().count("<h3>") >= html.count("<h3>") - 1
+    # ... and from the command line keeps the study's title unless told otherwise
+    from typer.testing import CliRunner
+
+    from fairdistill.cli import app
+
+    title = load_study(cfg)[0].report.title
+    assert title != "fairdistill report" and study["title"] == title
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "out"), "--out", str(tmp_path / "cli.html")])
+    assert res.exit_code == 0, res.output
+    assert f"<title>{title}" in (tmp_path / "cli.html").read_text()
     # rerunning resumes: nothing is retrained or re-evaluated
     mtime = (trained / "config.json").stat().st_mtime
     run_study(cfg, out=tmp_path / "out", show_progress=False)

@@ -216,12 +216,16 @@ def report_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run directories or a study folder; runs of one benchmark are shown side by side in this order (deltas vs the first)"),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (a Markdown summary for model cards is written beside it)"),
     label: list[str] = typer.Option([], "--label", help="label per run directory, in order (default: model [+ method])"),
-    title: str = typer.Option("fairdistill report", help="report title"),
+    title: Optional[str] = typer.Option(None, help="report title (default: a study folder's own, else 'fairdistill report')"),
     markdown: bool = typer.Option(True, help="also write <out>.md"),
 ):
     """Write a self-contained HTML report (inline SVG charts, opens offline) of finished runs."""
     from .report import build_report
 
+    if title is None:
+        titles = {json.loads((d / "study.json").read_text()).get("title") for d in run_dirs
+                  if (d / "study.json").is_file()}
+        title = titles.pop() if len(titles) == 1 and None not in titles else "fairdistill report"
     path = build_report([str(d) for d in run_dirs], out, labels=label or None, title=title, markdown=markdown)
     console.print(f"report: {path}" + (f"  summary: {Path(path).with_suffix('.md')}" if markdown else ""))
 

@@ -600,7 +600,7 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     html = build_report([r["dir"] for r in runs], rep, labels=[r["label"] for r in runs],
                         title=cfg.report.title, markdown=cfg.report.markdown, references=references)
     prev.write_text(json.dumps({
-        "name": cfg.name, "config": str(Path(config_path).resolve()), "models": models,
+        "name": cfg.name, "title": cfg.report.title, "config": str(Path(config_path).resolve()), "models": models,
         "trained": trained, "runs": runs, "notes": st.notes, "report": str(html), "references": references,
     }, indent=2))
     return html
