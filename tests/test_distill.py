@@ -258,6 +258,34 @@ def test_resume_continues_from_checkpoint(tiny_gpt2_path, tmp_path):
     assert straight["rules"]["warnings"]  # " she" is two tokens in the tiny BPE: reported in the summary
 
 
+def test_long_trainings_checkpoint_by_time_and_report_progress(tiny_gpt2_path, tmp_path, monkeypatch):
+    # a CPU training of hours must not lose everything when a session ends between two step-based saves,
+    # and a study's log must say how far it has got
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fairdistill.distill import fairdistill as fd
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_path)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_gpt2_path).eval()
+    opts = dict(learning_rate=1e-3, max_steps=3, batch_size=4, save_steps=500, progress=False, device="cpu",
+                save_total_limit=None)
+    monkeypatch.setattr(fd, "JOURNAL_SECONDS", 0.0)
+    lines: list[str] = []
+    token = fd.train_journal.set(lines.append)
+    try:
+        fd.train_job(fd.prepare_fairdistill((teacher, tok), None, "he_she", _distill_corpus(), tmp_path / "t",
+                                            save_minutes=1e-9, **opts))
+    finally:
+        fd.train_journal.reset(token)
+    assert sorted(p.name for p in (tmp_path / "t").glob("checkpoint-*")) == [f"checkpoint-{i}" for i in (1, 2, 3)]
+    assert [ln.split(",")[0] for ln in lines] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert "s per step" in lines[0] and "min left" in lines[0]
+    # by steps only (save_minutes=0), and no journal outside a study: one checkpoint, at the end
+    fd.train_job(fd.prepare_fairdistill((teacher, tok), None, "he_she", _distill_corpus(), tmp_path / "s",
+                                        save_minutes=0, **opts))
+    assert [p.name for p in (tmp_path / "s").glob("checkpoint-*")] == ["checkpoint-3"] and len(lines) == 3
+
+
 def test_lora_student_and_errors(tiny_gpt2_path, tiny_bert_path, tmp_path):
     from fairdistill.distill import run_fairdistill
 

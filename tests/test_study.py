@@ -11,12 +11,17 @@ from fairdistill.study import load_study, run_study
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_study_tiny_end_to_end(tiny_gpt2_path, tmp_path):
+def test_study_tiny_end_to_end(tiny_gpt2_path, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
+    from fairdistill.distill import fairdistill as fd
+
+    monkeypatch.setattr(fd, "JOURNAL_SECONDS", 0.0)  # a progress line per training step
     cfg = tmp_path / "study_tiny.yaml"
     shutil.copy(EXAMPLES / "study_tiny.yaml", cfg)
     (tmp_path / "tiny-gpt2").symlink_to(tiny_gpt2_path, target_is_directory=True)
     report = run_study(cfg, out=tmp_path / "out", show_progress=False)
+    log = (tmp_path / "out" / "study.log").read_text()
+    assert " training fairdistill: step 1/" in log and "s per step" in log  # without progress bars too
     assert report == tmp_path / "out" / "report.html" and report.exists()
     assert (tmp_path / "out" / "report.md").exists()
     study = json.loads((tmp_path / "out" / "study.json").read_text())

@@ -382,6 +382,10 @@ class _Study:
             self.log(f"[bold]training[/bold] {t.name} ({t.kind}) from {t.base} -> {out}")
             self.journal(f"start training {t.name} ({t.kind}) from {t.base}")
             t0 = time.perf_counter()
+            from .distill.fairdistill import train_journal
+
+            # long trainings say how far they have got in study.log, progress bars or not
+            journal_token = train_journal.set(lambda line: self.journal(f"  training {t.name}: {line}"))
             try:
                 if t.kind == "fairdistill":
                     opts.setdefault("seed", self.cfg.seed)
@@ -410,6 +414,8 @@ class _Study:
                 raise UserError(f"training kind {t.kind!r} is not available in this installation ({e})") from None
             except KeyError as e:
                 raise UserError(f"training {t.name!r}: missing option {e}") from None
+            finally:
+                train_journal.reset(journal_token)
             model_dir = self._trained_dir(summary, out, base_spec)
             self.journal(f"done  training {t.name} in {time.perf_counter() - t0:.0f} s")
             done.write_text(json.dumps({"model_dir": model_dir, "kind": t.kind, "base": t.base,

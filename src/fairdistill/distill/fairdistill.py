@@ -30,13 +30,14 @@ construction (TRL's shape: a thin trainer subclass configured by a dataclass).
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from ..errors import UserError, reject_unknown_options
 from .rules import RuleSet, apply_rules, load_rules, rule_balance_loss
@@ -59,6 +60,7 @@ class TrainConfig:
     max_examples: int | None = None   # use only the first N corpus examples
     mlm_probability: float = 0.15     # masked LMs only
     save_steps: int = 500
+    save_minutes: float = 10.0        # also checkpoint after this much training time since the last save (0: steps only)
     save_total_limit: int | None = 2
     logging_steps: int = 10
     seed: int = 0
@@ -550,6 +552,45 @@ def _clock_callback(t0: float, before: float):
     return TrainClock()
 
 
+#: where a caller (a study) wants a line about a running training's progress: a function of one string,
+#: called every ``JOURNAL_SECONDS`` of training, progress bars or not
+train_journal: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("train_journal", default=None)
+JOURNAL_SECONDS = 600.0
+
+
+def wall_clock_callback(save_minutes: float, journal: Callable[[str], None] | None = None,
+                        journal_seconds: float | None = None):
+    """A TrainerCallback that checkpoints after ``save_minutes`` of training since the last save (CPU
+    trainings run for hours and a session can end between two step-based saves; 0 = steps only) and
+    sends ``journal`` a progress line (step, seconds per step, time left, loss) every
+    ``journal_seconds``."""
+    from transformers import TrainerCallback
+
+    every = JOURNAL_SECONDS if journal_seconds is None else journal_seconds
+
+    class WallClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = self.t_save = self.t_line = time.perf_counter()
+            self.step0 = state.global_step
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.perf_counter()
+            if save_minutes and now - self.t_save >= 60 * save_minutes:
+                control.should_save = True
+            if journal is not None and state.is_world_process_zero and now - self.t_line >= every:
+                self.t_line = now
+                per_step = (now - self.t0) / max(state.global_step - self.step0, 1)
+                left = max(state.max_steps - state.global_step, 0) * per_step
+                losses = [h["loss"] for h in state.log_history if "loss" in h]
+                journal(f"step {state.global_step}/{state.max_steps}, {per_step:.1f} s per step, about "
+                        f"{left / 60:.0f} min left" + (f", loss {losses[-1]:.4g}" if losses else ""))
+
+        def on_save(self, args, state, control, **kw):
+            self.t_save = time.perf_counter()
+
+    return WallClock()
+
+
 def train_job(job: FairDistillJob) -> dict[str, Any]:
     """Train (resuming from the last checkpoint in ``job.out`` if ``resume``), save the final student
     to ``out/student`` (LoRA: merged weights there, the adapter in ``out/adapter``) and a summary to
@@ -565,6 +606,7 @@ def train_job(job: FairDistillJob) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer = job.trainer
     trainer.add_callback(_clock_callback(t0, before))
+    trainer.add_callback(wall_clock_callback(job.config.save_minutes, train_journal.get()))
     result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.perf_counter() - t0 + before
     state = trainer.state
@@ -621,7 +663,8 @@ def run_fairdistill(teacher: str, student: str | None, rules: str | None, data: 
             (2.0), alpha_cos (1.0), alpha_rule (0.0: the rule-balance extension, off), rule_mode
             (logit|prob), learning_rate (2e-5), warmup (0.1),
             weight_decay, batch_size (8), grad_accum (1), epochs (1), max_steps, max_length (128),
-            max_examples, mlm_probability (0.15), save_steps (500), save_total_limit (2),
+            max_examples, mlm_probability (0.15), save_steps (500), save_minutes (10: also checkpoint by
+            training time), save_total_limit (2),
             logging_steps, seed, mixed_precision (auto|no|bf16|fp16), resume (True), progress,
             device (auto|cpu|cuda), keep, lora_r/lora_alpha/lora_dropout/lora_target, strict_rules.
 
@@ -677,5 +720,5 @@ def ratio_summary(values: Sequence[float]) -> dict[str, float]:
 
 
 __all__ = ["TrainConfig", "FairDistillConfig", "FairDistillJob", "make_layer_subset_student", "build_student", "prepare_fairdistill",
-           "train_job", "run_fairdistill", "read_corpus", "token_log_ratios", "ratio_summary",
+           "train_job", "train_journal", "wall_clock_callback", "run_fairdistill", "read_corpus", "token_log_ratios", "ratio_summary",
            "check_same_tokenizer", "make_fairdistill_trainer_class", "rich_progress_callback"]

@@ -34,6 +34,7 @@ class SFTConfig:
     lora_dropout: float = 0.0
     lora_target: str = "all-linear"
     save_steps: int = 500
+    save_minutes: float = 10.0        # also checkpoint after this much training time since the last save (0: steps only)
     save_total_limit: int | None = 2
     logging_steps: int = 10
     mixed_precision: str = "auto"
@@ -101,8 +102,8 @@ def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: S
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import Trainer
 
-    from .fairdistill import FairDistillConfig, _quiet, _resolve_device, last_checkpoint, rich_progress_callback, \
-        training_arguments
+    from .fairdistill import FairDistillConfig, _clock_callback, _clock_of, _quiet, _resolve_device, last_checkpoint, \
+        rich_progress_callback, train_journal, training_arguments, wall_clock_callback
 
     if not examples:
         raise UserError("the SFT set is empty (no teacher answer could be used as a target)")
@@ -124,7 +125,10 @@ def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: S
     if cfg.progress:
         trainer.add_callback(rich_progress_callback())
     resume = last_checkpoint(out / "checkpoints") if cfg.resume else None
+    before = _clock_of(resume)  # seconds spent before that checkpoint: train_seconds is the whole training's
     t0 = time.perf_counter()
+    trainer.add_callback(_clock_callback(t0, before))
+    trainer.add_callback(wall_clock_callback(cfg.save_minutes, train_journal.get()))
     res = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out / "adapter"))  # rank 0 writes (FSDP / DeepSpeed shards gathered first)
     if trainer.is_world_process_zero():
@@ -132,4 +136,4 @@ def train_lora_sft(model, tokenizer, examples: Sequence[dict], out: Path, cfg: S
     trainer.accelerator.wait_for_everyone()
     return peft_model, {"train_examples": len(rows), "global_step": trainer.state.global_step,
                         "train_loss": getattr(res, "training_loss", None), "resumed_from": resume,
-                        "train_seconds": round(time.perf_counter() - t0, 2)}
+                        "train_seconds": round(time.perf_counter() - t0 + before, 2)}
