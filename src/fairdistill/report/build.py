@@ -163,6 +163,8 @@ def fmt(x: Any, digits: int = 3) -> str:
             return "—"
         if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
             return f"{x:.{digits}g}"
+        if abs(x) >= 10:  # percentages (CrowS-Pairs, StereoSet), seconds: a tenth is their precision here
+            return f"{x:,.1f}"
         return f"{x:.{digits}f}"
     if isinstance(x, (dict, list)):
         s = json.dumps(x, default=str)
@@ -174,6 +176,8 @@ def fmt_ci(value: Any, lo: Any, hi: Any) -> str:
     if not _num(value):
         return fmt(value)
     if _num(lo) and _num(hi):
+        if max(abs(value), abs(lo), abs(hi)) >= 10 and max(abs(value), abs(lo), abs(hi)) < 1e5:
+            return f"{value:,.1f} [{lo:,.1f}, {hi:,.1f}]"  # one precision for the value and its interval
         return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
     return fmt(value)
 
