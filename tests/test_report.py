@@ -374,3 +374,11 @@ def test_headline_numbers_carry_the_ci_of_a_metric_condition_row(tmp_path):
     assert got["ss"] == pytest.approx((0.55, 0.65))
     assert got["accuracy_other"] == (None, None)  # no such row: no CI invented
     assert "scale" not in got
+
+
+def test_percentages_print_one_decimal_with_their_interval_and_fractions_three():
+    from fairdistill.report.build import fmt, fmt_ci
+
+    assert fmt_ci(55.344, 9.87, 61.45) == "55.3 [9.9, 61.5]"  # one precision within a cell
+    assert fmt_ci(0.0712, -0.031, 0.169) == "0.071 [-0.031, 0.169]"
+    assert fmt(925.787) == "925.8" and fmt(12345.6) == "12,345.6" and fmt(0.5) == "0.500"

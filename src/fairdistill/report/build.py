@@ -176,8 +176,8 @@ def fmt_ci(value: Any, lo: Any, hi: Any) -> str:
     if not _num(value):
         return fmt(value)
     if _num(lo) and _num(hi):
-        if max(abs(value), abs(lo), abs(hi)) >= 10 and max(abs(value), abs(lo), abs(hi)) < 1e5:
-            return f"{value:,.1f} [{lo:,.1f}, {hi:,.1f}]"  # one precision for the value and its interval
+        if 10 <= max(abs(value), abs(lo), abs(hi)) < 1e5:  # fmt's one decimal, for the value and its interval alike
+            return f"{value:,.1f} [{lo:,.1f}, {hi:,.1f}]"
         return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
     return fmt(value)
 
