@@ -116,6 +116,38 @@ def test_half_precision_copy_is_written_once_and_loads_the_same_weights(tiny_gpt
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_parallel_runs_write_the_half_precision_copy_once(tiny_gpt2_path, tmp_path, monkeypatch):
+    """Two runs needing the same copy at once (Ray tasks): the second waits for the first's folder rather than
+    writing over it or deleting it under a reader."""
+    import shutil
+    import threading
+    import time
+
+    import torch
+
+    from fairdistill.backends import builtin
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_gpt2_path, folder)
+    calls, write = [], builtin._write_copy
+
+    def slow_write(*a):
+        calls.append(1)
+        time.sleep(0.5)  # the other thread arrives while this one writes
+        return write(*a)
+
+    monkeypatch.setattr(builtin, "_write_copy", slow_write)
+    outs: list[str] = []
+    threads = [threading.Thread(target=lambda: outs.append(builtin.half_precision_copy(folder, torch.bfloat16)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and outs == [str(folder / "bfloat16")] * 2
+    assert builtin._converted(folder / "bfloat16") and not list(folder.glob(".bfloat16.*.tmp"))
+
+
 def test_auto_dtype_follows_native_bf16(monkeypatch):
     import torch
 

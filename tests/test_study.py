@@ -413,3 +413,47 @@ methods:
     comp("prefix-1", "bbq-ambig", -0.078, -0.145, +0.004)     # its CI now includes 0: nothing qualifies
     c = st.choose_teacher("m", fallback="prefix-2")
     assert c["method"] == "prefix-2" and "fallback" in c["reason"]
+
+
+PRIORITY = """
+name: priority
+seed: 0
+device: cpu
+dtype: float32
+models: [{name: base, model: MODEL}]
+benchmarks: [{name: bbq, id: bbq-age, options: {categories: [Age], limit: 4, mode: loglik, condition: ambig}}]
+interventions: [{name: sentence-debias, options: {max_pairs: 40}}]
+training:
+  - {name: cda, kind: cda, base: base, options: {data: winobias, max_examples: 8, max_length: 32, batch_size: 4,
+                                                  max_steps: 1, progress: false, device: cpu}}
+"""
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_trained_models_before_interventions(tiny_gpt2_path, tmp_path, monkeypatch):
+    """On one Ray CPU the order is the executor's priority: the training, the plain run, the trained model's
+    run as soon as it exists, the (possibly expensive) intervention last; study.json keeps the in-process order."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(PRIORITY.replace("MODEL", str(tiny_gpt2_path)))
+    run_study(cfg, out=tmp_path / "local", show_progress=False)
+    src = str(Path(__import__("fairdistill").__file__).resolve().parents[1])
+    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                                       "FAIRDISTILL_CACHE": str(tmp_path / "cache-ray")}})
+    try:
+        run_study(cfg, out=tmp_path / "ray", show_progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    starts = [ln.split(" start ", 1)[1] for ln in (tmp_path / "ray" / "study.log").read_text().splitlines()
+              if " start " in ln]
+    assert starts == ["training cda (cda) from base", "bbq-age on base", "bbq-age on cda",
+                      "bbq-age on base + sentence-debias", "bbq-age on cda + sentence-debias"], starts
+    sa, sb = (json.loads((tmp_path / d / "study.json").read_text())["runs"] for d in ("local", "ray"))
+    strip = lambda runs, d: [{**r, "dir": str(Path(r["dir"]).relative_to(tmp_path / d))} for r in runs]  # noqa: E731
+    assert strip(sa, "local") == strip(sb, "ray")
+    assert [(r["model"], r["intervention"]) for r in sb] == [("base", None), ("base", "sentence-debias"), ("cda", None),
+                                                             ("cda", "sentence-debias")]
+    # the trained model's run was compared with its base's item by item, though it finished first
+    assert (tmp_path / "ray" / "cda" / "bbq-age" / "comparison.json").exists()

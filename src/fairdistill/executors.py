@@ -61,8 +61,14 @@ def _resources(study, model_name: str) -> dict[str, float]:
 
 
 def run_on_ray(study, address: str | None = None) -> None:
-    """Run ``study`` (a :class:`fairdistill.study._Study`) on Ray: the base models' runs and the
-    trainings at once, then the trained models' runs; record them in the in-process order."""
+    """Run ``study`` (a :class:`fairdistill.study._Study`) on Ray and record the runs in the in-process
+    order.
+
+    The driver hands Ray only as many tasks as the cluster can run at once and picks the next one by
+    :func:`_priority`: trainings first (their students wait on them), then the base models' plain and
+    method runs, then each trained model's runs as soon as its training is done, and the interventions
+    last, in the study's order. So a study stopped part-way holds the most table lines, and an
+    expensive intervention (self-debias) no longer keeps finished trainings from being evaluated."""
     try:
         import ray
     except ImportError:
@@ -76,43 +82,101 @@ def run_on_ray(study, address: str | None = None) -> None:
             raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
     env = {"FAIRDISTILL_DATA": os.environ.get("FAIRDISTILL_DATA")}
     quiet = study.__class__(study.cfg, study.cfg_dir, study.out, False)
-    quiet.models = dict(study.models)
     run_remote, train_remote = ray.remote(run_task), ray.remote(train_task)
+    cfg = study.cfg
     try:
-        def submit_runs(names: list[str]) -> list[tuple[str, Any, Any, Any, Any]]:
-            out = []
-            for name in names:
-                quiet.models = dict(study.models)
-                for bench, method, iv in study.plan(name):
+        late = [t for t in cfg.training if t.kind == "self_distill" and t.options.get("method") == "auto"]
+        ready: list[tuple[tuple, tuple]] = []  # (priority, job); a job: ("run", model, bench, method, iv) | ("train", t)
+
+        def add_runs(name: str) -> None:
+            for i, (bench, method, iv) in enumerate(study.plan(name)):
+                ready.append((_priority(study, name, method, iv, i), ("run", name, bench, method, iv)))
+
+        for t in cfg.training:
+            if t not in late:
+                ready.append(((0, cfg.training.index(t)), ("train", t)))
+        for m in cfg.models:
+            add_runs(m.name)
+        base_method_runs = {(m.name, b.key, me.key if me else None) for m in cfg.models
+                            for b, me, iv in study.plan(m.name) if iv is None}
+        recorded: dict[tuple, list[dict]] = {}  # run key -> the study.json entries it added
+        trained: dict[str, list[dict]] = {}     # training name -> the entries add_trained added
+        finished: list[tuple] = []              # runs done, recorded at the end in the in-process order
+
+        def record(job: tuple) -> None:
+            _, name, bench, method, iv = job
+            n = len(study.runs)
+            study.record(name, bench, method, iv)
+            recorded[(name, *_key(bench, method, iv))] = study.runs[n:]
+
+        flying: dict[Any, tuple] = {}
+        limit = _capacity(study)
+        while ready or flying:
+            ready.sort(key=lambda r: r[0])
+            while ready and len(flying) < limit:
+                _, job = ready.pop(0)
+                if job[0] == "train":
+                    ref = train_remote.options(**_resources(study, job[1].base)).remote(quiet, job[1], env)
+                else:
+                    _, name, bench, method, iv = job
                     study.log(f"[bold]{bench.key}[/bold] on [bold]{study._label(name, method, iv)}[/bold]: Ray task")
+                    quiet.models = dict(study.models)
                     ref = run_remote.options(**_resources(study, name)).remote(quiet, name, bench, method, iv, env)
-                    out.append((name, bench, method, iv, ref))
-            return out
-
-        def submit_training(t):
-            return t, train_remote.options(**_resources(study, t.base)).remote(quiet, t, env)
-
-        first = submit_runs([m.name for m in study.cfg.models])
-        # a teacher chosen from the method comparisons (method: auto) waits for them to be written
-        late = [t for t in study.cfg.training if t.kind == "self_distill" and t.options.get("method") == "auto"]
-        trainings = [submit_training(t) for t in study.cfg.training if t not in late]
-        _wait([ref for *_, ref in first] + [ref for _, ref in trainings])
-        for name, bench, method, iv, _ in first:
-            study.record(name, bench, method, iv)
-        if late:
-            extra = [submit_training(t) for t in late]
-            _wait([ref for _, ref in extra])
-            trainings += extra
-        trainings.sort(key=lambda tr: study.cfg.training.index(tr[0]))
-        for t, ref in trainings:
-            study.add_trained(t.name, ray.get(ref))
-        second = submit_runs([t.name for t, _ in trainings])
-        _wait([ref for *_, ref in second])
-        for name, bench, method, iv, _ in second:
-            study.record(name, bench, method, iv)
+                flying[ref] = job
+            done, _ = ray.wait(list(flying), num_returns=1)
+            job = flying.pop(done[0])
+            _wait(done)
+            if job[0] == "train":
+                n = len(study.runs)
+                study.add_trained(job[1].name, ray.get(done[0]))
+                trained[job[1].name] = study.runs[n:]
+                add_runs(job[1].name)
+                continue
+            finished.append(job)
+            if late and base_method_runs <= {(j[1], j[2].key, j[3].key if j[3] else None)
+                                             for j in finished if j[4] is None}:
+                # a teacher chosen from the method comparisons (method: auto): write them, then train
+                for j in [j for j in finished if j[1] in {m.name for m in cfg.models} and j[4] is None]:
+                    record(j)
+                ready += [((0, cfg.training.index(t)), ("train", t)) for t in late]
+                late = []
+        # trained models' runs are compared with their base's, so everything is recorded once all is done
+        for j in finished:
+            if (j[1], *_key(*j[2:])) not in recorded:
+                record(j)
+        order = [(m.name, *_key(b, me, iv)) for m in cfg.models for b, me, iv in study.plan(m.name)]
+        names = [t.name for t in cfg.training if t.name in trained]
+        tail = [(n, *_key(b, me, iv)) for n in names for b, me, iv in study.plan(n)]
+        study.runs[:] = ([e for k in order for e in recorded.get(k, [])]
+                         + [e for n in names for e in trained[n]]
+                         + [e for k in tail for e in recorded.get(k, [])])
     finally:
         if started:
             ray.shutdown()
+
+
+def _key(bench, method, iv) -> tuple:
+    return bench.key, method.key if method else None, iv.key if iv else None
+
+
+def _priority(study, name: str, method, iv, i: int) -> tuple:
+    """Trainings 0, base models' runs 1, trained models' runs 2, interventions 3 (in the study's order)."""
+    models = [m.name for m in study.cfg.models]
+    if iv is not None:
+        return 3, study.cfg.interventions.index(iv), i
+    if name in models:
+        return 1, models.index(name), i
+    return 2, [t.name for t in study.cfg.training].index(name), i
+
+
+def _capacity(study) -> int:
+    """How many tasks the cluster runs at once: its CPUs (or GPUs) over the smallest model's needs."""
+    import ray
+
+    res = ray.cluster_resources()
+    fits = [min((int(res.get(key, 0) // need) for key, need in (("CPU", m.num_cpus), ("GPU", m.num_gpus)) if need),
+                default=1) for m in study.cfg.models]
+    return max(1, *fits)
 
 
 def _wait(refs: list) -> None:

@@ -32,6 +32,15 @@ from ..data import cache_dir
 from ..errors import UserError
 
 
+def _once(out: Path):
+    """A lock beside ``out``: parallel processes (Ray tasks, several runs) converting the same model wait
+    for the first instead of writing over, or deleting, each other's folders."""
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(out.parent / f".{out.name}.lock"))
+
+
 def _note(msg: str) -> None:
     """One line on stderr for the slow one-time steps (minutes for a 1.5B model), so a first run
     does not sit silent."""
@@ -126,8 +135,11 @@ def _split(spec: SplitGGUF) -> Callable[[], Path]:
         if out.is_file() and out.stat().st_size == spec.size:
             return out
         parts = spec.part_paths()
-        _note(f"assembling {spec.filename} from {spec.count} parts into {out.parent} (once; checked by SHA-256)")
-        return assemble_parts(parts, out, spec.sha256, spec.size)
+        with _once(out):
+            if out.is_file() and out.stat().st_size == spec.size:
+                return out
+            _note(f"assembling {spec.filename} from {spec.count} parts into {out.parent} (once; checked by SHA-256)")
+            return assemble_parts(parts, out, spec.sha256, spec.size)
 
     return locate
 
@@ -172,7 +184,9 @@ def resolve_builtin(name: str) -> str:
     out = cache_dir() / "models" / name
     if _converted(out):
         return str(out)
-    return gguf_to_hf_dir(locate(), out)
+    gguf = locate()
+    with _once(out):
+        return str(out) if _converted(out) else gguf_to_hf_dir(gguf, out)
 
 
 def resolve_gguf_file(path: str) -> str:
@@ -183,7 +197,8 @@ def resolve_gguf_file(path: str) -> str:
     out = cache_dir() / "models" / f"gguf-{p.stem}-{key}"
     if _converted(out):
         return str(out)
-    return gguf_to_hf_dir(p, out)
+    with _once(out):
+        return str(out) if _converted(out) else gguf_to_hf_dir(p, out)
 
 
 def _converted(out: Path) -> bool:
@@ -224,19 +239,25 @@ def half_precision_copy(folder: str | Path, dtype) -> str:
 
     Read and written one tensor at a time, so the copy never holds the float32 model in memory.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     out = folder / str(dtype).replace("torch.", "")
     if _converted(out):
         return str(out)
+    with _once(out):
+        return str(out) if _converted(out) else _write_copy(folder, out, dtype)
+
+
+def _write_copy(folder: Path, out: Path, dtype) -> str:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     tmp = folder / f".{out.name}.{os.getpid()}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     _note(f"writing a {out.name} copy of {folder.name} for fast loading (once)")
     try:
         for f in folder.iterdir():
-            if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+            if (f.is_file() and not f.name.endswith(".safetensors") and not f.name.startswith(".")
+                    and f.name != "model.safetensors.index.json"):
                 shutil.copy(f, tmp / f.name)
         weight_map, shard, size, n = {}, {}, 0, 0
 
