@@ -457,3 +457,28 @@ def test_ray_executor_runs_trained_models_before_interventions(tiny_gpt2_path, t
                                                              ("cda", "sentence-debias")]
     # the trained model's run was compared with its base's item by item, though it finished first
     assert (tmp_path / "ray" / "cda" / "bbq-age" / "comparison.json").exists()
+
+
+def test_auto_dtype_resumes_with_the_dtype_of_the_finished_runs(tiny_gpt2_path, tmp_path, monkeypatch):
+    """A study begun where `dtype: auto` meant bfloat16 and resumed on a CPU without native bf16 goes on in
+    bfloat16 (its finished runs are reused, not redone and replaced in float32), and says so in study.log."""
+    from fairdistill.backends import hf
+
+    monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(TWO_RUNS.replace("MODEL", str(tiny_gpt2_path)).replace("dtype: float32", "dtype: auto"))
+    monkeypatch.setattr(hf, "native_bf16", lambda device: True)
+    run_study(cfg, out=tmp_path / "out", show_progress=False)
+    dtype = lambda: json.loads((tmp_path / "out" / "base" / "bbq-age" / "config.json").read_text())["identity"]["model"]["dtype"]  # noqa: E731
+    assert dtype() == "bfloat16"
+    for f in (tmp_path / "out").rglob("results.jsonl"):  # a fresh checkout: configs and metrics, no results
+        f.unlink()
+    monkeypatch.setattr(hf, "native_bf16", lambda device: False)
+    run_study(cfg, out=tmp_path / "out", show_progress=False)
+    assert dtype() == "bfloat16"
+    log = (tmp_path / "out" / "study.log").read_text()
+    assert "base: dtype auto stays bfloat16, as in base/bbq-age (this machine would pick float32: no native bf16" in log
+    # a new study folder on this machine: float32
+    run_study(cfg, out=tmp_path / "fresh", show_progress=False)
+    cfg_new = json.loads((tmp_path / "fresh" / "base" / "bbq-age" / "config.json").read_text())
+    assert cfg_new["identity"]["model"]["dtype"] == "float32"

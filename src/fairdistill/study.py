@@ -196,6 +196,9 @@ def _local_path(value: str, cfg_dir: Path) -> str:
     return str(cand.resolve()) if cand.exists() else value
 
 
+_DTYPE_NOTED: set[tuple[str, str]] = set()  # one study.log note per model and process
+
+
 class _Study:
     def __init__(self, cfg: StudyConfig, cfg_dir: Path, out: Path, show_progress: bool):
         self.cfg = cfg
@@ -234,6 +237,8 @@ class _Study:
         entry = next((m for m in self.cfg.models if m.name == name), None)
         device = (entry.device if entry and entry.device else self.cfg.device)
         dtype = (entry.dtype if entry and entry.dtype else self.cfg.dtype)
+        if dtype == "auto":
+            dtype = self._recorded_dtype(name, device)
         backend = load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size,
                                **self.backend_options(name))
         if self.cfg.cache:
@@ -241,6 +246,29 @@ class _Study:
 
             backend = CachingBackend(backend, self.cache_path(name))
         return backend
+
+    def _recorded_dtype(self, name: str, device: str) -> str:
+        """``dtype: auto`` on resume: the dtype this model's finished runs in the folder were computed in (its
+        base's, for a trained model without runs yet), so that a study resumed on a machine of another kind
+        (no native bf16) goes on with the same computation instead of redoing, and replacing, every run."""
+        from .backends.hf import native_bf16
+        from .distributed import local_device
+
+        base = next((t.base for t in self.cfg.training if t.name == name), None)
+        for model in (name, base):
+            for cfg in sorted((self.out / model).glob("*/config.json")) if model else []:
+                try:
+                    dtype = json.loads(cfg.read_text())["identity"]["model"]["dtype"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                here = "bfloat16" if native_bf16(local_device(device or "auto")) else "float32"
+                if dtype != here and (name, dtype) not in _DTYPE_NOTED:
+                    _DTYPE_NOTED.add((name, dtype))
+                    self.journal(f"note  {name}: dtype auto stays {dtype}, as in {cfg.parent.relative_to(self.out)} "
+                                 f"(this machine would pick {here}" + (": no native bf16, so runs are slower here)"
+                                                                      if dtype == "bfloat16" else ")"))
+                return dtype
+        return "auto"
 
     def cache_path(self, name: str) -> Path:
         """``<cache folder>/<model name>/responses.sqlite``: the study folder's unless ``cache`` names another
