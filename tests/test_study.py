@@ -482,3 +482,44 @@ def test_auto_dtype_resumes_with_the_dtype_of_the_finished_runs(tiny_gpt2_path, 
     run_study(cfg, out=tmp_path / "fresh", show_progress=False)
     cfg_new = json.loads((tmp_path / "fresh" / "base" / "bbq-age" / "config.json").read_text())
     assert cfg_new["identity"]["model"]["dtype"] == "float32"
+
+
+SELECT = """
+name: select
+seed: 0
+device: cpu
+dtype: float32
+models: [{name: base, model: MODEL}]
+benchmarks: [{name: bbq, id: bbq-age, options: {categories: [Age], limit: 4, mode: loglik, condition: ambig}}]
+interventions: [{name: sentence-debias, options: {max_pairs: 40}, models: [base]}]
+training:
+  - {name: cda, kind: cda, base: base, options: {data: winobias, max_examples: 8, max_length: 32, batch_size: 4,
+                                                  max_steps: 1, progress: false, device: cpu}}
+"""
+
+
+def test_select_runs_part_of_a_study_and_keeps_the_rest_in_its_report(tiny_gpt2_path, tmp_path, monkeypatch):
+    """--select: only the runs whose label or folder matches (and the trainings they need); each invocation's
+    study.json and report hold every finished run of the folder, in the study's order."""
+    monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(SELECT.replace("MODEL", str(tiny_gpt2_path)))
+    out = tmp_path / "out"
+    runs = lambda: [(r["model"], r["intervention"]) for r in json.loads((out / "study.json").read_text())["runs"]]  # noqa: E731
+
+    run_study(cfg, out=out, show_progress=False, select=["base/*--sentence-debias"])  # a folder pattern
+    # the intervention's run with the plain run it is compared with; no training needed
+    assert runs() == [("base", None), ("base", "sentence-debias")] and not (out / "train").exists()
+    assert (out / "base" / "bbq-age--sentence-debias" / "comparison.json").exists()
+    run_study(cfg, out=out, show_progress=False, select=["base + sentence-debias"])  # a label: the same runs
+    assert runs() == [("base", None), ("base", "sentence-debias")]
+    run_study(cfg, out=out, show_progress=False, select=["cda"])  # the trained model's runs need its training
+    assert runs() == [("base", None), ("base", "sentence-debias"), ("cda", None)]
+    assert (out / "cda" / "bbq-age" / "comparison.json").exists()  # compared with its base, run earlier
+    report = (out / "report.html").read_text()
+    assert "base + sentence-debias" in report and "cda" in report
+    with pytest.raises(UserError, match="no run of .* matches"):
+        run_study(cfg, out=out, show_progress=False, select=["qwen*"])
+    # without --select the whole study is done (here: nothing left but the record), same order
+    run_study(cfg, out=out, show_progress=False)
+    assert runs() == [("base", None), ("base", "sentence-debias"), ("cda", None)]

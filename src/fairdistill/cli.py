@@ -5,7 +5,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -241,13 +241,17 @@ def run_cmd(
                                               "(default: start a local Ray instance)"),
     models: Optional[str] = typer.Option(None, help="run only these models of the study (comma-separated names) "
                                          "and the trainings that start from them"),
+    select: Optional[List[str]] = typer.Option(None, help="run only the runs whose label matches one of these "
+                                               "shell patterns (repeatable; e.g. 'qwen15 + self-debias', "
+                                               "'*-cda'), with the trainings they need; the folder's other "
+                                               "finished runs stay in the report"),
 ):
     """Run a whole study from a YAML file: models x benchmarks x methods x interventions, training, capability
     before/after, report. Resumable."""
     from .study import run_study
 
     only = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    console.print(f"report: {run_study(config, out=out, show_progress=progress, executor=executor, ray_address=ray_address, only=only)}")
+    console.print(f"report: {run_study(config, out=out, show_progress=progress, executor=executor, ray_address=ray_address, only=only, select=select)}")
 
 
 @app.command("distill")

@@ -196,6 +196,15 @@ def _local_path(value: str, cfg_dir: Path) -> str:
     return str(cand.resolve()) if cand.exists() else value
 
 
+def _unselected(st: "_Study") -> "_Study":
+    """The study as if run without ``--select`` (for the order of its runs)."""
+    import copy
+
+    whole = copy.copy(st)
+    whole.select = None
+    return whole
+
+
 _DTYPE_NOTED: set[tuple[str, str]] = set()  # one study.log note per model and process
 
 
@@ -210,6 +219,7 @@ class _Study:
         self.models: dict[str, str] = {m.name: _local_path(m.model, cfg_dir) for m in cfg.models}
         self.trained: list[str] = []
         self.costs: dict[str, dict[str, Any]] = {}  # trained model -> what its training cost
+        self.select: list[str] | None = None  # --select: label patterns of the runs to do this time
 
     # -- helpers --------------------------------------------------------------------------------
     def journal(self, msg: str) -> None:
@@ -329,7 +339,23 @@ class _Study:
                 runs.append((bench, m, None))
         for iv in self.cfg.interventions:
             runs += [(bench, None, iv) for bench in self.targets(iv, model_name)]
+        if self.select:  # the selected runs, and the plain runs they are compared with
+            keep = [r for r in runs if self.selected(self._label(model_name, r[1], r[2]), self._folder(model_name, *r))]
+            needed = {r[0].key for r in keep}
+            runs = [r for r in runs if r in keep or (r[1] is None and r[2] is None and r[0].key in needed)]
         return runs
+
+    def selected(self, *names: str) -> bool:
+        """``--select``: whether a run's label (``qwen15 + self-debias``) or folder (``qwen15/crows-pairs--self-debias``)
+        matches one of the patterns."""
+        from fnmatch import fnmatchcase
+
+        return not self.select or any(fnmatchcase(n, p) for p in self.select for n in names)
+
+    def _folder(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
+                intervention: InterventionEntry | None) -> str:
+        return f"{model_name}/{bench.key}" + (f"--{intervention.key}" if intervention else "") + (
+            f"--{method.key}" if method else "")
 
     def record(self, model_name: str, bench: BenchmarkEntry, method: MethodEntry | None,
                intervention: InterventionEntry | None = None) -> Path:
@@ -354,6 +380,8 @@ class _Study:
         return run_dir
 
     def evaluate_model(self, model_name: str) -> None:
+        if not self.plan(model_name):  # --select left nothing to do on it: do not load it
+            return
         backend = self.load_backend(model_name)
         try:
             for bench, method, intervention in self.plan(model_name):
@@ -553,7 +581,7 @@ def _merge_adapter(base_spec: str, adapter: Path, dest: Path) -> str:
 
 def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None = None,
               show_progress: bool = True, executor: str = "local", ray_address: str | None = None,
-              only: list[str] | None = None) -> Path:
+              only: list[str] | None = None, select: list[str] | None = None) -> Path:
     """Run the study described by ``config_path`` and return the path of its HTML report.
 
     ``executor="local"`` runs everything in this process, one model loaded at a time;
@@ -561,7 +589,11 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     asking for the model's ``num_cpus`` / ``num_gpus`` (see :mod:`fairdistill.executors`), on a
     local Ray instance or the cluster at ``ray_address``. The run folders are the same either way.
     ``only``: names of ``models`` to run (with the trainings that start from them); the others are
-    left out of this invocation and of its report (run them later into the same folder)."""
+    left out of this invocation and of its report (run them later into the same folder).
+    ``select``: shell patterns over run labels (``qwen15 + self-debias``, ``*-cda``) or folders
+    (``qwen15/crows-pairs*``); only the matching runs are done, with the plain runs they are compared with
+    and the trainings they need, and the folder's other finished runs stay in the report
+    (e.g. the float32 intervention on a machine without native bf16, the rest elsewhere)."""
     if executor not in ("local", "ray"):
         raise UserError(f"unknown executor {executor!r}; use local or ray")
     cfg, cfg_dir = load_study(config_path)
@@ -578,6 +610,12 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     if not cfg.benchmarks and cfg.capability is None:
         raise UserError(f"{config_path}: the study has no benchmarks and no capability block")
     st = _Study(cfg, cfg_dir, out_dir, show_progress)
+    if select:
+        st.select = list(select)
+        needed = [t for t in cfg.training if st.selected(t.name) or st.plan(t.name)]
+        if not needed and not any(st.plan(m.name) for m in cfg.models):
+            raise UserError(f"--select {' '.join(select)}: no run of {config_path} matches")
+        st.cfg = cfg = cfg.model_copy(update={"training": needed})
     old_data = os.environ.get("FAIRDISTILL_DATA")
     if cfg.data:  # every benchmark finds its folder through find_dataset -> $FAIRDISTILL_DATA/<name>
         os.environ["FAIRDISTILL_DATA"] = str(Path(_local_path(cfg.data, cfg_dir)).resolve())
@@ -619,14 +657,19 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
 
     runs, models, trained = st.runs, st.models, st.trained
     prev = out_dir / "study.json"
-    if only and prev.exists():  # the other models' finished runs from earlier invocations stay in the report
+    if (only or select) and prev.exists():  # the finished runs of earlier invocations stay in the report
         old = json.loads(prev.read_text())
-        here = set(st.models)
-        runs = [r for r in old.get("runs", []) if r.get("model") not in here and (Path(r["dir"]) / "metrics.json").exists()]
+        here, done = set(st.models), {r["dir"] for r in st.runs}
+        runs = [r for r in old.get("runs", []) if (r.get("model") not in here if not select else r["dir"] not in done)
+                and (Path(r["dir"]) / "metrics.json").exists()]
         runs += st.runs
         models = {**old.get("models", {}), **st.models}
-        trained = [t for t in old.get("trained", []) if t not in here] + st.trained
+        trained = [t for t in old.get("trained", []) if t not in st.trained] + st.trained
     # report order: per benchmark, runs in model order (base first, then trained), methods after
+    if select:  # earlier and selected runs interleaved back into the study's own order
+        plan_dirs = {str(st.spec(m, b, me, iv).out): k for m in st.models
+                     for k, (b, me, iv) in enumerate(_Study.plan(_unselected(st), m))}
+        runs = sorted(runs, key=lambda r: plan_dirs.get(r["dir"], -1))
     runs = sorted(runs, key=lambda r: order.index(r["model"]) if r.get("model") in order else len(order))
     rep = Path(cfg.report.out)
     rep = rep if rep.is_absolute() else out_dir / rep
