@@ -241,7 +241,7 @@ def run_cmd(
                                               "(default: start a local Ray instance)"),
     models: Optional[str] = typer.Option(None, help="run only these models of the study (comma-separated names) "
                                          "and the trainings that start from them"),
-    select: Optional[List[str]] = typer.Option(None, help="run only the runs whose label matches one of these "
+    select: Optional[List[str]] = typer.Option(None, help="run only the runs whose label or folder matches one of these "
                                                "shell patterns (repeatable; e.g. 'qwen15 + self-debias', "
                                                "'*-cda'), with the trainings they need; the folder's other "
                                                "finished runs stay in the report"),
