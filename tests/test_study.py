@@ -473,6 +473,11 @@ def test_auto_dtype_resumes_with_the_dtype_of_the_finished_runs(tiny_gpt2_path, 
     assert dtype() == "bfloat16"
     for f in (tmp_path / "out").rglob("results.jsonl"):  # a fresh checkout: configs and metrics, no results
         f.unlink()
+    # an intervention's run computed in its own dtype (self-debias: float32) does not count, sorted first or not
+    other = tmp_path / "out" / "base" / "a-self-debias"  # sorts before bbq-age
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"identity": {"model": {"dtype": "float32",
+                                                                          "intervention": {"name": "self-debias"}}}}))
     monkeypatch.setattr(hf, "native_bf16", lambda device: False)
     run_study(cfg, out=tmp_path / "out", show_progress=False)
     assert dtype() == "bfloat16"

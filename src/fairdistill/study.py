@@ -266,10 +266,14 @@ class _Study:
 
         base = next((t.base for t in self.cfg.training if t.name == name), None)
         for model in (name, base):
-            for cfg in sorted((self.out / model).glob("*/config.json")) if model else []:
+            found = sorted((self.out / model).glob("*/config.json"), key=lambda c: ("--" in c.parent.name, c)) if model else []
+            for cfg in found:  # plain runs first; an intervention may compute in its own dtype (self-debias)
                 try:
-                    dtype = json.loads(cfg.read_text())["identity"]["model"]["dtype"]
+                    desc = json.loads(cfg.read_text())["identity"]["model"]
+                    dtype = desc["dtype"]
                 except (ValueError, KeyError, TypeError):
+                    continue
+                if desc.get("intervention"):
                     continue
                 here = "bfloat16" if native_bf16(local_device(device or "auto")) else "float32"
                 if dtype != here and (name, dtype) not in _DTYPE_NOTED:
