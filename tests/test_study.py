@@ -489,26 +489,13 @@ def test_auto_dtype_resumes_with_the_dtype_of_the_finished_runs(tiny_gpt2_path, 
     assert cfg_new["identity"]["model"]["dtype"] == "float32"
 
 
-SELECT = """
-name: select
-seed: 0
-device: cpu
-dtype: float32
-models: [{name: base, model: MODEL}]
-benchmarks: [{name: bbq, id: bbq-age, options: {categories: [Age], limit: 4, mode: loglik, condition: ambig}}]
-interventions: [{name: sentence-debias, options: {max_pairs: 40}, models: [base]}]
-training:
-  - {name: cda, kind: cda, base: base, options: {data: winobias, max_examples: 8, max_length: 32, batch_size: 4,
-                                                  max_steps: 1, progress: false, device: cpu}}
-"""
-
-
 def test_select_runs_part_of_a_study_and_keeps_the_rest_in_its_report(tiny_gpt2_path, tmp_path, monkeypatch):
     """--select: only the runs whose label or folder matches (and the trainings they need); each invocation's
     study.json and report hold every finished run of the folder, in the study's order."""
     monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(SELECT.replace("MODEL", str(tiny_gpt2_path)))
+    # the intervention for the base model only: selecting it needs no training
+    cfg.write_text(PRIORITY.replace("MODEL", str(tiny_gpt2_path)).replace("{max_pairs: 40}}", "{max_pairs: 40}, models: [base]}"))
     out = tmp_path / "out"
     runs = lambda: [(r["model"], r["intervention"]) for r in json.loads((out / "study.json").read_text())["runs"]]  # noqa: E731
 
