@@ -258,10 +258,12 @@ def test_panel_models_given_by_name_share_the_response_cache(tiny_llama_chat, ti
     member = first.members[1]
     assert isinstance(member, CachingBackend) and member.path == cache
     [a] = first.answer([Q], GenerationConfig(max_new_tokens=4))
-    assert member.misses > 0
+    # the models were asked (where the member loads in the fixture's dtype, its identity is the first
+    # member's and the requests they share are answered once: on a CPU without native bf16)
+    assert first.members[0].misses + member.misses > 0 and member.hits + member.misses > 0
     again = get_method("adjudication", CachingBackend(tiny_llama_chat, cache), **opts)
     [b] = again.answer([Q], GenerationConfig(max_new_tokens=4))
-    assert again.members[1].misses == 0 and again.members[1].hits == member.misses
+    assert again.members[1].misses == 0 and again.members[1].hits == member.hits + member.misses
     assert again.members[0].misses == 0 and b.text == a.text and b.extra["judgements"] == a.extra["judgements"]
     # without a cache on the evaluated model, the panel is used as loaded
     plain = get_method("adjudication", tiny_llama_chat, **opts)
