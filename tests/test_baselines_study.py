@@ -59,6 +59,8 @@ def test_tiny_baselines_study(tiny_gpt2_path, tiny_llama_chat_path, tmp_path, mo
     assert not any(m == "other" for m, _, _ in runs)
     # interventions are compared item by item with the plain model where the benchmark can be
     assert (out / "base" / "bbq-ambig--self-debias" / "comparison.json").exists()
+    # the projections' estimates are kept in the study folder, beside the model's response cache
+    assert {p.name.split("-")[0] for p in (out / "base" / "interventions").glob("*.npz")} == {"sentence", "inlp"}
     assert not (out / "base" / "crows-pairs--self-debias" / "comparison.json").exists()
     cda_cfg = json.loads((out / "base-cda" / "crows-pairs" / "config.json").read_text())
     assert cda_cfg["cost"] == {"training": "cda", "base": "base", "steps": 2, "train_seconds": cda_cfg["cost"]["train_seconds"]}

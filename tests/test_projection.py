@@ -99,6 +99,31 @@ def test_estimate_is_cached_per_model_and_options(tiny_gpt2, tmp_path):
         assert not iv.info["cached"] and iv.basis.shape[1] == 3
 
 
+def test_a_study_keeps_its_own_estimate_for_resumes_elsewhere(tiny_gpt2, tmp_path, monkeypatch):
+    """With a study's folder set, the estimate is kept there (copied from the user cache when only that has it)
+    and found there on a machine whose user cache is empty: the same basis, not a new estimate."""
+    from fairdistill.interventions.projection import estimates_dir
+
+    opts = {"iterations": 2, "max_pairs": 100}
+    with applied(tiny_gpt2, "inlp", opts) as iv:  # the user cache only
+        first = iv.basis.copy()
+    token = estimates_dir.set(tmp_path / "study" / "base" / "interventions")
+    try:
+        with applied(tiny_gpt2, "inlp", opts) as iv:  # copied into the study
+            assert iv.info["cached"] and np.array_equal(iv.basis, first)
+        kept = list((tmp_path / "study" / "base" / "interventions").glob("inlp-*.npz"))
+        assert len(kept) == 1 and kept[0].with_suffix(".json").exists()
+        monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "elsewhere"))  # another machine
+        with applied(tiny_gpt2, "inlp", opts) as iv:
+            assert iv.info["cached"] and np.array_equal(iv.basis, first)
+        assert not (tmp_path / "elsewhere" / "interventions").exists()
+        with applied(tiny_gpt2, "sentence-debias", {"max_pairs": 100}) as iv:  # estimated: into the study
+            assert not iv.info["cached"]
+        assert len(list((tmp_path / "study" / "base" / "interventions").glob("sentence-debias-*.npz"))) == 1
+    finally:
+        estimates_dir.reset(token)
+
+
 def test_bad_options_and_backends_are_one_line(tiny_gpt2):
     with pytest.raises(UserError, match="layer 'middle'"):
         get_intervention("sentence-debias", layer="middle")

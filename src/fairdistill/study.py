@@ -321,7 +321,16 @@ class _Study:
             extra["cost"] = self.costs[model_name]
         self.journal(f"start {bench.key} on {label}")
         t0 = time.perf_counter()
-        _, metrics = execute(spec, backend, show_progress=self.show_progress, extra_config=extra)
+        from .interventions.projection import estimates_dir
+
+        # a projection's estimate is kept in the study (beside the model's response cache, if any): a run
+        # resumed on another machine from the study's folder projects with the very same basis
+        token = estimates_dir.set((self.cache_path(model_name).parent if self.cfg.cache else self.out / model_name)
+                                  / "interventions")
+        try:
+            _, metrics = execute(spec, backend, show_progress=self.show_progress, extra_config=extra)
+        finally:
+            estimates_dir.reset(token)
         n = ((metrics or {}).get("meta") or {}).get("n_items") if isinstance(metrics, dict) else None
         self.journal(f"done  {bench.key} on {label} in {time.perf_counter() - t0:.0f} s"
                      + (f" ({n} items)" if n is not None else ""))

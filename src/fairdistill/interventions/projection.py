@@ -27,12 +27,16 @@ output of transformer block ``i`` (negative: from the end). ``auto`` (default): 
 LMs, ``-1`` (the last encoder layer, bias-bench's point for BERT) for masked LMs.
 
 The estimate is cached in ``$FAIRDISTILL_CACHE/interventions/`` under a key of the model (name,
-dtype, a fingerprint of its weights), the options and the corpus, so runs of one study estimate once.
+dtype, a fingerprint of its weights), the options and the corpus, so runs of one study estimate once;
+a study keeps its own copy (``<study>/<model>/interventions/``, or beside the model's response cache
+if the study names one; a few KB: hidden size x removed dimensions), so a run resumed on another
+machine uses the same basis.
 Cost: no extra forward pass at inference (one matrix product per token at one layer); estimation runs
 the model once over 2 x pairs sentences.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import time
@@ -131,6 +135,13 @@ class _Projection(Intervention):
     def estimate(self, backend) -> None:
         pairs, lean = self.pairs()
         path = self.cache_path(backend, pairs)
+        kept = estimates_dir.get()
+        if kept is not None:  # a study's own copy: a run resumed elsewhere projects with the very same basis
+            mine = kept / path.name
+            if not mine.exists() and path.exists():
+                with np.load(path) as z:
+                    _save(mine, z["basis"], json.loads(path.with_suffix(".json").read_text()))
+            path = mine
         if path.exists():
             with np.load(path) as z:
                 self.basis = z["basis"]
@@ -145,11 +156,7 @@ class _Projection(Intervention):
         self.info = {"pairs": len(pairs), "layer": layer, "hidden_size": int(basis.shape[0]),
                      "removed_dimensions": int(basis.shape[1]), "estimate_seconds": round(time.perf_counter() - t0, 2),
                      "cache": str(path), **info}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, basis=self.basis)
-        path.with_suffix(".json").write_text(json.dumps(self.info, indent=2))
-        tmp.replace(path)
+        _save(path, self.basis, self.info)
         self.info["cached"] = False
 
     # -- application ----------------------------------------------------------------------------
@@ -294,6 +301,20 @@ def representations(backend, texts: list[str], layer: str) -> np.ndarray:
     finally:
         handle.remove()
     return np.stack(out)
+
+
+#: where a study keeps its models' estimates (``<study>/<model>/interventions/``, set around each run); the
+#: user cache (``$FAIRDISTILL_CACHE/interventions/``) otherwise
+estimates_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("estimates_dir", default=None)
+
+
+def _save(path: Path, basis, info: dict) -> None:
+    """An estimate (basis .npz, description .json), the .npz last and atomically: it marks the pair done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, basis=basis)
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    tmp.replace(path)
 
 
 def weights_fingerprint(model) -> str:
