@@ -243,8 +243,8 @@ def run_cmd(
                                          "and the trainings that start from them"),
     select: Optional[List[str]] = typer.Option(None, help="run only the runs whose label or folder matches one of these "
                                                "shell patterns (repeatable; e.g. 'qwen15 + self-debias', "
-                                               "'*-cda'), with the trainings they need; the folder's other "
-                                               "finished runs stay in the report"),
+                                               "'*-cda'), with the plain runs and trainings they need; runs "
+                                               "recorded earlier in the folder's study.json stay in the report"),
 ):
     """Run a whole study from a YAML file: models x benchmarks x methods x interventions, training, capability
     before/after, report. Resumable."""

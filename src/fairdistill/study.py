@@ -605,7 +605,7 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     left out of this invocation and of its report (run them later into the same folder).
     ``select``: shell patterns over run labels (``qwen15 + self-debias``, ``*-cda``) or folders
     (``qwen15/crows-pairs*``); only the matching runs are done, with the plain runs they are compared with
-    and the trainings they need, and the folder's other finished runs stay in the report
+    and the trainings they need, and the runs earlier invocations recorded in study.json stay in the report
     (e.g. the float32 intervention on a machine without native bf16, the rest elsewhere)."""
     if executor not in ("local", "ray"):
         raise UserError(f"unknown executor {executor!r}; use local or ray")
