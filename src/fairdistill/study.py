@@ -196,15 +196,6 @@ def _local_path(value: str, cfg_dir: Path) -> str:
     return str(cand.resolve()) if cand.exists() else value
 
 
-def _unselected(st: "_Study") -> "_Study":
-    """The study as if run without ``--select`` (for the order of its runs)."""
-    import copy
-
-    whole = copy.copy(st)
-    whole.select = None
-    return whole
-
-
 _DTYPE_NOTED: set[tuple[str, str]] = set()  # one study.log note per model and process
 
 
@@ -336,9 +327,10 @@ class _Study:
                      + (f" ({n} items)" if n is not None else ""))
         return spec.out
 
-    def plan(self, model_name: str) -> list[tuple[BenchmarkEntry, MethodEntry | None, InterventionEntry | None]]:
+    def plan(self, model_name: str, *, every: bool = False
+             ) -> list[tuple[BenchmarkEntry, MethodEntry | None, InterventionEntry | None]]:
         """The runs of one model, in order: every benchmark plain, each method on the benchmarks it applies
-        to, then each intervention."""
+        to, then each intervention (those ``--select`` picks, unless ``every``)."""
         from .registry import BENCHMARKS
 
         runs: list[tuple[BenchmarkEntry, MethodEntry | None, InterventionEntry | None]] = [
@@ -352,7 +344,7 @@ class _Study:
                 runs.append((bench, m, None))
         for iv in self.cfg.interventions:
             runs += [(bench, None, iv) for bench in self.targets(iv, model_name)]
-        if self.select:  # the selected runs, and the plain runs they are compared with
+        if self.select and not every:  # the selected runs, and the plain runs they are compared with
             keep = [r for r in runs if self.selected(self._label(model_name, r[1], r[2]), self._folder(model_name, *r))]
             needed = {r[0].key for r in keep}
             runs = [r for r in runs if r in keep or (r[1] is None and r[2] is None and r[0].key in needed)]
@@ -681,7 +673,7 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     # report order: per benchmark, runs in model order (base first, then trained), methods after
     if select:  # earlier and selected runs interleaved back into the study's own order
         plan_dirs = {str(st.spec(m, b, me, iv).out): k for m in st.models
-                     for k, (b, me, iv) in enumerate(_Study.plan(_unselected(st), m))}
+                     for k, (b, me, iv) in enumerate(st.plan(m, every=True))}
         runs = sorted(runs, key=lambda r: plan_dirs.get(r["dir"], -1))
     runs = sorted(runs, key=lambda r: order.index(r["model"]) if r.get("model") in order else len(order))
     rep = Path(cfg.report.out)
