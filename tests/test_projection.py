@@ -157,3 +157,75 @@ def test_crows_pairs_end_to_end_cli(model, intervention, request, tmp_path):
         return [json.loads(x)["score_more"] for x in (tmp_path / d / "results.jsonl").read_text().splitlines()]
 
     assert len(scores("iv")) == 10 and scores("iv") != pytest.approx(scores("plain"), abs=1e-4)
+
+
+def test_a_run_never_mixes_answers_of_two_estimates(tiny_gpt2, tiny_gpt2_path, tmp_path, monkeypatch):
+    """The basis's SHA-256 keys the response cache and is recorded in config.json: a run resumed with another
+    estimate stops in one line, a run started again recomputes rather than reading the other basis's
+    answers, and a finished run from before fingerprints were kept is replayed from its old entries."""
+    from fairdistill.backends.cache import CachingBackend
+    from fairdistill.interventions.projection import _Projection, basis_sha256, estimates_dir
+    from fairdistill.runner import RunSpec, execute
+
+    kept = tmp_path / "study" / "base" / "interventions"
+    token = estimates_dir.set(kept)
+    spec = RunSpec(model=str(tiny_gpt2_path), benchmark="crows-pairs", limit=6, intervention="sentence-debias",
+                   intervention_options={"max_pairs": 100}, out=tmp_path / "run")
+
+    def go(s=spec, db="c.sqlite"):
+        cached = CachingBackend(tiny_gpt2, tmp_path / db)
+        _, m = execute(s, cached, show_progress=False)
+        results = [json.loads(x) for x in (s.out / "results.jsonl").read_text().splitlines()]
+        return m["meta"], [r["score_more"] for r in results], cached
+
+    def lines(n):  # the run interrupted after n items
+        res = (spec.out / "results.jsonl").read_text().splitlines()[:n]
+        (spec.out / "results.jsonl").write_text("".join(x + "\n" for x in res))
+        (spec.out / "metrics.json").unlink()
+
+    try:
+        meta, first, _ = go()
+        (npz,) = kept.glob("sentence-debias-*.npz")
+        with np.load(npz) as z:
+            basis_a = z["basis"]
+        fp_a = basis_sha256(basis_a)
+        cfg = json.loads((spec.out / "config.json").read_text())
+        assert cfg["intervention_fingerprint"] == fp_a == meta["backend_stats"]["intervention"]["estimate"]["basis_sha256"]
+        assert "intervention_fingerprint" not in json.dumps(cfg["identity"])  # the run's identity is unchanged
+        lines(3)
+        meta, again, _ = go()  # same estimate: resumed from the cache
+        assert again == first and meta["cache_misses_this_session"] == 0
+        # the kept estimate replaced by another basis (lost, estimated anew elsewhere), mid-run
+        lines(3)
+        other = np.roll(basis_a, 1, axis=0)
+        np.savez(npz, basis=other)
+        with pytest.raises(UserError, match=f"started with another sentence-debias estimate \\(basis {fp_a}, now "
+                                            f"{basis_sha256(other)}\\).*delete the folder"):
+            go()
+        # started again: every answer is computed with the new basis, none read from the old one's entries
+        import shutil
+
+        shutil.rmtree(spec.out)
+        meta, fresh, _ = go()
+        assert meta["cache_hits_this_session"] == 0 and meta["cache_misses_this_session"] > 0
+        assert fresh != pytest.approx(first, abs=1e-6)
+        assert json.loads((spec.out / "config.json").read_text())["intervention_fingerprint"] == basis_sha256(other)
+
+        # before fingerprints were kept: entries keyed without one (a cache of their own), config.json recording none
+        monkeypatch.setattr(_Projection, "fingerprint", lambda self: None)
+        old = spec.model_copy(update={"out": tmp_path / "old", "limit": 4})
+        _, legacy, _ = go(old, "old.sqlite")
+        assert "intervention_fingerprint" not in json.loads((old.out / "config.json").read_text())
+        monkeypatch.undo()
+        monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
+        (old.out / "results.jsonl").unlink()  # a fresh machine: the finished run is replayed, not recomputed
+        meta, replayed, cached = go(old, "old.sqlite")
+        assert replayed == legacy and meta["cache_misses_this_session"] == 0 and not cached.legacy_keys
+        assert meta["backend_stats"]["intervention"]["fingerprint"].startswith("not recorded")
+        assert "intervention_fingerprint" not in json.loads((old.out / "config.json").read_text())
+        (old.out / "results.jsonl").unlink()
+        (old.out / "metrics.json").unlink()  # unfinished (config.json only): started again with this estimate
+        meta, _, _ = go(old, "old.sqlite")
+        assert meta["cache_hits_this_session"] == 0
+    finally:
+        estimates_dir.reset(token)

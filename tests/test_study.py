@@ -482,7 +482,20 @@ def test_auto_dtype_resumes_with_the_dtype_of_the_finished_runs(tiny_gpt2_path, 
     run_study(cfg, out=tmp_path / "out", show_progress=False)
     assert dtype() == "bfloat16"
     log = (tmp_path / "out" / "study.log").read_text()
-    assert "base: dtype auto stays bfloat16, as in base/bbq-age (this machine would pick float32: no native bf16" in log
+    note = "base: dtype auto stays bfloat16, as in base/bbq-age (this machine would pick float32: no native bf16"
+    assert log.count(note) == 1
+    ray = pytest.importorskip("ray")  # the same resume on Ray: one note, from the driver, not one per task
+    for f in (tmp_path / "out").rglob("results.jsonl"):
+        f.unlink()
+    src = str(Path(__import__("fairdistill").__file__).resolve().parents[1])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                                       "FAIRDISTILL_CACHE": str(tmp_path / "cache")}})
+    try:
+        run_study(cfg, out=tmp_path / "out", show_progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+    assert dtype() == "bfloat16" and (tmp_path / "out" / "study.log").read_text().count(note) == 2
     # a new study folder on this machine: float32
     run_study(cfg, out=tmp_path / "fresh", show_progress=False)
     cfg_new = json.loads((tmp_path / "fresh" / "base" / "bbq-age" / "config.json").read_text())

@@ -82,6 +82,9 @@ def run_on_ray(study, address: str | None = None) -> None:
             raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
     env = {"FAIRDISTILL_DATA": os.environ.get("FAIRDISTILL_DATA")}
     quiet = study.__class__(study.cfg, study.cfg_dir, study.out, False)
+    for name in [m.name for m in study.cfg.models] + [t.name for t in study.cfg.training]:
+        study.device_dtype(name)  # its study.log note written once, here, rather than by every task
+    quiet.dtype_noted = set(study.dtype_noted)
     run_remote, train_remote = ray.remote(run_task), ray.remote(train_task)
     cfg = study.cfg
     try:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .benchmarks.base import Benchmark, EvalContext
 from .data import file_sha256
+from .errors import UserError
 from .store import RunStore
 
 
@@ -113,6 +114,33 @@ def progress_bar(disable: bool = False):
     )
 
 
+def _check_estimate(store: RunStore, config: dict[str, Any], backend) -> bool:
+    """Record the attached intervention's fingerprint (a projection's basis) in ``config`` and refuse to
+    resume a run started with another one: its answers would mix two estimates. Returns True for a finished
+    run that recorded none (made before fingerprints were kept): it is replayed from the cache entries of
+    that time, and its config keeps recording none."""
+    from .interventions.base import in_process
+
+    iv = getattr(in_process(backend), "intervention", None)
+    fp = iv.fingerprint() if iv is not None else None
+    if not fp:
+        return False
+    config["intervention_fingerprint"] = fp
+    finished = (store.path / "metrics.json").exists()
+    if not (finished or store.has_results()):
+        return False  # nothing kept: a new run (cache entries of an unrecorded estimate are not looked up)
+    old = store.read_config().get("intervention_fingerprint")
+    if old == fp:
+        return False
+    if old is None and finished:  # its results, or the cache entries of that time, are what it was made with
+        del config["intervention_fingerprint"]
+        return hasattr(backend, "legacy_keys")
+    raise UserError(f"{store.path} was started with another {iv.name} estimate (basis "
+                    f"{old or 'not recorded'}, now {fp}); its answers cannot be mixed: restore the estimate it "
+                    "was made with (a study keeps it in <study>/<model>/interventions/) or delete the folder to "
+                    "start the run again")
+
+
 def versions() -> dict[str, str]:
     out = {"fairdistill": __version__, "python": platform.python_version()}
     for mod in ("torch", "transformers", "peft", "numpy", "scipy"):
@@ -183,6 +211,7 @@ def run_benchmark(
     order = {it["id"]: k for k, it in enumerate(items)}
     # every rank checks (and fails alike on) a folder holding another run before any rank writes
     store.check_config(config)
+    legacy_replay = _check_estimate(store, config, ctx.backend)
     barrier()
     if dist.is_main:
         store.write_config(config, check_compatible=False)
@@ -203,6 +232,8 @@ def run_benchmark(
     by0 = dict(getattr(ctx.backend, "answered_by", {}))
     t0 = time.perf_counter()
     n_new = 0
+    if legacy_replay:
+        ctx.backend.legacy_keys = True
     try:
         with progress_bar(disable=not show_progress or not dist.is_main) as prog:
             label = benchmark.name + (f" (rank 0 of {dist.world_size})" if dist.active else "")
@@ -216,6 +247,8 @@ def run_benchmark(
                 prog.update(task, advance=len(batch), rate=f"{rate:.2f} it/s")
     finally:
         store.close()
+        if legacy_replay:
+            ctx.backend.legacy_keys = False
     elapsed = time.perf_counter() - t0
     parts = all_gather({"n_new": n_new, "seconds": elapsed, "stats": ctx.backend.stats(),
                         "hits": getattr(ctx.backend, "hits", 0) - hits0,
@@ -231,6 +264,9 @@ def run_benchmark(
     )
     metrics = benchmark.metrics(records)
     stats = sum_stats([p["stats"] for p in parts])
+    if legacy_replay and isinstance(stats.get("intervention"), dict):  # the estimate described was made later
+        stats["intervention"] = {**stats["intervention"], "fingerprint": "not recorded: the answers were cached "
+                                 "before estimates were fingerprinted, with an estimate not kept"}
     hits, misses = sum(p["hits"] for p in parts), sum(p["misses"] for p in parts)
     n_new = sum(p["n_new"] for p in parts)
     seconds = round(max(p["seconds"] for p in parts), 3)

@@ -196,7 +196,6 @@ def _local_path(value: str, cfg_dir: Path) -> str:
     return str(cand.resolve()) if cand.exists() else value
 
 
-_DTYPE_NOTED: set[tuple[str, str]] = set()  # one study.log note per model and process
 
 
 class _Study:
@@ -211,6 +210,7 @@ class _Study:
         self.trained: list[str] = []
         self.costs: dict[str, dict[str, Any]] = {}  # trained model -> what its training cost
         self.select: list[str] | None = None  # --select: label patterns of the runs to do this time
+        self.dtype_noted: set[tuple[str, str]] = set()  # one study.log note per model (Ray tasks get a copy)
 
     # -- helpers --------------------------------------------------------------------------------
     def journal(self, msg: str) -> None:
@@ -235,11 +235,7 @@ class _Study:
     def load_backend(self, name: str):
         from .backends.base import load_backend
 
-        entry = next((m for m in self.cfg.models if m.name == name), None)
-        device = (entry.device if entry and entry.device else self.cfg.device)
-        dtype = (entry.dtype if entry and entry.dtype else self.cfg.dtype)
-        if dtype == "auto":
-            dtype = self._recorded_dtype(name, device)
+        device, dtype = self.device_dtype(name)
         backend = load_backend(self.models[name], device=device, dtype=dtype, batch_size=self.cfg.batch_size,
                                **self.backend_options(name))
         if self.cfg.cache:
@@ -247,6 +243,15 @@ class _Study:
 
             backend = CachingBackend(backend, self.cache_path(name))
         return backend
+
+    def device_dtype(self, name: str) -> tuple[str, str]:
+        """The device and dtype a model is loaded with (``dtype: auto`` resolved as :meth:`_recorded_dtype`)."""
+        entry = next((m for m in self.cfg.models if m.name == name), None)
+        device = (entry.device if entry and entry.device else self.cfg.device)
+        dtype = (entry.dtype if entry and entry.dtype else self.cfg.dtype)
+        if dtype == "auto":
+            dtype = self._recorded_dtype(name, device)
+        return device, dtype
 
     def _recorded_dtype(self, name: str, device: str) -> str:
         """``dtype: auto`` on resume: the dtype this model's finished runs in the folder were computed in (its
@@ -267,8 +272,8 @@ class _Study:
                 if desc.get("intervention"):
                     continue
                 here = "bfloat16" if native_bf16(local_device(device or "auto")) else "float32"
-                if dtype != here and (name, dtype) not in _DTYPE_NOTED:
-                    _DTYPE_NOTED.add((name, dtype))
+                if dtype != here and (name, dtype) not in self.dtype_noted:
+                    self.dtype_noted.add((name, dtype))
                     self.journal(f"note  {name}: dtype auto stays {dtype}, as in {cfg.parent.relative_to(self.out)} "
                                  f"(this machine would pick {here}" + (": no native bf16, so runs are slower here)"
                                                                       if dtype == "bfloat16" else ")"))

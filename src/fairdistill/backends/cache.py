@@ -7,7 +7,8 @@ the same questions do not re-query the model.
 
 The key of an entry is the SHA-256 of (model identity, request kind, request payload) as canonical
 JSON; the model identity is ``backend.describe()`` at the time of the request (never a secret; it names
-any intervention attached to the model). Sampled generation requests
+any intervention attached to the model), plus the attached intervention's ``fingerprint()`` where it has
+one (a projection's basis: answers made with two estimates never share an entry). Sampled generation requests
 (temperature > 0) without a seed are not cached: each call must draw anew. Entries are committed
 after every call, so a crash loses at most the call in flight.
 
@@ -64,12 +65,23 @@ class CachingBackend(Backend):
         self.environment = json.dumps(environment(), sort_keys=True)
         #: calls answered, by the environment that computed the answer ("" = not recorded: an older entry)
         self.answered_by: Counter[str] = Counter()
+        #: also look up the key without the intervention's fingerprint (entries written before it was part
+        #: of the key): set by the runner while it replays a finished run that recorded no fingerprint
+        self.legacy_keys = False
 
     # -- the wrapped backend's identity and capabilities ----------------------------------------
     @property
     def identity(self) -> dict[str, Any]:
         # read per call: an intervention attached to the wrapped model for a run changes its answers
-        return self.backend.describe()
+        desc = self.backend.describe()
+        fp = self._fingerprint()
+        return {**desc, "intervention_fingerprint": fp} if fp else desc
+
+    def _fingerprint(self) -> str | None:
+        from ..interventions.base import in_process
+
+        iv = getattr(in_process(self.backend), "intervention", None)
+        return iv.fingerprint() if iv is not None else None
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -127,7 +139,8 @@ class CachingBackend(Backend):
     # -- cache core -----------------------------------------------------------------------------
     def _cached(self, kind: str, payloads: list[Any], cacheable: list[bool],
                 compute: Callable[[list[int]], list[Any]]) -> list[Any]:
-        keys = [_key(self.identity, kind, p) if ok else None for p, ok in zip(payloads, cacheable)]
+        ident = self.identity
+        keys = [_key(ident, kind, p) if ok else None for p, ok in zip(payloads, cacheable)]
         found: dict[str, Any] = {}
         env_of: dict[str, str] = {}
         wanted = sorted({k for k in keys if k is not None})
@@ -139,6 +152,20 @@ class CachingBackend(Backend):
                 found.update((k, json.loads(v)) for k, v in rows)
                 env_of.update(self._db.execute(
                     f"SELECT key, environment FROM computed_on WHERE key IN ({marks})", chunk).fetchall())
+        if self.legacy_keys and self._fingerprint():
+            legacy = {k: _key(self.backend.describe(), kind, p) for k, p, ok in zip(keys, payloads, cacheable)
+                      if ok and k not in found}
+            if legacy:
+                with self._lock:
+                    back = {v: k for k, v in legacy.items()}
+                    chunk = sorted(back)
+                    for i in range(0, len(chunk), 500):
+                        part = chunk[i : i + 500]
+                        marks = ','.join('?' * len(part))
+                        found.update((back[k], json.loads(v)) for k, v in self._db.execute(
+                            f"SELECT key, value FROM responses WHERE key IN ({marks})", part).fetchall())
+                        env_of.update((back[k], e) for k, e in self._db.execute(
+                            f"SELECT key, environment FROM computed_on WHERE key IN ({marks})", part).fetchall())
         out: list[Any] = [None] * len(payloads)
         todo: list[int] = []
         first_of: dict[str, int] = {}

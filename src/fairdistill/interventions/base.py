@@ -50,6 +50,12 @@ class Intervention:
         """Recorded in the run identity (through the backend's ``describe()``): name and options as given."""
         return {"intervention": self.name, **self.options}
 
+    def fingerprint(self) -> str | None:
+        """What the answers depend on beyond name and options (a projection's estimated basis), once
+        attached: part of the response cache's key and recorded in the run's config.json, so that answers
+        made with two different estimates are never mixed in one run. ``None``: nothing beyond them."""
+        return None
+
     def check(self, backend) -> None:
         """Refuse, in one line, a backend this intervention cannot act in."""
         from ..backends.hf import HFBackend

@@ -30,7 +30,8 @@ The estimate is cached in ``$FAIRDISTILL_CACHE/interventions/`` under a key of t
 dtype, a fingerprint of its weights), the options and the corpus, so runs of one study estimate once;
 a study keeps its own copy (``<study>/<model>/interventions/``, or beside the model's response cache
 if the study names one; a few KB: hidden size x removed dimensions), so a run resumed on another
-machine uses the same basis.
+machine uses the same basis. The basis's SHA-256 is part of the response cache's key and is recorded in
+each run's config.json: a run is never resumed with another basis than it started with (one-line error).
 Cost: no extra forward pass at inference (one matrix product per token at one layer); estimation runs
 the model once over 2 x pairs sentences.
 """
@@ -147,6 +148,7 @@ class _Projection(Intervention):
                 self.basis = z["basis"]
             self.info = json.loads(path.with_suffix(".json").read_text())
             self.info["cached"] = True
+            self.info["basis_sha256"] = basis_sha256(self.basis)  # of the basis as loaded, not as described
             return
         t0 = time.perf_counter()
         layer = self.layer_of(backend)
@@ -155,7 +157,7 @@ class _Projection(Intervention):
         self.basis = basis.astype(np.float32)
         self.info = {"pairs": len(pairs), "layer": layer, "hidden_size": int(basis.shape[0]),
                      "removed_dimensions": int(basis.shape[1]), "estimate_seconds": round(time.perf_counter() - t0, 2),
-                     "cache": str(path), **info}
+                     "cache": str(path), "basis_sha256": basis_sha256(self.basis), **info}
         _save(path, self.basis, self.info)
         self.info["cached"] = False
 
@@ -170,6 +172,9 @@ class _Projection(Intervention):
             return project_out(h.float(), basis).to(h.dtype)
 
         self._handle = hook(backend.model, self.layer_of(backend), apply)
+
+    def fingerprint(self) -> str | None:
+        return self.info.get("basis_sha256")
 
     def detach(self, backend) -> None:
         if self._handle is not None:
@@ -315,6 +320,11 @@ def _save(path: Path, basis, info: dict) -> None:
     np.savez(tmp, basis=basis)
     path.with_suffix(".json").write_text(json.dumps(info, indent=2))
     tmp.replace(path)
+
+
+def basis_sha256(basis) -> str:
+    """The estimate's identity: SHA-256 (16 hex digits) of the float32 basis."""
+    return hashlib.sha256(np.ascontiguousarray(basis, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 def weights_fingerprint(model) -> str:
