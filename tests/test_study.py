@@ -142,21 +142,26 @@ benchmarks:
 """
 
 
+def run_on_local_ray(cfg, out, num_cpus: int, **env: str) -> None:
+    """The study on a local Ray instance whose workers import fairdistill from where this process does."""
+    ray = pytest.importorskip("ray")
+    src = str(Path(__import__("fairdistill").__file__).resolve().parents[1])
+    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}})
+    try:
+        run_study(cfg, out=out, show_progress=False, executor="ray")
+    finally:
+        ray.shutdown()
+
+
 @pytest.mark.slow
 def test_ray_executor_makes_the_same_run_folders(tiny_gpt2_path, tmp_path):
     """A 2-run study as two Ray tasks on a local Ray instance (2 CPUs) equals the in-process study."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     cfg = tmp_path / "two.yaml"
     cfg.write_text(TWO_RUNS.replace("MODEL", str(tiny_gpt2_path)))
     run_study(cfg, out=tmp_path / "local", show_progress=False)
-    # Ray's workers import fairdistill from the same place as this process
-    src = str(Path(__import__("fairdistill").__file__).resolve().parents[1])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
-    try:
-        run_study(cfg, out=tmp_path / "ray", show_progress=False, executor="ray")
-    finally:
-        ray.shutdown()
+    run_on_local_ray(cfg, tmp_path / "ray", 2)
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
     assert files(tmp_path / "local") == files(tmp_path / "ray")
     for run in ("base/bbq-age", "base/bbq-religion"):
@@ -433,19 +438,12 @@ training:
 def test_ray_executor_runs_trained_models_before_interventions(tiny_gpt2_path, tmp_path, monkeypatch):
     """On one Ray CPU the order is the executor's priority: the training, the plain run, the trained model's
     run as soon as it exists, the (possibly expensive) intervention last; study.json keeps the in-process order."""
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
     cfg = tmp_path / "p.yaml"
     cfg.write_text(PRIORITY.replace("MODEL", str(tiny_gpt2_path)))
     run_study(cfg, out=tmp_path / "local", show_progress=False)
-    src = str(Path(__import__("fairdistill").__file__).resolve().parents[1])
-    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                       "FAIRDISTILL_CACHE": str(tmp_path / "cache-ray")}})
-    try:
-        run_study(cfg, out=tmp_path / "ray", show_progress=False, executor="ray")
-    finally:
-        ray.shutdown()
+    run_on_local_ray(cfg, tmp_path / "ray", 1, FAIRDISTILL_CACHE=str(tmp_path / "cache-ray"))
     starts = [ln.split(" start ", 1)[1] for ln in (tmp_path / "ray" / "study.log").read_text().splitlines()
               if " start " in ln]
     assert starts == ["training cda (cda) from base", "bbq-age on base", "bbq-age on cda",
@@ -484,17 +482,9 @@ def test_auto_dtype_resumes_with_the_dtype_of_the_finished_runs(tiny_gpt2_path, 
     log = (tmp_path / "out" / "study.log").read_text()
     note = "base: dtype auto stays bfloat16, as in base/bbq-age (this machine would pick float32: no native bf16"
     assert log.count(note) == 1
-    ray = pytest.importorskip("ray")  # the same resume on Ray: one note, from the driver, not one per task
-    for f in (tmp_path / "out").rglob("results.jsonl"):
+    for f in (tmp_path / "out").rglob("results.jsonl"):  # the same resume on Ray: one note, from the driver
         f.unlink()
-    src = str(Path(__import__("fairdistill").__file__).resolve().parents[1])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                       "FAIRDISTILL_CACHE": str(tmp_path / "cache")}})
-    try:
-        run_study(cfg, out=tmp_path / "out", show_progress=False, executor="ray")
-    finally:
-        ray.shutdown()
+    run_on_local_ray(cfg, tmp_path / "out", 2, FAIRDISTILL_CACHE=str(tmp_path / "cache"))
     assert dtype() == "bfloat16" and (tmp_path / "out" / "study.log").read_text().count(note) == 2
     # a new study folder on this machine: float32
     run_study(cfg, out=tmp_path / "fresh", show_progress=False)
