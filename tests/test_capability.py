@@ -136,3 +136,32 @@ def test_capability_goes_through_the_response_cache(cap_run, tiny_gpt2, tmp_path
     assert again_be.misses == 0 and again_be.hits == first_be.misses
     for task in ("fd_mmlu", "fd_gpqa_diamond"):
         assert _row(again, task, "acc")["value"] == _row(first, task, "acc")["value"] == _row(plain, task, "acc")["value"]
+
+
+def test_an_interrupted_capability_run_keeps_what_it_scored(cap_run, tiny_gpt2, tmp_path, monkeypatch):
+    """lm-eval's requests reach the response cache a chunk at a time: a run stopped after its first chunk
+    has that chunk stored, and the rerun asks the model only for the rest."""
+    from lm_eval.models.huggingface import HFLM
+
+    from fairdistill.backends.cache import CachingBackend
+    from fairdistill.benchmarks import capability
+
+    monkeypatch.setattr(capability, "LOGLIK_CHUNK", 4)
+    bench = lambda: Capability(tasks=["mmlu"], subjects=SUBJECTS, limit=LIMIT, bootstrap_iters=0)  # noqa: E731
+    real, calls = HFLM.loglikelihood, []
+
+    def stopped(self, requests, disable_tqdm=False):
+        calls.append(len(requests))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, requests, disable_tqdm=disable_tqdm)
+
+    monkeypatch.setattr(HFLM, "loglikelihood", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(bench(), EvalContext(backend=CachingBackend(tiny_gpt2, tmp_path / "c.sqlite")),
+                      RunStore(tmp_path / "a"), show_progress=False)
+    assert calls == [4, 4]
+    monkeypatch.setattr(HFLM, "loglikelihood", real)
+    again = CachingBackend(tiny_gpt2, tmp_path / "c.sqlite")
+    run_benchmark(bench(), EvalContext(backend=again), RunStore(tmp_path / "a"), show_progress=False)
+    assert again.hits == 4 and again.misses > 4

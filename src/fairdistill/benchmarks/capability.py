@@ -307,6 +307,10 @@ class Capability(Benchmark):
                 for r in metrics.get("rows", []) if r.get("level") in ("task", "group") and r.get("top")]
 
 
+#: lm-eval log-likelihood requests per response-cache call (each call's answers are committed at once)
+LOGLIK_CHUNK = 256
+
+
 def _cached_hflm(base: type, cache) -> type:
     """``base`` (an HFLM class) whose log-likelihood requests go through fairdistill's response cache
     (:class:`~fairdistill.backends.cache.CachingBackend`): keyed by the model's identity and lm-eval's
@@ -315,11 +319,17 @@ def _cached_hflm(base: type, cache) -> type:
 
     class CachedHFLM(base):
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            args = [[str(a) for a in r.args] for r in requests]
-            res = cache._cached("lm_eval.loglikelihood", args, [True] * len(args), lambda idx: [
-                [float(lp), bool(greedy)]
-                for lp, greedy in base.loglikelihood(self, [requests[i] for i in idx], disable_tqdm=disable_tqdm)])
-            return [(float(lp), bool(greedy)) for lp, greedy in res]
+            out: list[tuple[float, bool]] = []
+            # lm-eval hands over every request of the run at once: stored a chunk at a time, an interrupted
+            # run (hours under self-debias on a large task) keeps what it has scored
+            for start in range(0, len(requests), LOGLIK_CHUNK):
+                part = requests[start:start + LOGLIK_CHUNK]
+                args = [[str(a) for a in r.args] for r in part]
+                res = cache._cached("lm_eval.loglikelihood", args, [True] * len(args), lambda idx, part=part: [
+                    [float(lp), bool(greedy)]
+                    for lp, greedy in base.loglikelihood(self, [part[i] for i in idx], disable_tqdm=disable_tqdm)])
+                out += [(float(lp), bool(greedy)) for lp, greedy in res]
+            return out
 
     return CachedHFLM
 
