@@ -196,8 +196,6 @@ def _local_path(value: str, cfg_dir: Path) -> str:
     return str(cand.resolve()) if cand.exists() else value
 
 
-
-
 class _Study:
     def __init__(self, cfg: StudyConfig, cfg_dir: Path, out: Path, show_progress: bool):
         self.cfg = cfg

@@ -137,13 +137,11 @@ class CachingBackend(Backend):
         self.backend.close()
 
     # -- cache core -----------------------------------------------------------------------------
-    def _cached(self, kind: str, payloads: list[Any], cacheable: list[bool],
-                compute: Callable[[list[int]], list[Any]]) -> list[Any]:
-        ident = self.identity
-        keys = [_key(ident, kind, p) if ok else None for p, ok in zip(payloads, cacheable)]
+    def _lookup(self, keys: set[str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The stored values of ``keys`` and the environments that computed them (those recorded)."""
         found: dict[str, Any] = {}
         env_of: dict[str, str] = {}
-        wanted = sorted({k for k in keys if k is not None})
+        wanted = sorted(keys)
         with self._lock:
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
@@ -152,20 +150,19 @@ class CachingBackend(Backend):
                 found.update((k, json.loads(v)) for k, v in rows)
                 env_of.update(self._db.execute(
                     f"SELECT key, environment FROM computed_on WHERE key IN ({marks})", chunk).fetchall())
+        return found, env_of
+
+    def _cached(self, kind: str, payloads: list[Any], cacheable: list[bool],
+                compute: Callable[[list[int]], list[Any]]) -> list[Any]:
+        ident = self.identity
+        keys = [_key(ident, kind, p) if ok else None for p, ok in zip(payloads, cacheable)]
+        found, env_of = self._lookup({k for k in keys if k is not None})
         if self.legacy_keys and self._fingerprint():
-            legacy = {k: _key(self.backend.describe(), kind, p) for k, p, ok in zip(keys, payloads, cacheable)
-                      if ok and k not in found}
-            if legacy:
-                with self._lock:
-                    back = {v: k for k, v in legacy.items()}
-                    chunk = sorted(back)
-                    for i in range(0, len(chunk), 500):
-                        part = chunk[i : i + 500]
-                        marks = ','.join('?' * len(part))
-                        found.update((back[k], json.loads(v)) for k, v in self._db.execute(
-                            f"SELECT key, value FROM responses WHERE key IN ({marks})", part).fetchall())
-                        env_of.update((back[k], e) for k, e in self._db.execute(
-                            f"SELECT key, environment FROM computed_on WHERE key IN ({marks})", part).fetchall())
+            plain = self.backend.describe()  # entries written before the fingerprint was part of the key
+            legacy = {_key(plain, kind, p): k for k, p in zip(keys, payloads) if k is not None and k not in found}
+            old, old_env = self._lookup(set(legacy))
+            found.update((legacy[k], v) for k, v in old.items())
+            env_of.update((legacy[k], e) for k, e in old_env.items())
         out: list[Any] = [None] * len(payloads)
         todo: list[int] = []
         first_of: dict[str, int] = {}
