@@ -93,7 +93,7 @@ def test_run_refuses_an_unknown_model_name(capsys, tmp_path):
     from fairdistill.cli import main
 
     assert main(["run", str(EXAMPLES / "baselines_study.yaml"), "--models", "smollm2,qwen", "--out", str(tmp_path)]) == 2
-    assert "no model named qwen; models: smollm2, qwen15" in capsys.readouterr().err
+    assert "no model named qwen; models: smollm2, qwen15, qwen15-fp32" in capsys.readouterr().err
 
 
 def test_the_baselines_study_file_is_valid_before_any_model_loads():
@@ -106,20 +106,21 @@ def test_the_baselines_study_file_is_valid_before_any_model_loads():
     from fairdistill.runner import build_benchmark
 
     cfg, _ = load_study(EXAMPLES / "baselines_study.yaml")
-    assert [m.model for m in cfg.models] == ["smollm2", "qwen2.5-coder-1.5b"]
+    assert [m.model for m in cfg.models] == ["smollm2", "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b"]
+    assert next(m for m in cfg.models if m.name == "qwen15-fp32").dtype == "float32"
     for b in cfg.benchmarks:
         build_benchmark(b.name, b.options, seed=cfg.seed)
     assert {iv.name for iv in cfg.interventions} == {"self-debias", "sentence-debias", "inlp"}
     for iv in cfg.interventions:
         get_intervention(iv.name, **iv.options)
-        assert set(iv.models) == {"smollm2", "qwen15"}
+        assert set(iv.models) in ({"smollm2", "qwen15"}, {"smollm2", "qwen15-fp32"})
     known = {"fairdistill": {f.name for f in dataclasses.fields(FairDistillConfig)} | {"student", "rules", "data"},
              "cda": {f.name for f in dataclasses.fields(CDAConfig)} | {"student", "data"},
              "self_distill": {f.name for f in dataclasses.fields(SelfDistillConfig)} | {"method", "prompts"}}
     for t in cfg.training:
         assert set(t.options) <= known[t.kind], (t.name, set(t.options) - known[t.kind])
     # CDA and FairDistillation share corpus and budget on each base model
-    for base in ("smollm2", "qwen15"):
+    for base in ("smollm2", "qwen15-fp32"):
         cda = next(t.options for t in cfg.training if t.kind == "cda" and t.base == base)
         fd = next(t.options for t in cfg.training if t.kind == "fairdistill" and t.base == base)
         for k in ("data", "max_steps", "batch_size", "learning_rate", "student"):
