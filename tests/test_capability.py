@@ -165,3 +165,47 @@ def test_an_interrupted_capability_run_keeps_what_it_scored(cap_run, tiny_gpt2, 
     again = CachingBackend(tiny_gpt2, tmp_path / "c.sqlite")
     run_benchmark(bench(), EvalContext(backend=again), RunStore(tmp_path / "a"), show_progress=False)
     assert again.hits == 4 and again.misses > 4
+
+
+def test_answer_positions_agree_with_lm_eval_accuracy(cap_run):
+    """The position table counts the choice lm-eval scored: the per-sample argmax, which matches the gold
+    exactly as often as lm-eval's acc says; gold shares are the targets' positions."""
+    _, metrics, out = cap_run
+    pos = metrics["position"]
+    recs = {r["id"]: r for r in RunStore(out).load_results()}
+    for task, lm_task in (("mmlu", "fd_mmlu"), ("gpqa_diamond", "fd_gpqa_diamond")):
+        shares = [r for r in pos["rows"] if r["task"] == task and r["metric"] == "letter_share"]
+        n = _row(metrics, lm_task, "acc")["n"]
+        assert [r["letter"] for r in shares] == list("ABCD") and all(r["n"] == n for r in shares)
+        samples = [s for ss in recs[task]["samples"].values() for s in ss]
+        picks = [max(range(4), key=lambda j, s=s: s["filtered_resps"][j][0]) for s in samples]
+        assert sum(p == s["target"] for p, s in zip(picks, samples)) / n == \
+            pytest.approx(_row(metrics, lm_task, "acc")["value"])
+        assert [r["value"] for r in shares] == pytest.approx([picks.count(j) / n for j in range(4)])
+        assert [r["gold_share"] for r in shares] == pytest.approx(
+            [sum(s["target"] == j for s in samples) / n for j in range(4)])
+
+
+def test_answer_positions_flag_a_model_locked_on_one_letter():
+    """A model that answers A to every question (a collapsed fine-tune) gets a warning naming the letter;
+    one that tracks the gold answers does not; generation samples (IFEval) are left out."""
+    from fairdistill.benchmarks.capability import answer_positions
+
+    golds = [0, 1, 2, 3, 2, 1, 3, 0, 2, 3]
+
+    def rec(pick):
+        mc = [{"doc_id": i, "target": g, "filtered_resps": [[0.0 if j == pick(g) else -5.0, False] for j in range(4)]}
+              for i, g in enumerate(golds)]
+        return {"task": "mmlu", "samples": {"fd_mmlu_anatomy": mc},
+                "lm_eval": {}, "lm_eval_task": "fd_mmlu"}
+
+    locked = answer_positions([rec(lambda g: 0)])
+    assert locked["warning"].startswith("mmlu: position bias: letter A takes 100% of answers")
+    assert "check the model" in locked["warning"] and "permute" not in locked["warning"]
+    bias = next(r for r in locked["rows"] if r["metric"] == "position_bias")
+    assert bias["letter"] == "A" and bias["value"] == pytest.approx(1 / 0.2)
+    honest = answer_positions([rec(lambda g: g)])
+    assert honest["warning"] is None
+    assert next(r for r in honest["rows"] if r["metric"] == "position_bias")["value"] == pytest.approx(1.0)
+    gen = {"task": "ifeval", "samples": {"fd_ifeval": [{"doc_id": 0, "target": 0, "filtered_resps": ["text"]}]}}
+    assert answer_positions([gen]) is None

@@ -162,6 +162,7 @@ def test_position_metrics_by_hand():
 
 def test_skew_warning_threshold():
     assert skew_warning([0.5, 0.3, 0.2], [0.34, 0.33, 0.33]) is None  # 1.5x: not flagged
+    assert skew_warning([0.7, 0.2, 0.1], [0.34, 0.33, 0.33], advice="look").endswith("(2.1x); look")
     w = skew_warning([0.7, 0.2, 0.1], [0.34, 0.33, 0.33])
     assert w.startswith("position bias: letter A takes 70%") and "2.1x" in w
     assert "never right" in skew_warning([0.5, 0.5, 0.0], [0.0, 0.5, 0.5])

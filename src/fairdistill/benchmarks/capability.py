@@ -17,7 +17,9 @@ Each requested task is one item of the run (lm-eval evaluates a task as a whole)
 interrupted run resumes at the next task. The stored record holds lm-eval's own results for that
 task (``results``/``groups``/``n-samples``/``higher_is_better``...) and its per-sample log;
 ``metrics.json`` has tidy rows (task, metric, value, stderr, 95% normal CI, n) plus the merged raw
-lm-eval results dict under ``lm_eval``.
+lm-eval results dict under ``lm_eval``. Under ``position``: the share of multiple-choice answers at each
+choice position per task, beside the gold share, with a warning when one position dominates (a model
+that answers "A" whatever the question scores near chance, which an accuracy alone does not show).
 
 IFEval's checker needs ``langdetect``, ``immutabledict`` and NLTK ``punkt_tab`` data; where those
 are missing IFEval is skipped with the reason in ``metrics["skipped"]`` (a run asking only for
@@ -294,17 +296,62 @@ class Capability(Benchmark):
                 if r["top"]:
                     summary[f"{rec['task']}/{r['metric']}"] = r["value"]
         merged["lm_eval_version"] = next((r["lm_eval"].get("lm_eval_version") for r in records), None)
-        return {
+        out = {
             "rows": rows,
             "summary": summary,
             "definitions": _definitions_for(rows),
             "skipped": dict(self.skipped),
             "lm_eval": merged,
         }
+        pos = answer_positions(records, seed=self.opts.seed)
+        if pos is not None:
+            out["definitions"].update(pos.pop("definitions"))
+            out["position"] = {"title": "Answer positions (multiple-choice tasks)",
+                               "note": "letter_share: share of answers at each choice position (A = first "
+                                       "choice; gold_share in metrics.json); position_bias: the top position's "
+                                       "share / its gold share (1 = none)", **pos}
+        return out
 
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         return [{k: r[k] for k in ("task", "metric", "value", "ci_low", "ci_high", "n")}
                 for r in metrics.get("rows", []) if r.get("level") in ("task", "group") and r.get("top")]
+
+
+def answer_positions(records: list[dict[str, Any]], seed: int = 0) -> dict[str, Any] | None:
+    """Choice-position distribution of the multiple-choice samples, per requested task
+    (:func:`fairdistill.stats.position.position_metrics`); None when no sample is multiple-choice."""
+    from ..stats.position import position_metrics
+
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    out: dict[str, Any] | None = None
+    for rec in records:
+        chosen, gold, item, width = [], [], [], 0
+        for task, samples in (rec.get("samples") or {}).items():
+            for s in samples:
+                resps, target = s.get("filtered_resps"), s.get("target")
+                # a multiple-choice sample: one (log-likelihood, is_greedy) per choice and the gold index
+                if not (isinstance(resps, list) and resps and all(
+                        isinstance(r, (list, tuple)) and r and isinstance(r[0], (int, float)) for r in resps)):
+                    continue
+                if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(resps):
+                    continue
+                lls = [float(r[0]) for r in resps]
+                chosen.append(max(range(len(lls)), key=lls.__getitem__))  # lm-eval's acc: the first argmax
+                gold.append(target)
+                item.append(f"{task}/{s.get('doc_id')}")
+                width = max(width, len(resps))
+        if not chosen or width > 10:
+            continue
+        pm = position_metrics(chosen, gold, item, n_letters=width, seed=seed,
+                              advice="check the model (or its training) before reading its accuracy")
+        out = out or {"rows": rows, "definitions": pm["definitions"], "warning": None}
+        rows += [{"task": rec["task"], **r} for r in pm["rows"]]
+        if pm["warning"]:
+            warnings.append(f"{rec['task']}: {pm['warning']}")
+    if out is not None and warnings:
+        out["warning"] = "; ".join(warnings)
+    return out
 
 
 #: lm-eval log-likelihood requests per response-cache call (each call's answers are committed at once)

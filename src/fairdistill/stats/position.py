@@ -58,10 +58,12 @@ def position_metrics(
     letters: str = "ABCDEFGHIJ",
     n_boot: int = 1000,
     seed: int = 0,
+    advice: str | None = None,
 ) -> dict[str, Any]:
     """Letter distribution, position-bias figure and (with ``option``) rotation consistency.
 
-    ``option`` gives, per answer, the underlying option chosen (for consistency across rotations).
+    ``option`` gives, per answer, the underlying option chosen (for consistency across rotations);
+    ``advice`` replaces the warning's closing advice.
     Returns ``{"rows": [...], "letters": {...}, "warning": str | None}``.
     """
     if not (len(chosen) == len(gold) == len(item)):
@@ -115,11 +117,15 @@ def position_metrics(
         lo, hi = _ci(cons[rs].mean(-1))
         rows.append({"metric": "rotation_consistency", "letter": None, "value": float(cons.mean()),
                      "ci_low": lo, "ci_high": hi, "n": n_items})
-    out["warning"] = skew_warning(share, gshare, letters)
+    out["warning"] = skew_warning(share, gshare, letters, advice)
     return out
 
 
-def skew_warning(share: Sequence[float], gold_share: Sequence[float], letters: str = "ABCDEFGHIJ") -> str | None:
+PERMUTE_ADVICE = "rerun with -o permute=cyclic to control for answer order"
+
+
+def skew_warning(share: Sequence[float], gold_share: Sequence[float], letters: str = "ABCDEFGHIJ",
+                 advice: str | None = None) -> str | None:
     """One line when a letter takes more than SKEW_FACTOR times its share among gold answers."""
     worst = None
     for j, (s, g) in enumerate(zip(share, gold_share)):
@@ -130,5 +136,4 @@ def skew_warning(share: Sequence[float], gold_share: Sequence[float], letters: s
         return None
     j = worst[0]
     right = f"is right on {gold_share[j]:.0%} ({worst[1]:.1f}x)" if gold_share[j] > 0 else "is never right"
-    return (f"position bias: letter {letters[j]} takes {share[j]:.0%} of answers but {right}; "
-            "rerun with -o permute=cyclic to control for answer order")
+    return f"position bias: letter {letters[j]} takes {share[j]:.0%} of answers but {right}; {advice or PERMUTE_ADVICE}"
