@@ -29,6 +29,12 @@ def test_study_tiny_end_to_end(tiny_gpt2_path, tmp_path, monkeypatch):
         ("base", "bbq"), ("base", "capability"), ("fairdistill", "bbq"), ("fairdistill", "capability")]
     for r in study["runs"]:
         assert (Path(r["dir"]) / "metrics.json").exists()
+    # a capability run whose answers pile onto one letter says so in study.log as soon as it finishes
+    warned = {r["model"]: (json.loads((Path(r["dir"]) / "metrics.json").read_text())["position"]["warning"])
+              for r in study["runs"] if r["benchmark"] == "capability"}
+    for model, warning in warned.items():
+        assert (f" warn  capability on {model}: {warning}" in log) is bool(warning)
+    assert any(warned.values())  # the random tiny GPT-2 favours one letter on its 4 questions
     # the trained model is a real model folder, evaluated after training
     trained = Path(study["models"]["fairdistill"])
     assert (trained / "config.json").exists() and study["trained"] == ["fairdistill"]

@@ -328,6 +328,10 @@ class _Study:
         n = ((metrics or {}).get("meta") or {}).get("n_items") if isinstance(metrics, dict) else None
         self.journal(f"done  {bench.key} on {label} in {time.perf_counter() - t0:.0f} s"
                      + (f" ({n} items)" if n is not None else ""))
+        # a model answering one letter to everything should be seen before the study's end, not in its report
+        warning = ((metrics.get("position") or {}).get("warning")) if isinstance(metrics, dict) else None
+        if warning:
+            self.journal(f"warn  {bench.key} on {label}: {warning}")
         return spec.out
 
     def plan(self, model_name: str, *, every: bool = False
