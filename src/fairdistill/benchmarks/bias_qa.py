@@ -30,6 +30,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ..errors import CapabilityError, UserError
 from ..stats.bootstrap import percentile_interval, summed_statistic
+from ..stats.position import attach
 from ..methods.base import GenerationConfig, Question
 from . import bbq_scoring
 from . import permute as permute_mod
@@ -272,14 +273,10 @@ class BiasQA(Benchmark):
     # -- metrics --------------------------------------------------------------------------------
     def metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         out = bbq_scoring.bbq_metrics(records, pred_key="pred", seed=self.opts.seed, roles=self.option_roles)
-        pos = letter_positions(records, seed=self.opts.seed)
-        if pos is not None:
-            out["definitions"].update(pos.pop("definitions"))
-            out["position"] = {"title": "Answer letters and position bias (generation mode)",
-                               "note": "letter_share: share of parsed answers at each letter (gold_share in "
-                                       "metrics.json); position_bias: the top letter's share / its gold share "
-                                       "(1 = none); rotation_consistency: items answered with the same option "
-                                       "in every rotation (permute=cyclic)", **pos}
+        attach(out, letter_positions(records, seed=self.opts.seed), "Answer letters and position bias (generation mode)",
+               "letter_share: share of parsed answers at each letter (gold_share in metrics.json); position_bias: "
+               "the top letter's share / its gold share (1 = none); rotation_consistency: items answered with the "
+               "same option in every rotation (permute=cyclic)")
         native = dict(self.native_metrics(records) or {})
         out["rows"] += native.pop("rows", [])
         out["definitions"].update(native.pop("definitions", {}))

@@ -38,6 +38,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
+from ..stats.position import attach
 from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, ReportHeadline, ReportTable, ReportView, comma_list
 from . import lm_eval_tasks as lt
 
@@ -303,13 +304,9 @@ class Capability(Benchmark):
             "skipped": dict(self.skipped),
             "lm_eval": merged,
         }
-        pos = answer_positions(records, seed=self.opts.seed)
-        if pos is not None:
-            out["definitions"].update(pos.pop("definitions"))
-            out["position"] = {"title": "Answer positions (multiple-choice tasks)",
-                               "note": "letter_share: share of answers at each choice position (A = first "
-                                       "choice; gold_share in metrics.json); position_bias: the top position's "
-                                       "share / its gold share (1 = none)", **pos}
+        attach(out, answer_positions(records, seed=self.opts.seed), "Answer positions (multiple-choice tasks)",
+               "letter_share: share of answers at each choice position (A = first choice; gold_share in "
+               "metrics.json); position_bias: the top position's share / its gold share (1 = none)")
         return out
 
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:

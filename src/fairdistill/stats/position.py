@@ -27,7 +27,7 @@ import numpy as np
 
 from .bootstrap import resample_indices
 
-__all__ = ["position_metrics", "skew_warning", "DEFINITIONS"]
+__all__ = ["position_metrics", "skew_warning", "attach", "DEFINITIONS"]
 
 DEFINITIONS = {
     "letter_share": "share of parsed answers given at this letter position (gold_share: share of gold answers "
@@ -137,3 +137,12 @@ def skew_warning(share: Sequence[float], gold_share: Sequence[float], letters: s
     j = worst[0]
     right = f"is right on {gold_share[j]:.0%} ({worst[1]:.1f}x)" if gold_share[j] > 0 else "is never right"
     return f"position bias: letter {letters[j]} takes {share[j]:.0%} of answers but {right}; {advice or PERMUTE_ADVICE}"
+
+
+def attach(metrics: dict[str, Any], pos: dict[str, Any] | None, title: str, note: str) -> None:
+    """File a :func:`position_metrics` result under ``metrics["position"]`` (where the CLI and the
+    report look for it), its definitions beside the benchmark's."""
+    if pos is None:
+        return
+    metrics["definitions"].update(pos.pop("definitions"))
+    metrics["position"] = {"title": title, "note": note, **pos}
