@@ -166,6 +166,8 @@ def test_skew_warning_threshold():
     w = skew_warning([0.7, 0.2, 0.1], [0.34, 0.33, 0.33])
     assert w.startswith("position bias: letter A takes 70%") and "2.1x" in w
     assert "never right" in skew_warning([0.5, 0.5, 0.0], [0.0, 0.5, 0.5])
+    # 199 of 200 answers is not "100%"
+    assert "takes 99.5% of answers" in skew_warning([0.995, 0.0, 0.005, 0.0], [0.23, 0.22, 0.275, 0.275])
 
 
 def test_permute_in_loglik_mode_is_a_one_line_error(tiny_gpt2_path, capsys, tmp_path):

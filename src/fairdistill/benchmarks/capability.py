@@ -38,7 +38,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ..errors import CapabilityError, UserError
 from ..registry import BENCHMARKS
-from ..stats.position import attach
+from ..stats.position import attach, position_metrics
 from .base import Benchmark, BenchmarkOptions, EvalContext, PathStr, ReportHeadline, ReportTable, ReportView, comma_list
 from . import lm_eval_tasks as lt
 
@@ -317,8 +317,6 @@ class Capability(Benchmark):
 def answer_positions(records: list[dict[str, Any]], seed: int = 0) -> dict[str, Any] | None:
     """Choice-position distribution of the multiple-choice samples, per requested task
     (:func:`fairdistill.stats.position.position_metrics`); None when no sample is multiple-choice."""
-    from ..stats.position import position_metrics
-
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
     out: dict[str, Any] | None = None

@@ -135,8 +135,14 @@ def skew_warning(share: Sequence[float], gold_share: Sequence[float], letters: s
     if worst is None:
         return None
     j = worst[0]
-    right = f"is right on {gold_share[j]:.0%} ({worst[1]:.1f}x)" if gold_share[j] > 0 else "is never right"
-    return f"position bias: letter {letters[j]} takes {share[j]:.0%} of answers but {right}; {advice or PERMUTE_ADVICE}"
+    right = f"is right on {_pct(gold_share[j])} ({worst[1]:.1f}x)" if gold_share[j] > 0 else "is never right"
+    return f"position bias: letter {letters[j]} takes {_pct(share[j])} of answers but {right}; {advice or PERMUTE_ADVICE}"
+
+
+def _pct(x: float) -> str:
+    """A share as a whole percentage, with one decimal where rounding would print 0% or 100% for what is not."""
+    whole = f"{x:.0%}"
+    return f"{x:.1%}" if whole in ("0%", "100%") and 0 < x < 1 else whole
 
 
 def attach(metrics: dict[str, Any], pos: dict[str, Any] | None, title: str, note: str) -> None:
