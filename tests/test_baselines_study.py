@@ -59,6 +59,10 @@ def test_tiny_baselines_study(tiny_gpt2_path, tiny_llama_chat_path, tmp_path, mo
     assert not any(m == "other" for m, _, _ in runs)
     # interventions are compared item by item with the plain model where the benchmark can be
     assert (out / "base" / "bbq-ambig--self-debias" / "comparison.json").exists()
+    # capability too: question by question, with McNemar's test of the accuracy
+    comp = json.loads((out / "base" / "capability--self-debias" / "comparison.json").read_text())
+    assert comp["benchmark"] == "capability" and "mcnemar" in json.dumps(comp["tests"]).lower()
+    assert (out / "base-fairdistill" / "capability" / "comparison.json").exists()  # against its base
     # the projections' estimates are kept in the study folder, beside the model's response cache
     assert {p.name.split("-")[0] for p in (out / "base" / "interventions").glob("*.npz")} == {"sentence", "inlp"}
     assert not (out / "base" / "crows-pairs--self-debias" / "comparison.json").exists()

@@ -209,3 +209,47 @@ def test_answer_positions_flag_a_model_locked_on_one_letter():
     assert next(r for r in honest["rows"] if r["metric"] == "position_bias")["value"] == pytest.approx(1.0)
     gen = {"task": "ifeval", "samples": {"fd_ifeval": [{"doc_id": 0, "target": 0, "filtered_resps": ["text"]}]}}
     assert answer_positions([gen]) is None
+
+
+def test_paired_comparison_counts_fixed_and_broken_questions():
+    """Two runs are compared question by question: the transition table and McNemar's exact test come
+    from the per-sample acc, whatever the runs' overall accuracies."""
+    from scipy.stats import binomtest
+
+    from fairdistill.compare import compare_records
+
+    def rec(correct, task="mmlu"):
+        return {"id": task, "task": task, "lm_eval_task": "fd_" + task, "lm_eval": {},
+                "samples": {f"fd_{task}_anatomy": [{"doc_id": i, "acc": float(c)} for i, c in enumerate(correct)]}}
+
+    base = [1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 1]
+    method = [0, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1]  # 5 broken, 1 fixed
+    out = compare_records([rec(base)], [rec(method)], benchmark="capability")
+    row = {r["run"]: r for r in out["rows"] if r["metric"] == "accuracy"}
+    assert row["baseline"]["value"] == pytest.approx(8 / 12) and row["method"]["value"] == pytest.approx(4 / 12)
+    assert row["difference"]["value"] == pytest.approx(-4 / 12)
+    test = out["tests"]["mmlu"]["accuracy"]
+    assert (test["correct->incorrect"], test["incorrect->correct"]) == (5, 1)
+    assert row["difference"]["p_value"] == pytest.approx(binomtest(1, 6, 0.5).pvalue)
+    # a sample without a 0/1 score cannot be paired
+    bad = rec(base)
+    bad["samples"]["fd_mmlu_anatomy"][0]["acc"] = 0.5
+    with pytest.raises(UserError, match="not 0 or 1"):
+        compare_records([bad], [rec(method)], benchmark="capability")
+    with pytest.raises(UserError, match="no per-sample scores"):
+        compare_records([{"id": "mmlu", "task": "mmlu", "samples": {}}], [rec(method)], benchmark="capability")
+
+
+def test_paired_comparison_of_two_capability_run_folders(cap_run):
+    """compare() on a real run folder: every question of every task is a unit, and a run compared with
+    itself changes nothing."""
+    from fairdistill.compare import compare
+
+    _, metrics, out = cap_run
+    res = compare(out, out)
+    assert res["n_matched"] == len(SUBJECTS) * LIMIT + LIMIT
+    for task, lm_task in (("mmlu", "fd_mmlu"), ("gpqa_diamond", "fd_gpqa_diamond")):
+        row = {r["run"]: r for r in res["rows"] if r["metric"] == "accuracy" and r["condition"] == task}
+        assert row["baseline"]["value"] == pytest.approx(_row(metrics, lm_task, "acc")["value"])
+        assert row["difference"]["value"] == 0
+        assert res["tests"][task]["accuracy"]["n_discordant"] == 0

@@ -268,7 +268,7 @@ class Capability(Benchmark):
             samples = {}
             for task, ss in (res.get("samples") or {}).items():
                 samples[task] = [
-                    {k: s.get(k) for k in ("doc_id", "target", "filtered_resps", "acc", "acc_norm",
+                    {k: s.get(k) for k in ("doc_id", "target", "filtered_resps", "acc", "acc_norm", "exact_match",
                                            "prompt_level_strict_acc", "inst_level_strict_acc",
                                            "prompt_level_loose_acc", "inst_level_loose_acc") if k in s}
                     for s in ss
@@ -312,6 +312,41 @@ class Capability(Benchmark):
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         return [{k: r[k] for k in ("task", "metric", "value", "ci_low", "ci_high", "n")}
                 for r in metrics.get("rows", []) if r.get("level") in ("task", "group") and r.get("top")]
+
+    # -- paired comparison: one lm-eval sample (question) is the unit, its 0/1 score the outcome, so a
+    # mitigation's capability cost gets McNemar's test and the fixed/broken table, not two overlapping CIs
+    paired_binary = ("accuracy", "correct")
+
+    @classmethod
+    def paired_units(cls, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        units = []
+        for rec in records:
+            for task, samples in (rec.get("samples") or {}).items():
+                for s in samples:
+                    score = next((s[k] for k in _PAIRED_SCORES if isinstance(s.get(k), (int, float))), None)
+                    if score is None:
+                        continue
+                    if score not in (0, 1):
+                        raise UserError(f"capability sample {task}/{s.get('doc_id')} has a score of {score}, "
+                                        "not 0 or 1: no paired accuracy for it")
+                    units.append({"id": f"{task}/{s.get('doc_id')}", "cell": rec["task"], "correct": bool(score)})
+        if not units:
+            raise UserError("the capability run holds no per-sample scores (lm-eval's samples with acc, "
+                            "exact_match or prompt_level_strict_acc): rerun it to compare item by item")
+        return units
+
+    @classmethod
+    def paired_statistics(cls, cell: str) -> dict[str, Any]:
+        return {"accuracy": lambda a: a["correct"].mean(-1)}
+
+    @classmethod
+    def paired_definitions(cls) -> dict[str, str]:
+        return {"accuracy": "share of a task's samples scored correct (lm-eval's acc, else exact_match or "
+                            "prompt_level_strict_acc); the task's samples (questions) are the paired units"}
+
+
+#: the per-sample 0/1 score a paired comparison uses, first found
+_PAIRED_SCORES = ("acc", "exact_match", "prompt_level_strict_acc")
 
 
 def answer_positions(records: list[dict[str, Any]], seed: int = 0) -> dict[str, Any] | None:
