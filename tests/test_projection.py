@@ -99,6 +99,33 @@ def test_estimate_is_cached_per_model_and_options(tiny_gpt2, tmp_path):
         assert not iv.info["cached"] and iv.basis.shape[1] == 3
 
 
+def test_parallel_runs_estimate_once_and_share_the_basis(tiny_gpt2, monkeypatch):
+    """Two runs that need the same estimate at once (a study's Ray workers): one estimates, the other
+    waits for its file and loads the same basis instead of estimating again."""
+    import threading
+    import time
+
+    from fairdistill.interventions import get_intervention, projection
+
+    calls = []
+
+    def slow_representations(backend, texts, layer):
+        calls.append(len(texts))
+        time.sleep(0.5)  # long enough for the other run to ask meanwhile
+        return np.random.default_rng(len(calls)).normal(size=(len(texts), 8))
+
+    monkeypatch.setattr(projection, "representations", slow_representations)
+    ivs = [get_intervention("sentence-debias", max_pairs=50) for _ in range(2)]
+    threads = [threading.Thread(target=iv.estimate, args=(tiny_gpt2,)) for iv in ivs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(iv.info["cached"] for iv in ivs) == [False, True]
+    assert np.array_equal(ivs[0].basis, ivs[1].basis)
+
+
 def test_a_study_keeps_its_own_estimate_for_resumes_elsewhere(tiny_gpt2, tmp_path, monkeypatch):
     """With a study's folder set, the estimate is kept there (copied from the user cache when only that has it)
     and found there on a machine whose user cache is empty: the same basis, not a new estimate."""

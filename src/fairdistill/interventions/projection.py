@@ -37,6 +37,7 @@ the model once over 2 x pairs sentences.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -143,13 +144,21 @@ class _Projection(Intervention):
                 with np.load(path) as z:
                     _save(mine, z["basis"], json.loads(path.with_suffix(".json").read_text()))
             path = mine
-        if path.exists():
-            with np.load(path) as z:
-                self.basis = z["basis"]
-            self.info = json.loads(path.with_suffix(".json").read_text())
-            self.info["cached"] = True
-            self.info["basis_sha256"] = basis_sha256(self.basis)  # of the basis as loaded, not as described
-            return
+        # parallel runs of a study (Ray workers) would each estimate the same pair; the first estimates,
+        # the others wait for its file and load it, so every run projects with one basis
+        from ..data import cache_dir
+
+        with _exclusive(cache_dir() / "locks" / f"{path.stem}.lock"):
+            if path.exists():
+                with np.load(path) as z:
+                    self.basis = z["basis"]
+                self.info = json.loads(path.with_suffix(".json").read_text())
+                self.info["cached"] = True
+                self.info["basis_sha256"] = basis_sha256(self.basis)  # of the basis as loaded, not as described
+                return
+            self._estimate(backend, pairs, lean, path)
+
+    def _estimate(self, backend, pairs, lean, path: Path) -> None:
         t0 = time.perf_counter()
         layer = self.layer_of(backend)
         reps = representations(backend, [t for p in pairs for t in p], layer)
@@ -311,6 +320,23 @@ def representations(backend, texts: list[str], layer: str) -> np.ndarray:
 #: where a study keeps its models' estimates (``<study>/<model>/interventions/``, set around each run); the
 #: user cache (``$FAIRDISTILL_CACHE/interventions/``) otherwise
 estimates_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("estimates_dir", default=None)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Hold an exclusive lock on ``lock`` (another process waits); no lock where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _save(path: Path, basis, info: dict) -> None:
