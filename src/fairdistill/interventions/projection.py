@@ -37,7 +37,6 @@ the model once over 2 x pairs sentences.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import hashlib
 import json
@@ -146,9 +145,13 @@ class _Projection(Intervention):
             path = mine
         # parallel runs of a study (Ray workers) would each estimate the same pair; the first estimates,
         # the others wait for its file and load it, so every run projects with one basis
+        from filelock import FileLock
+
         from ..data import cache_dir
 
-        with _exclusive(cache_dir() / "locks" / f"{path.stem}.lock"):
+        lock = cache_dir() / "locks" / f"{path.stem}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):  # the same lock library as the built-in models' one-time conversion
             if path.exists():
                 with np.load(path) as z:
                     self.basis = z["basis"]
@@ -320,23 +323,6 @@ def representations(backend, texts: list[str], layer: str) -> np.ndarray:
 #: where a study keeps its models' estimates (``<study>/<model>/interventions/``, set around each run); the
 #: user cache (``$FAIRDISTILL_CACHE/interventions/``) otherwise
 estimates_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("estimates_dir", default=None)
-
-
-@contextlib.contextmanager
-def _exclusive(lock: Path):
-    """Hold an exclusive lock on ``lock`` (another process waits); no lock where fcntl is missing (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _save(path: Path, basis, info: dict) -> None:
