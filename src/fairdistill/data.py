@@ -26,6 +26,15 @@ def cache_dir() -> Path:
     return p
 
 
+def file_lock(lock: Path):
+    """An inter-process lock file (parents created): parallel runs doing the same one-time work (a
+    model conversion, a projection estimate) wait for the first instead of repeating or clobbering it."""
+    from filelock import FileLock
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock))
+
+
 def _candidate_roots() -> list[Path]:
     roots = []
     env = os.environ.get("FAIRDISTILL_DATA")

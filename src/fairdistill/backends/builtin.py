@@ -28,17 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..data import cache_dir
+from ..data import cache_dir, file_lock
 from ..errors import UserError
 
 
 def _once(out: Path):
     """A lock beside ``out``: parallel processes (Ray tasks, several runs) converting the same model wait
     for the first instead of writing over, or deleting, each other's folders."""
-    from filelock import FileLock
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(out.parent / f".{out.name}.lock"))
+    return file_lock(out.parent / f".{out.name}.lock")
 
 
 def _note(msg: str) -> None:

@@ -145,13 +145,9 @@ class _Projection(Intervention):
             path = mine
         # parallel runs of a study (Ray workers) would each estimate the same pair; the first estimates,
         # the others wait for its file and load it, so every run projects with one basis
-        from filelock import FileLock
+        from ..data import cache_dir, file_lock
 
-        from ..data import cache_dir
-
-        lock = cache_dir() / "locks" / f"{path.stem}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock)):  # the same lock library as the built-in models' one-time conversion
+        with file_lock(cache_dir() / "locks" / f"{path.stem}.lock"):  # outside the study folder: no stray files there
             if path.exists():
                 with np.load(path) as z:
                     self.basis = z["basis"]
