@@ -418,10 +418,44 @@ def test_bbq_metrics_by_hand_and_unparsed_counting():
     assert ex["counts"]["n_unparsed"] == 2
     # tidy rows and definitions
     assert {(r["category"], r["condition"], r["metric"]) for r in res["rows"]} == {
-        (c, k, m) for c in ("Age", "overall") for k in ("ambig", "disambig") for m in ("accuracy", "bias_score")
+        (c, k, m) for c in ("Age", "overall") for k in ("ambig", "disambig")
+        for m in ("accuracy", "bias_score", "stereotyped_rate", "anti_stereotyped_rate")
     }
-    assert set(res["definitions"]) == {"accuracy", "bias_score"}
+    assert set(res["definitions"]) == {"accuracy", "bias_score", "stereotyped_rate", "anti_stereotyped_rate"}
     assert "-1..1" in res["definitions"]["bias_score"]
+
+
+def test_stereotyped_rates_by_hand_and_the_s_amb_identity():
+    rows = _toy_rows()
+    amb = [r for r in rows if r["context_condition"] == "ambig"]
+    dis = [r for r in rows if r["context_condition"] == "disambig"]
+    # every ambiguous answer parsed: 3 unknown, then people; which of them is "stereotyped" depends on polarity
+    plan = ["_u", "_u", "_u", "_t", "_t", "_n", "_t", "_n"]
+    for r, p in zip(amb, plan):
+        r["pred"] = r[p]
+    for r in dis:
+        r["pred"] = r["_t"]
+    res = bbq_metrics(rows, n_boot=300, seed=2)
+    ster = sum(is_biased(r, r["pred"]) is True for r in amb)
+    anti = sum(is_biased(r, r["pred"]) is False for r in amb)
+    assert ster + anti == 5 and 0 < ster < 5  # both kinds present: the test can tell them apart
+    s = _cell(res, "Age", "ambig", "stereotyped_rate")
+    a = _cell(res, "Age", "ambig", "anti_stereotyped_rate")
+    assert s["value"] == pytest.approx(ster / 8) and a["value"] == pytest.approx(anti / 8)
+    assert s["ci_low"] <= s["value"] <= s["ci_high"] and s["n"] == 8
+    # the identity on ambiguous items (all parsed, all with a target): s_AMB = stereotyped - anti-stereotyped
+    b = _cell(res, "Age", "ambig", "bias_score")["value"]
+    assert b == pytest.approx((ster - anti) / 8)
+    # disambiguated: the rates count the items' own answers
+    ds = sum(is_biased(r, r["pred"]) is True for r in dis) / len(dis)
+    assert _cell(res, "Age", "disambig", "stereotyped_rate")["value"] == pytest.approx(ds)
+    # a method that only moves stereotyped answers to "unknown": stereotyped_rate falls, s_AMB need not
+    for r in amb:
+        if is_biased(r, r["pred"]) is True:
+            r["pred"] = r["_u"]
+    after = bbq_metrics(rows, n_boot=50)
+    assert _cell(after, "Age", "ambig", "stereotyped_rate")["value"] == 0.0
+    assert _cell(after, "Age", "ambig", "anti_stereotyped_rate")["value"] == pytest.approx(anti / 8)
 
 
 def test_bbq_metrics_rejects_bad_predictions():

@@ -133,6 +133,8 @@ def test_point_values_equal_bbq_metrics(runs):
             assert got["accuracy"][run]["value"] == pytest.approx(want[(cond, "accuracy")])
             assert got[bias][run]["value"] == pytest.approx(want[(cond, "bias_score")])
             diff = got[bias]["difference"]["value"]
+            for rate in ("stereotyped_rate", "anti_stereotyped_rate"):
+                assert got[rate][run]["value"] == pytest.approx(want[(cond, rate)])
     assert diff == pytest.approx(comp["per_condition"]["disambig"]["s_DIS"]["method"]["value"]
                                  - comp["per_condition"]["disambig"]["s_DIS"]["baseline"]["value"])
 
@@ -179,7 +181,15 @@ def test_rows_are_tidy(runs):
     main = [r for r in comp["rows"] if not r["metric"].startswith("transition")]
     assert {(r["condition"], r["metric"], r["run"]) for r in main} == {
         (c, m, run) for c, ms in (("ambig", ("accuracy", "s_AMB")), ("disambig", ("accuracy", "s_DIS")))
-        for m in ms for run in ("baseline", "method", "difference")}
+        for m in ms + ("stereotyped_rate", "anti_stereotyped_rate") for run in ("baseline", "method", "difference")}
+    # the rates' differences, recounted by hand on the ambiguous items
+    base, meth = runs
+    amb = comp["per_condition"]["ambig"]
+    ids = {r["id"]: r for r in meth}
+    B = [r for r in base if r["context_condition"] == "ambig"]
+    sb = np.mean([bbq_scoring.is_biased(r, r["pred"]) is True for r in B])
+    sm = np.mean([bbq_scoring.is_biased(ids[r["id"]], ids[r["id"]]["pred"]) is True for r in B])
+    assert amb["stereotyped_rate"]["difference"]["value"] == pytest.approx(sm - sb)
     for r in main:
         assert r["ci_low"] <= r["value"] <= r["ci_high"] or r["run"] == "difference"
         assert ("p_value" in r) == (r["run"] == "difference")
