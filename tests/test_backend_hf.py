@@ -87,7 +87,8 @@ def test_bf16_with_fp32_rescoring_equals_fp32_on_rescored_items(tiny_gpt2_path, 
     every = HFBackend.from_spec(str(tiny_gpt2_path), device="cpu", dtype="bfloat16", rescore_margin=1e9)
     assert every.model.dtype == torch.bfloat16
     got = every.loglikelihood_choices(reqs)
-    assert every.stats() == {"loglik_requests": 3, "rescored_fp32": 3, "first_token_fp32": 0, "regenerated": 0}
+    assert every.stats() == {"loglik_requests": 3, "rescored_fp32": 3, "first_token_fp32": 0, "regenerated": 0,
+                             "first_token_margin": 0.1}
     for a, b in zip(got, fp32):
         assert a == pytest.approx(b, abs=1e-4)
     assert every.model.dtype == torch.bfloat16  # weights swapped back after the pass
@@ -168,10 +169,17 @@ def test_bf16_generation_decides_near_tied_first_tokens_in_fp32(tiny_llama_chat_
     reqs = [GenerationRequest(messages=[{"role": "user", "content": f"Who was forgetful? Option {k}"}],
                               max_new_tokens=3) for k in range(6)]
     fp32 = tiny_llama_chat.generate(reqs)
-    every = HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="bfloat16", rescore_margin=1e9)
+    every = HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="bfloat16", rescore_margin=1e9,
+                                first_token_margin=1e9)
     got = every.generate(reqs)
     st = every.stats()
     assert st["first_token_fp32"] == 6 and 0 <= st["regenerated"] <= 6
+    # the first-token threshold is its own (default 0.1 nats), and off whenever re-scoring is off
+    assert HFBackend(every.model, tok := every.tokenizer, rescore_margin=0.2)._first_margin() == 0.1
+    assert HFBackend(every.model, tok, rescore_margin=0.0, first_token_margin=0.5)._first_margin() == 0.0
+    pure = HFBackend(every.model, tok, rescore_margin=0.0, first_token_margin=1e9)
+    pure.generate(reqs)
+    assert pure.stats() == {}  # nothing checked in pure bf16
     tok = every.tokenizer
     first = lambda text: tok(text, add_special_tokens=False)["input_ids"][:1]  # noqa: E731
     assert [first(g.text) for g in got] == [first(f.text) for f in fp32]
@@ -221,7 +229,8 @@ def test_shared_prompt_prefixes_are_computed_once_with_the_same_answers(tiny_lla
     plain = [(x.text, x.completion_tokens) for x in be.generate(reqs)]
     assert shared == plain
     # bf16 with every first token decided in float32: the float32 pass shares prefixes too
-    half = HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="bfloat16", rescore_margin=1e9)
+    half = HFBackend.from_spec(str(tiny_llama_chat_path), device="cpu", dtype="bfloat16", rescore_margin=1e9,
+                               first_token_margin=1e9)
     want = [int(lp.argmax()) for lp in be._last_logits(encs, [0] * len(encs))]
     first = lambda texts: [half.tokenizer(t, add_special_tokens=False)["input_ids"][:1] for t in texts]  # noqa: E731
     got = half.generate(reqs)

@@ -412,6 +412,37 @@ def test_self_distill_teacher_runs_resume(tiny_llama_chat, bbq_dir, tmp_path):
     assert set(asked) == lost and len(asked) == 2
 
 
+def test_self_distill_explicit_split_from_id_files(tiny_llama_chat, bbq_dir, tmp_path):
+    """split=explicit: the items and the held-out ids come from files fixed before the run (a pre-registered
+    draw); every run evaluates exactly those items, and the SFT set holds only the training ids."""
+    from fairdistill.benchmarks.bbq import load_category
+    from fairdistill.distill.self_distill import run_self_distill
+
+    rows = load_category(bbq_dir, "Age")
+    amb = [f"Age-{r['example_id']}" for r in rows if r["context_condition"] == "ambig"][100:106]
+    dis = [f"Age-{r['example_id']}" for r in rows if r["context_condition"] == "disambig"][200:204]
+    (tmp_path / "items.txt").write_text("# drawn before any run\n" + "\n".join(amb + dis) + "\n")
+    held = [amb[0], amb[3], dis[1]]
+    (tmp_path / "held.txt").write_text("\n".join(held) + "\n\n")
+    out = tmp_path / "sd"
+    s = run_self_distill(tiny_llama_chat, AlwaysA.make(), "bbq", str(out), limit=None, categories="Age",
+                         split="explicit", items=f"@{tmp_path / 'items.txt'}", heldout_items=f"@{tmp_path / 'held.txt'}",
+                         target="letter", max_steps=1, progress=False, device="cpu", max_new_tokens=2)
+    assert s["n_items"] == 10 and s["n_heldout"] == 3 and s["n_train"] == 7
+    sft_ids = {json.loads(x)["id"] for x in (out / "sft.jsonl").read_text().splitlines()}
+    assert sft_ids == set(amb + dis) - set(held)
+    teacher = {json.loads(x)["id"] for c in ("ambig", "disambig") for x in (out / "teacher" / c / "results.jsonl").open()}
+    assert teacher == set(amb + dis)
+    student = {json.loads(x)["id"] for c in ("ambig", "disambig")
+               for x in (out / "heldout" / c / "student" / "results.jsonl").open()}
+    assert student == set(held)
+    (tmp_path / "bad.txt").write_text("Age-999999\n")
+    with pytest.raises(UserError, match="held-out ids are not among the listed items"):
+        run_self_distill(tiny_llama_chat, AlwaysA.make(), "bbq", str(tmp_path / "sd2"), limit=None, categories="Age",
+                         split="explicit", items=f"@{tmp_path / 'items.txt'}", heldout_items=f"@{tmp_path / 'bad.txt'}",
+                         max_steps=1, progress=False, device="cpu")
+
+
 def test_self_distill_by_model_path(tiny_llama_chat_path, bbq_dir, tmp_path):
     """By model string: evaluation through a cached backend, training on a float32 copy, the student saved
     merged (an evaluable model folder); a rerun reuses every stage."""

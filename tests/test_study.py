@@ -524,3 +524,83 @@ def test_select_runs_part_of_a_study_and_keeps_the_rest_in_its_report(tiny_gpt2_
     # without --select the whole study is done (here: nothing left but the record), same order
     run_study(cfg, out=out, show_progress=False)
     assert runs() == [("base", None), ("base", "sentence-debias"), ("cda", None)]
+
+
+def _shrunk_confirmatory_study(path: Path, chat_model: str, fallback: str | None) -> Path:
+    """examples/confirmatory_study.yaml on a tiny model: the same benchmarks, candidates, rule, explicit split,
+    training, transfer and report, on a few of the pre-registered items (the first ones of two categories)."""
+    import yaml
+
+    text = (EXAMPLES / "confirmatory_study.yaml").read_text().replace("${config_dir}/../evidence/confirmatory/items",
+                                                                         str(path.parent / "items"))
+    (path.parent / "items").mkdir()
+    for f in sorted((EXAMPLES.parent / "evidence" / "confirmatory" / "items").glob("*.txt")):
+        ids = f.read_text().split()
+        cats = list(dict.fromkeys(i.rsplit("-", 1)[0] if f.name.startswith("bbq") else i.split("-")[0] for i in ids))
+        keep = [i for c in cats[:2] for i in [x for x in ids if x.startswith(c + "-")][:2]]
+        (path.parent / "items" / f.name).write_text("\n".join(keep) + "\n")
+    cfg = yaml.safe_load(text)
+    cfg["models"] = [{**m, "model": chat_model} for m in cfg["models"]]
+    for b in cfg["benchmarks"]:
+        b["options"]["max_new_tokens"] = 2
+    cfg["capability"].update(subjects=cfg["capability"]["subjects"][:1], limit=2)
+    small = {"explanation": {"explain_tokens": 4}, "intent-aware": {"cot_tokens": 4, "feedback_tokens": 4, "max_rounds": 1}}
+    for m in cfg["methods"]:
+        m["options"] = {**m.get("options", {}), **small.get(m["name"], {})}
+    for t in cfg["training"]:
+        t["options"].update(epochs=1, max_new_tokens=2, fallback=None)
+        t["options"].pop("fallback")
+        t["options"]["teacher_rule"]["fallback"] = fallback
+        for tr in t["options"]["transfer"]:
+            if isinstance(tr, dict) and tr["name"] == "kobbq":
+                tr["options"].update(limit=1, categories=["age"], max_new_tokens=2)
+    cfg["out"] = str(path.parent / "out")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_the_confirmatory_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_path, shared_data, tmp_path):
+    """The pre-registered study on a tiny random model: every candidate on the training split, the rule applied
+    to their comparisons. The random model lowers nothing, so no teacher qualifies and no student is trained
+    (said in teacher_choice.json and study.log); with a fallback teacher registered instead, the student is trained
+    on exactly the training ids and judged on the held-out ids, with transfer runs."""
+    pytest.importorskip("peft")
+    pytest.importorskip("lm_eval")
+    cfg = _shrunk_confirmatory_study(tmp_path / "c.yaml", str(tiny_llama_chat_path), None)
+    run_study(cfg, show_progress=False)
+    out = tmp_path / "out"
+    for name in ("qwen15-sd-bbq", "qwen15-sd-cbbq"):
+        choice = json.loads((out / "train" / name / "teacher_choice.json").read_text())
+        assert choice["method"] is None and "no teacher, no student" in choice["reason"]
+        assert len(choice["candidates"]) == (5 if name.endswith("bbq") and "cbbq" not in name else 8)
+        assert not (out / "train" / name / "study_trained.json").exists()
+    log = (out / "study.log").read_text()
+    assert "no teacher for qwen15-sd-bbq" in log and "no teacher for qwen15-sd-cbbq" in log
+    study = json.loads((out / "study.json").read_text())
+    assert study["trained"] == [] and any("no student trained" in n for n in study["notes"])
+    comp = json.loads((out / "qwen15" / "bbq-train-ambig--prefix-3" / "comparison.json").read_text())
+    assert {r["metric"] for r in comp["rows"]} >= {"stereotyped_rate", "anti_stereotyped_rate", "accuracy", "s_AMB"}
+
+    # the same study with a fallback teacher: the explicit split drives training and the held-out runs
+    cfg2 = tmp_path / "second" / "c.yaml"
+    cfg2.parent.mkdir()
+    _shrunk_confirmatory_study(cfg2, str(tiny_llama_chat_path), "prefix-3")
+    text = cfg2.read_text()
+    cfg2.write_text(text.replace(str(tmp_path / "second" / "out"), str(out)))  # the finished runs are reused
+    st_cfg = json.loads(json.dumps(__import__("yaml").safe_load(cfg2.read_text())))
+    st_cfg["training"] = st_cfg["training"][:1]
+    cfg2.write_text(__import__("yaml").safe_dump(st_cfg, sort_keys=False))
+    run_study(cfg2, show_progress=False)
+    sd = json.loads((out / "train" / "qwen15-sd-bbq" / "study_trained.json").read_text())["summary"]
+    items = lambda *names: {i for n in names for i in (cfg2.parent / "items" / n).read_text().split()}  # noqa: E731
+    held = items("bbq-heldout-ambig.txt", "bbq-heldout-disambig.txt")
+    train = items("bbq-train-ambig.txt", "bbq-train-disambig.txt")
+    assert sd["n_heldout"] == len(held) and sd["n_train"] == len(train)
+    sft = {json.loads(x)["id"] for x in (out / "train" / "qwen15-sd-bbq" / "sft.jsonl").read_text().splitlines()}
+    assert sft <= train and not sft & held
+    student = {json.loads(x)["id"] for c in ("ambig", "disambig")
+               for x in (out / "train" / "qwen15-sd-bbq" / "heldout" / c / "student" / "results.jsonl").open()}
+    assert student == held
+    assert set(sd["transfer"]) == {"kobbq", "occupation-gender"}
+    assert json.loads((out / "train" / "qwen15-sd-bbq" / "teacher_choice.json").read_text())["method"] == "prefix-3"

@@ -465,8 +465,17 @@ class _Study:
                 else:
                     opts.setdefault("seed", self.cfg.seed)
                     fallback = opts.pop("fallback", "reprompting")  # the study's option, not the training's
+                    rule = opts.pop("teacher_rule", None)
                     if opts.get("method") == "auto":
-                        choice = self.choose_teacher(t.base, fallback)
+                        choice = self.choose_teacher(t.base, fallback) if rule is None else \
+                            self.apply_teacher_rule(t.base, rule)
+                        if choice["method"] is None:  # the rule found no teacher: no student, said so
+                            (out / "teacher_choice.json").parent.mkdir(parents=True, exist_ok=True)
+                            (out / "teacher_choice.json").write_text(json.dumps(choice, indent=2))
+                            self.journal(f"no teacher for {t.name}: {choice['reason']}")
+                            self.log(f"training {t.name}: no teacher qualifies, no student ({choice['reason']})")
+                            self.notes.append(f"{t.name}: no student trained; {choice['reason']}")
+                            return None
                         opts["method"] = choice["method"]
                         # the chosen method's own options, so its cached answers are the teacher's
                         opts["method_options"] = {**choice.get("options", {}), **opts.get("method_options", {})}
@@ -530,6 +539,34 @@ class _Study:
                 "candidates": candidates,
                 "reason": f"no method lowered s_AMB with a 95% CI excluding 0 ({len(candidates)} compared): "
                           f"the fallback {fallback}"}
+
+    def apply_teacher_rule(self, base: str, rule: dict[str, Any]) -> dict[str, Any]:
+        """The teacher by a pre-registered rule (:mod:`fairdistill.teacher_rule`) over the comparisons of the
+        rule's candidate methods on ``base``; the chosen method's options come with it."""
+        from .teacher_rule import TeacherRule, comparison_reader, judge
+
+        try:
+            r = TeacherRule.model_validate(rule)
+        except ValueError as e:
+            raise UserError(f"teacher_rule: {str(e).splitlines()[0]}; {str(e).splitlines()[-1].strip()}") from None
+        benches = {b.key: b for b in self.benchmarks()}
+        methods = {m.key: m for m in self.cfg.methods}
+        for name in r.candidates:
+            if name not in methods:
+                raise UserError(f"teacher_rule: candidate {name!r} is not among the study's methods "
+                                f"({', '.join(methods)})")
+
+        def folder(m: str, b: str) -> Path:
+            if b not in benches:
+                raise UserError(f"teacher_rule: benchmark {b!r} is not among the study's benchmark ids")
+            return self.spec(base, benches[b], methods[m]).out
+
+        choice = judge(r, comparison_reader(folder))
+        if choice["method"] is not None:
+            m = methods.get(choice["method"])
+            choice = {**choice, "method": m.name if m else choice["method"], "id": choice["method"],
+                      "options": dict(m.options) if m else {}}
+        return choice
 
     def add_trained(self, name: str, model_dir: str) -> None:
         done = self.out / "train" / name / "study_trained.json"
@@ -657,8 +694,8 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
             for m in cfg.models:
                 st.evaluate_model(m.name)
             for t in cfg.training:
-                st.train(t)
-                st.evaluate_model(t.name)
+                if st.train(t) is not None:
+                    st.evaluate_model(t.name)
     finally:
         if cfg.data:
             if old_data is None:

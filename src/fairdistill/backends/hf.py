@@ -55,6 +55,13 @@ def _resolve_dtype(dtype: str, device: str):
 #: bf16-vs-fp32 disagreements measured by speed/model_speed.py (see README "Precision")
 DEFAULT_RESCORE_MARGIN = 0.2
 
+#: the same for the first generated token (in a short answer: the answer letter), in nats. bf16 logits of a
+#: 1.5B model lie on a grid of 0.0625-0.125 nats, so bf16 top-two margins are 0, 0.0625, 0.125, ...; on 84
+#: BBQ prompts to Qwen2.5-Coder-1.5B every bf16/float32 disagreement had a bf16 margin of exactly 0, and
+#: float32 moved no margin by more than 0.114 (speed/generation_speed.py). 0.1 checks the exact ties and
+#: the first grid step: 14% of answers where 0.2 checked 46%, so the default costs 1.2-1.4x pure bf16, not 2x
+DEFAULT_FIRST_TOKEN_MARGIN = 0.1
+
 
 @BACKENDS.register("hf")
 class HFBackend(Backend):
@@ -73,6 +80,7 @@ class HFBackend(Backend):
         rescore_margin: float = 0.0,
         weights_dir: str | None = None,
         share_prefixes: bool = True,
+        first_token_margin: float = DEFAULT_FIRST_TOKEN_MARGIN,
     ):
         import torch
 
@@ -99,6 +107,9 @@ class HFBackend(Backend):
         # bf16/fp16 models: options whose top-two log-likelihood margin is below this are re-scored
         # in float32 (see backends/precision.py); 0 turns it off
         self.rescore_margin = float(rescore_margin) if model.dtype != torch.float32 else 0.0
+        # greedy generation: first tokens whose bf16 top-two margin is below this are decided in float32
+        # (only while rescore_margin is on: rescore_margin=0 means pure bf16 everywhere)
+        self.first_token_margin = float(first_token_margin)
         self._weights_dir = weights_dir
         self._fp32 = None
         self.n_scored = self.n_rescored = 0
@@ -127,6 +138,7 @@ class HFBackend(Backend):
         trust_remote_code: bool = False,
         rescore_margin: float = DEFAULT_RESCORE_MARGIN,
         share_prefixes: bool = True,
+        first_token_margin: float = DEFAULT_FIRST_TOKEN_MARGIN,
         **_: Any,
     ) -> "HFBackend":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
@@ -161,7 +173,8 @@ class HFBackend(Backend):
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load model {target!r}: {msg}") from None
         return cls(model, tok, name=target, batch_size=batch_size, device=dev, rescore_margin=rescore_margin,
-                   weights_dir=path if os.path.isdir(path) else None, share_prefixes=_flag(share_prefixes))
+                   weights_dir=path if os.path.isdir(path) else None, share_prefixes=_flag(share_prefixes),
+                   first_token_margin=float(first_token_margin))
 
     def describe(self) -> dict[str, Any]:
         out = {"backend": "hf", "model": self.name, "model_type": self.model_type,
@@ -176,7 +189,8 @@ class HFBackend(Backend):
         out: dict[str, Any] = {}
         if self.rescore_margin:
             out.update({"loglik_requests": self.n_scored, "rescored_fp32": self.n_rescored,
-                        "first_token_fp32": self.n_first_fp32, "regenerated": self.n_regenerated})
+                        "first_token_fp32": self.n_first_fp32, "regenerated": self.n_regenerated,
+                        "first_token_margin": self.first_token_margin})
         if self.intervention is not None:
             out["intervention"] = self.intervention.stats()
         return out
@@ -567,7 +581,7 @@ class HFBackend(Backend):
         for k, r in enumerate(requests):
             groups.setdefault((r.max_new_tokens, r.temperature, r.top_p, r.seed), []).append(k)
         for (max_new, temp, top_p, seed), idxs in groups.items():
-            check = not (temp and temp > 0) and self.rescore_margin > 0
+            check = not (temp and temp > 0) and self._first_margin() > 0
             new_of: dict[int, list[int]] = {}
             margin_of: dict[int, float] = {}
             for batch in self._batches([len(encs[k]) for k in idxs]):
@@ -657,6 +671,10 @@ class HFBackend(Backend):
             att[r, lp + ls - len(suf):] = 1
         return ids, att, cache
 
+    def _first_margin(self) -> float:
+        """The float32 first-token threshold in force: off (0) whenever near-tie re-scoring is off."""
+        return self.first_token_margin if self.rescore_margin > 0 else 0.0
+
     def _fp32_weights(self):
         if self._fp32 is None:
             from .precision import Float32Weights
@@ -667,7 +685,7 @@ class HFBackend(Backend):
     def _fix_first_tokens(self, encs, news, margins, max_new, eos) -> None:
         """Greedy bf16 answers whose first token was a near-tie: that token decided in float32, the rest
         regenerated after it when it changed. (In a short answer the first token is the answer.)"""
-        near = [r for r, m in enumerate(margins) if m < self.rescore_margin and news[r]]
+        near = [r for r, m in enumerate(margins) if m < self._first_margin() and news[r]]
         if not near:
             return
         with self._fp32_weights().active():
@@ -740,7 +758,26 @@ def shared_prefix_groups(encs: list[list[int]], min_shared: int = MIN_SHARED_PRE
     # a singleton keeps its whole prompt but one token as its "prefix"; members shrink to the common part
     for r, e in enumerate(encs):
         lens[group[r]] = min(lens[group[r]], len(e) - 1)
+    if not _sharing_pays(encs, group, lens):
+        return None
     return group, lens
+
+
+#: sharing prefixes lays a batch out as [pad, prefix, pad, suffix], padded to the longest prefix plus the
+#: longest suffix; it is used only when the tokens it computes are at most this share of a plain batch's
+SHARING_MAX_COST = 0.75
+
+
+def _sharing_pays(encs: list[list[int]], group: list[int], lens: list[int]) -> bool:
+    """Whether computing each group's prefix once costs clearly fewer token positions than the plain
+    left-padded batch. Rows of one question in several option orders share most of their prompt and
+    pass; unrelated questions that merely share a chat template's opening do not (measured: sharing a
+    system prompt made Qwen2.5's BBQ generation 10% slower, speed/generation_speed.py)."""
+    n_groups = max(group) + 1
+    suffix = max(len(e) - lens[group[r]] for r, e in enumerate(encs))
+    shared_cost = n_groups * max(lens) + len(encs) * suffix
+    plain_cost = len(encs) * max(len(e) for e in encs)
+    return shared_cost <= SHARING_MAX_COST * plain_cost
 
 
 def _eos_ids(model, tok) -> set[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from types import UnionType
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Iterable, Literal, Mapping, Union, get_args, get_origin
@@ -34,6 +35,26 @@ def option_list(value: Any) -> list[str] | None:
     if isinstance(value, str):
         return [x.strip() for x in value.split(",") if x.strip()]
     return [str(x).strip() for x in value]
+
+
+def ids_option(value: Any) -> list[str] | None:
+    """Item ids as a list, "a,b", or "@FILE" (one id per line; blank lines and # comments skipped). The ids
+    themselves are the run identity, wherever the file lies."""
+    if isinstance(value, str) and value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ValueError(f"cannot read the ids file {path}: {e.strerror or e}") from None
+        ids = [x.split("#", 1)[0].strip() for x in lines]
+        ids = [x for x in ids if x]
+        if not ids:
+            raise ValueError(f"the ids file {path} lists no ids")
+        return ids
+    listed = option_list(value)
+    if listed is not None and any(x.startswith("@") for x in listed):  # several files (and ids), in order
+        return [i for x in listed for i in (ids_option(x) if x.startswith("@") else [x])]
+    return listed
 
 
 _KEEP: Any = object()
@@ -120,8 +141,9 @@ class BenchmarkOptions(BaseModel):
                                  description="dataset folder (default: $FAIRDISTILL_DATA or ../shared/data)")
     limit: PositiveInt | None = Field(None, description="items to evaluate, a seeded sample (default: all)")
     seed: int = Field(0, description="seed for sampling, subsets and bootstrap")
-    ids: Annotated[list[str] | None, BeforeValidator(option_list)] = Field(
-        None, description="evaluate only these item ids (of the sample the other options select)")
+    ids: Annotated[list[str] | None, BeforeValidator(ids_option)] = Field(
+        None, description="evaluate only these item ids (of the sample the other options select); "
+                          "@FILE reads them from a file, one per line (# starts a comment)")
 
     @model_validator(mode="before")
     @classmethod

@@ -187,9 +187,10 @@ class BiasQA(Benchmark):
         return "loglik" if ctx.backend.can_score else "generate"
 
     def batch_size_for(self, ctx: EvalContext) -> int:
-        # log-likelihood items take about a second each: larger calls let the backend re-score the
-        # near-ties of 64 items in one float32 pass (its fixed cost is streaming the weights)
-        return 64 if self.resolved_mode(ctx) == "loglik" else self.batch_size
+        # plain answers (log-likelihood, or one short generated turn) take about a second each: larger
+        # calls let the backend decide the near-ties of 64 items in one float32 pass (its fixed cost is
+        # streaming the weights); a method's items take far longer, and are saved 16 at a time
+        return 64 if self.resolved_mode(ctx) == "loglik" or ctx.method is None else self.batch_size
 
     def check(self, ctx: EvalContext) -> None:
         mode = self.resolved_mode(ctx)

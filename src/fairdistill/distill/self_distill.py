@@ -58,7 +58,9 @@ class SelfDistillConfig(SFTConfig):
     permute: str = "none"             # none | cyclic: teacher, untrained and student answer every rotation
     benchmark_options: dict = field(default_factory=dict)  # any further benchmark option
     heldout: float = 0.3              # fraction of items held out for evaluation
-    split: str = "template"           # held-out items: whole templates ("template") or "random"
+    split: str = "template"           # held-out items: whole templates ("template"), "random", or "explicit"
+    items: Any = None                 # split=explicit: the item ids (list or "@FILE"), train and held-out together
+    heldout_items: Any = None         # split=explicit: the held-out ids among them (list or "@FILE")
     target: str = "option"            # SFT target: "option" text under a shuffled order, "letter", "text"
     max_new_tokens: int = 16          # answer length of teacher / untrained / student
     method_options: dict = field(default_factory=dict)  # the teacher method's options
@@ -73,7 +75,7 @@ class SelfDistillConfig(SFTConfig):
     def from_kwargs(cls, **kw: Any) -> "SelfDistillConfig":
         reject_unknown_options(kw, (f.name for f in fields(cls)), "self-distillation")
         cfg = cls(**kw)
-        for name, allowed in (("target", ("letter", "text", "option")), ("split", ("random", "template")),
+        for name, allowed in (("target", ("letter", "text", "option")), ("split", ("random", "template", "explicit")),
                               ("condition", ("both", "ambig", "disambig")), ("permute", ("none", "cyclic"))):
             if getattr(cfg, name) not in allowed:
                 raise UserError(f"unknown {name} {getattr(cfg, name)!r}; use {', '.join(allowed)}")
@@ -335,7 +337,10 @@ class _Job:
         self.item = {it["id"]: it for c in items for it in items[c]}
         if len(self.cond_of) != sum(map(len, items.values())):
             raise UserError("item ids repeat across conditions; self-distillation needs unique ids")
-        self.held = split_items(self.benches, items, cfg.heldout, cfg.seed, by=cfg.split)
+        if cfg.split == "explicit":
+            items = self._explicit_items(items)
+        else:
+            self.held = split_items(self.benches, items, cfg.heldout, cfg.seed, by=cfg.split)
         self.train_ids = [i for i in self.cond_of if i not in self.held]
         self.splits = {"heldout": sorted(self.held), **({"train": sorted(self.train_ids)} if cfg.eval_train else {})}
         self.dirs: dict[str, dict[str, dict[str, Path]]] = {}
@@ -344,6 +349,35 @@ class _Job:
         self.student_dir = out / "student_model"
         self.student_name = self.model_name + "+self-distill" if self.in_process else str(self.student_dir)
         self.teacher_name = "teacher"
+
+    def _explicit_items(self, items: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        """split=explicit: the items and the held-out ids fixed before the study (e.g. by a committed draw); each
+        condition's runs evaluate exactly its listed items (the ``ids`` benchmark option)."""
+        from ..benchmarks.base import ids_option
+
+        try:
+            wanted, held = ids_option(self.cfg.items), ids_option(self.cfg.heldout_items)
+        except ValueError as e:
+            raise UserError(f"self-distillation: {e}") from None
+        if not wanted or not held:
+            raise UserError("split=explicit needs items and heldout_items (lists of ids or @FILE)")
+        unknown = [i for i in wanted if i not in self.cond_of]
+        if unknown:
+            raise UserError(f"self-distillation: {len(unknown)} listed items are not among the benchmark's items "
+                            f"(e.g. {unknown[0]!r})")
+        stray = [i for i in held if i not in set(wanted)]
+        if stray:
+            raise UserError(f"self-distillation: {len(stray)} held-out ids are not among the listed items (e.g. {stray[0]!r})")
+        keep = set(wanted)
+        for c, spec in self.specs.items():
+            ids = [it["id"] for it in items[c] if it["id"] in keep]
+            self.specs[c] = spec.model_copy(update={"options": {**spec.options, "ids": ids}})
+            self.benches[c] = self.specs[c].build_benchmark()
+        items = {c: b.load_items() for c, b in self.benches.items()}
+        self.cond_of = {it["id"]: c for c in items for it in items[c]}
+        self.item = {it["id"]: it for c in items for it in items[c]}
+        self.held = set(held)
+        return items
 
     def run(self, cond: str, who: str, backend, *, ids: Sequence[str] | None = None, teacher: Method | None = None,
             sub: str = "heldout") -> Path:
