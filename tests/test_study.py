@@ -560,7 +560,8 @@ def _shrunk_confirmatory_study(path: Path, chat_model: str, fallback: str | None
 
 
 @pytest.mark.slow
-def test_the_confirmatory_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_path, shared_data, tmp_path):
+def test_the_confirmatory_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_chat_path, shared_data, tmp_path,
+                                                                    monkeypatch):
     """The pre-registered study on a tiny random model: every candidate on the training split, the rule applied
     to their comparisons. The random model lowers nothing, so no teacher qualifies and no student is trained
     (said in teacher_choice.json and study.log); with a fallback teacher registered instead, the student is trained
@@ -582,15 +583,30 @@ def test_the_confirmatory_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_
     comp = json.loads((out / "qwen15" / "bbq-train-ambig--prefix-3" / "comparison.json").read_text())
     assert {r["metric"] for r in comp["rows"]} >= {"stereotyped_rate", "anti_stereotyped_rate", "accuracy", "s_AMB"}
 
-    # the same study with a fallback teacher: the explicit split drives training and the held-out runs
+    # the same study with a fallback teacher (a test double: a random tiny model's answers never parse, and
+    # "A" in every rotation would be a tie, so unrotated): the explicit split drives training and held-out runs
+    import yaml
+
+    from fairdistill.methods.base import Method, MethodResult
+    from fairdistill.registry import METHODS
+
+    class AlwaysA(Method):
+        name = "always-a"
+
+        def answer(self, questions, gen=None):
+            return [MethodResult(text="A", transcript=[{"role": "assistant", "content": "A"}], calls=2)
+                    for _ in questions]
+
+    METHODS.names()
+    monkeypatch.setitem(METHODS._items, "always-a", AlwaysA)
     cfg2 = tmp_path / "second" / "c.yaml"
     cfg2.parent.mkdir()
-    _shrunk_confirmatory_study(cfg2, str(tiny_llama_chat_path), "prefix-3")
-    text = cfg2.read_text()
-    cfg2.write_text(text.replace(str(tmp_path / "second" / "out"), str(out)))  # the finished runs are reused
-    st_cfg = json.loads(json.dumps(__import__("yaml").safe_load(cfg2.read_text())))
+    _shrunk_confirmatory_study(cfg2, str(tiny_llama_chat_path), "always-a")
+    st_cfg = yaml.safe_load(cfg2.read_text())
+    st_cfg["out"] = str(out)  # the finished runs are reused
     st_cfg["training"] = st_cfg["training"][:1]
-    cfg2.write_text(__import__("yaml").safe_dump(st_cfg, sort_keys=False))
+    st_cfg["training"][0]["options"].pop("permute")
+    cfg2.write_text(yaml.safe_dump(st_cfg, sort_keys=False))
     run_study(cfg2, show_progress=False)
     sd = json.loads((out / "train" / "qwen15-sd-bbq" / "study_trained.json").read_text())["summary"]
     items = lambda *names: {i for n in names for i in (cfg2.parent / "items" / n).read_text().split()}  # noqa: E731
@@ -603,4 +619,4 @@ def test_the_confirmatory_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_
                for x in (out / "train" / "qwen15-sd-bbq" / "heldout" / c / "student" / "results.jsonl").open()}
     assert student == held
     assert set(sd["transfer"]) == {"kobbq", "occupation-gender"}
-    assert json.loads((out / "train" / "qwen15-sd-bbq" / "teacher_choice.json").read_text())["method"] == "prefix-3"
+    assert json.loads((out / "train" / "qwen15-sd-bbq" / "teacher_choice.json").read_text())["method"] == "always-a"
