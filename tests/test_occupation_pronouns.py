@@ -88,3 +88,35 @@ def test_the_occupations_corpus_leaves_the_held_out_occupations_out(shared_data)
     assert read_corpus("occupations") == texts and read_corpus("occupations", max_examples=3) == texts[:3]
     with pytest.raises(UserError, match="built-in corpora: occupations"):
         read_corpus("no-such-corpus")
+
+
+def test_fresh_frames_open_no_training_sentence_and_share_no_verb(shared_data):
+    """frames=fresh holds out the sentence frame as well as the occupation: no training sentence of either
+    built-in corpus begins with a fresh frame's opening (the words before the occupation), contains its verb
+    phrase (the words after it), or begins with the frame itself, whatever occupation fills it. The original
+    three frames do open training sentences (why the fresh ones exist)."""
+    from fairdistill.benchmarks.occupation_pronouns import FRESH_FRAMES
+    from fairdistill.distill.corpora import CORPORA, occupation_corpus
+
+    assert len(FRESH_FRAMES) >= 8 and len(set(FRESH_FRAMES)) == len(FRESH_FRAMES)
+    sentences = [s for name in CORPORA for s in CORPORA[name]()]
+    _, train, _ = occupation_corpus(wide=True)
+    for frame in FRESH_FRAMES:
+        opening, verb = frame.split("{o}")
+        assert verb.strip() and not any(verb in s for s in sentences), frame
+        if opening:
+            assert not any(s.startswith(opening) for s in sentences), frame
+        for o in train + HELD_OUT:
+            assert not any(s.startswith(frame.format(o=o)) for s in sentences), (frame, o)
+    assert any(s.startswith(FRAMES[0].format(o=train[0])) for s in sentences)  # the old frames are not held out
+
+
+def test_fresh_frames_are_an_option_that_keeps_old_identities():
+    old = OccupationPronouns()
+    fresh = OccupationPronouns(frames="fresh")
+    assert "frames" not in old.identity() and fresh.identity()["frames"] == "fresh"
+    items = fresh.load_items()
+    assert len(items) == 10 * len(HELD_OUT) and items[0]["id"] == f"{HELD_OUT[0]}/fresh-0"
+    assert {it["id"] for it in items}.isdisjoint({it["id"] for it in old.load_items()})
+    with pytest.raises(UserError, match="frames"):
+        OccupationPronouns(frames="new")
