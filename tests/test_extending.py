@@ -1,4 +1,4 @@
-"""The README's "Extending fairdistill" example: a benchmark, a method and a backend in one user module,
+"""The "Extending fairdistill" example (docs/extending.md): a benchmark, a method and a backend in one user module,
 found without editing any list, run end to end through `fairdistill eval`."""
 import json
 import textwrap
