@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .redaction import redact_urls
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -152,10 +153,11 @@ def eval_cmd(
         spec.out = run_dir
         m = spec.method
         what = "".join(f" + {x}" for x in (intervention, m) if x)
-        console.print(f"[bold]{benchmark}[/bold] on [bold]{model}{what}[/bold] -> {run_dir}")
+        shown = redact_urls(model)  # credentials in a URL are sent to the server, never printed or stored
+        console.print(f"[bold]{benchmark}[/bold] on [bold]{shown}{what}[/bold] -> {run_dir}")
         _, metrics = execute(spec, backend, bench=bench, show_progress=progress,
-                             extra_config={"command": " ".join(sys.argv[1:]), "model_spec": model})
-        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {model}{what}")
+                             extra_config={"command": redact_urls(" ".join(sys.argv[1:])), "model_spec": shown})
+        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {shown}{what}")
         print_position(metrics)
         print_notes(metrics)
         print_definitions(metrics)

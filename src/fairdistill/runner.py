@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
 from .benchmarks.base import Benchmark, EvalContext
@@ -40,6 +40,14 @@ class RunSpec(BaseModel):
     data: str | None = None
     limit: int | None = None
     out: Path | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        # a URL's user:password@ or ?api_key= never reaches config.json, a run identity or a folder name
+        from .redaction import redact_urls
+
+        return redact_urls(v)
 
     def build_benchmark(self) -> Benchmark:
         bench = build_benchmark(self.benchmark, self.options, seed=self.seed, data=self.data, limit=self.limit)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
+from .redaction import redact_urls
 from .runner import RunSpec, build_benchmark, execute
 
 
@@ -309,7 +310,7 @@ class _Study:
         spec = self.spec(model_name, bench, method, intervention)
         label = self._label(model_name, method, intervention)
         self.log(f"[bold]{bench.key}[/bold] on [bold]{label}[/bold] -> {spec.out}")
-        extra = {"model_spec": self.models[model_name], "label": label, "study": self.cfg.name,
+        extra = {"model_spec": redact_urls(self.models[model_name]), "label": label, "study": self.cfg.name,
                  "method_options": method.options if method else {}}
         if model_name in self.costs:
             extra["cost"] = self.costs[model_name]
@@ -726,7 +727,8 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
     html = build_report([r["dir"] for r in runs], rep, labels=[r["label"] for r in runs],
                         title=cfg.report.title, markdown=cfg.report.markdown, references=references)
     prev.write_text(json.dumps({
-        "name": cfg.name, "title": cfg.report.title, "config": str(Path(config_path).resolve()), "models": models,
+        "name": cfg.name, "title": cfg.report.title, "config": str(Path(config_path).resolve()),
+        "models": redact_urls(models),
         "trained": trained, "runs": runs, "notes": st.notes, "report": str(html), "references": references,
     }, indent=2))
     return html

@@ -35,9 +35,10 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from ..errors import CapabilityError, UserError
+from ..redaction import split_credentials
 from ..registry import BACKENDS
 from .base import Backend, GenerationRequest, GenerationResult
 
@@ -68,10 +69,10 @@ class _Secret:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str | None):
+    def __init__(self, value: Any):
         self._value = value
 
-    def get(self) -> str | None:
+    def get(self) -> Any:
         return self._value
 
     def __repr__(self) -> str:
@@ -178,12 +179,18 @@ class OpenAIBackend(Backend):
         chat: bool = True,
         prompt_logprobs: bool | None = None,
     ):
-        parts = urlsplit(base_url)
+        # credentials in the URL (user:password@, ?api_key=) are sent with every request and appear nowhere else
+        public, auth, params = split_credentials(base_url)
+        parts = urlsplit(public)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UserError(f"not an http(s) URL: {base_url!r} (model string is openai:URL#MODEL)")
+            raise UserError(f"not an http(s) URL: {public!r} (model string is openai:URL#MODEL)")
+        public = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))  # the query's other parameters
         if parts.path in ("", "/"):
-            base_url = base_url.rstrip("/") + "/v1"
-        self.base_url = base_url.rstrip("/")
+            public = public.rstrip("/") + "/v1"
+        self.base_url = public.rstrip("/")
+        other = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+        self._auth = _Secret(auth)  # type: ignore[arg-type]
+        self._params = _Secret({**other, **params} or None)  # type: ignore[arg-type]
         self.model = model
         self.name = model
         self.model_type = "causal"
@@ -252,7 +259,8 @@ class OpenAIBackend(Backend):
         async def main():
             limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
             timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout)
-            async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=self._trust_env) as client:
+            async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=self._trust_env,
+                                         auth=self._auth.get(), params=self._params.get()) as client:
                 return await job(client)
 
         try:

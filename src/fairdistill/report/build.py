@@ -62,6 +62,10 @@ def redact(obj: Any) -> Any:
         return out
     if isinstance(obj, list):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):  # a URL's userinfo or ?api_key= (runs written before they were stripped at the source)
+        from ..redaction import redact_urls
+
+        return redact_urls(obj)
     return obj
 
 
