@@ -337,8 +337,10 @@ def test_http_loglikelihood_equals_in_process(tiny_gpt2, prepend_bos):
     from servers.echo_logprobs import EchoLogprobServer
 
     with EchoLogprobServer(tiny_gpt2.model, tiny_gpt2.tokenizer, name="gpt2", prepend_bos=prepend_bos) as srv:
-        backend = http_backend(srv.url, "gpt2", concurrency=4)
-        assert backend.can_score
+        # a random model cannot predict a counting sequence: the canary refuses it, trust_logprobs overrides
+        assert not http_backend(srv.url, "gpt2").can_score
+        backend = http_backend(srv.url, "gpt2", concurrency=4, trust_logprobs="true")
+        assert backend.can_score and backend.describe()["trust_logprobs"] is True
         assert backend.continuation_lengths(LOGLIK_REQUESTS) == tiny_gpt2.continuation_lengths(LOGLIK_REQUESTS)
         if not prepend_bos:  # same conditioning as the in-process backend
             got, want = backend.loglikelihood_choices(LOGLIK_REQUESTS), tiny_gpt2.loglikelihood_choices(LOGLIK_REQUESTS)

@@ -126,11 +126,16 @@ class Backend:
     def close(self) -> None:
         pass
 
+    #: why the backend cannot score log-likelihoods, when it found out (e.g. a server whose log-probs failed a check)
+    why_no_scores: str | None = None
+
     def require(self, *, chat: bool = False, score: bool = False, what: str = "this benchmark") -> None:
         if chat and not self.can_chat:
             raise CapabilityError(f"{what} needs a chat model, but {self.name} has no chat template/endpoint")
         if score and not self.can_score:
-            raise CapabilityError(f"{what} needs log-likelihoods, which {self.name} cannot provide")
+            why = self.why_no_scores
+            raise CapabilityError(f"{what} needs log-likelihoods, which {self.name} cannot provide"
+                                  + (f": {why}" if why else ""))
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:

@@ -48,6 +48,17 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 NO_LOGPROBS = ("server {url} does not return prompt log-probabilities; log-likelihood scoring needs "
                "vLLM or a llama.cpp server (llama-cpp-python) — use --mode generate with this server")
 
+#: the log-probability canary: a counting sequence every real language model continues with confidence
+CANARY_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,"
+#: the least mean log-prob (nats per token) of the canary's second half; a real LM scores it near 0 (measured
+#: in-process: SmolLM2-135M -0.031, Qwen2.5-Coder-1.5B -0.014, 43 tokens), chance over a 50k vocabulary is -10.8,
+#: and the broken echo of llama-cpp-python's server gave about -9 to -11 per token (the issue's measurement)
+CANARY_MIN_MEAN_LOGPROB = -2.0
+_CANARY_VERDICTS: dict[tuple[str, str], str | None] = {}  # (base URL, model) -> failure or None (passed)
+REFUSED = ("{url} returned prompt log-probabilities that fail a check ({why}); the numbers would be wrong. "
+           "Use --mode generate with this server, or pass --backend-option trust_logprobs=true to score anyway "
+           "(recorded in config.json)")
+
 
 @dataclass
 class _Span:
@@ -178,6 +189,7 @@ class OpenAIBackend(Backend):
         backoff_max: float = 30.0,
         chat: bool = True,
         prompt_logprobs: bool | None = None,
+        trust_logprobs: bool = False,
     ):
         # credentials in the URL (user:password@, ?api_key=) are sent with every request and appear nowhere else
         public, auth, params = split_credentials(base_url)
@@ -205,6 +217,7 @@ class OpenAIBackend(Backend):
         self.backoff_max = float(backoff_max)
         self._chat = _bool(chat)
         self._prompt_logprobs = None if prompt_logprobs is None else _bool(prompt_logprobs)
+        self.trust_logprobs = _bool(trust_logprobs)  # skip the canary (a user's explicit choice, in the identity)
         self._reached = False  # once the server answered, connection failures mean "down mid-run"
         self._trust_env = not _is_loopback(parts.hostname)  # no HTTP(S)_PROXY detour for loopback
         self._spans: dict[tuple[str, str], _Span] = {}  # memo: choices and lengths share one request
@@ -217,7 +230,7 @@ class OpenAIBackend(Backend):
             raise UserError(f"model string openai:{target} names no model: use openai:URL#MODEL "
                             "(GET URL/models lists the server's models)")
         keys = ("api_key_env", "concurrency", "max_retries", "startup_retries", "timeout", "connect_timeout",
-                "backoff_base", "backoff_max", "chat", "prompt_logprobs")
+                "backoff_base", "backoff_max", "chat", "prompt_logprobs", "trust_logprobs")
         # device, dtype, batch_size etc. are for in-process backends; the server decides those
         return cls(url, model, **{k: v for k, v in options.items() if k in keys and v is not None})
 
@@ -228,7 +241,10 @@ class OpenAIBackend(Backend):
         return dict(self.counts)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "model": self.model, "base_url": self.base_url, "model_type": "causal"}
+        out = {"backend": "openai", "model": self.model, "base_url": self.base_url, "model_type": "causal"}
+        if self.trust_logprobs:
+            out["trust_logprobs"] = True
+        return out
 
     # -- capabilities ---------------------------------------------------------------------------
     @property
@@ -384,15 +400,34 @@ class OpenAIBackend(Backend):
         return CapabilityError(NO_LOGPROBS.format(url=self.base_url))
 
     async def _probe(self, client) -> None:
+        """One request: does the server return prompt log-probabilities, and do they mean anything (the canary,
+        :func:`canary_failure`)? The verdict is kept per URL and model for the process."""
+        key = (self.base_url, self.model)
+        if key in _CANARY_VERDICTS and not self.trust_logprobs:
+            self._refuse_if(_CANARY_VERDICTS[key])
+            self._prompt_logprobs = True
+            return
         sem = asyncio.Semaphore(1)
+        payload = {**self._score_payload(CANARY_PROMPT), "logprobs": 5}
         try:
-            resp = await self._post(client, sem, "/completions", self._score_payload("The sky is blue."))
+            resp = await self._post(client, sem, "/completions", payload)
         except _HTTPError as e:
             if e.status in (400, 404, 405, 422, 501):  # no /completions, or echo/logprobs refused
                 raise self._no_logprobs() from None
             raise UserError(str(e)) from None
-        self._prompt_tokens(resp)  # raises CapabilityError when the answer holds no prompt log-probs
+        why = canary_failure(resp, CANARY_PROMPT)
+        if why is None or not why.startswith("generated token only"):
+            self._prompt_tokens(resp)  # raises CapabilityError when the answer holds no prompt log-probs
+        if not self.trust_logprobs:
+            _CANARY_VERDICTS[key] = why
+            self._refuse_if(why)
         self._prompt_logprobs = True
+
+    def _refuse_if(self, why: str | None) -> None:
+        if why is not None:
+            self._prompt_logprobs = False
+            self.why_no_scores = REFUSED.format(url=self.base_url, why=why)
+            raise CapabilityError(self.why_no_scores)
 
     def _prompt_tokens(self, resp: dict) -> tuple[list[str], list[float | None], list[int]]:
         """(tokens, log-probs, end offsets) of the echoed prompt, without the generated token."""
@@ -418,7 +453,7 @@ class OpenAIBackend(Backend):
 
     def _require_scoring(self) -> None:
         if self._prompt_logprobs is False:
-            raise CapabilityError(NO_LOGPROBS.format(url=self.base_url))
+            raise CapabilityError(self.why_no_scores or NO_LOGPROBS.format(url=self.base_url))
         if self._prompt_logprobs is None:
             self._run(lambda client: self._probe(client))
 
@@ -489,3 +524,58 @@ class _HTTPError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def canary_failure(resp: dict, prompt: str) -> str | None:
+    """Which check an echoed ``/completions`` answer to ``prompt`` (max_tokens=1, temperature 0, top log-probs)
+    fails, with its numbers; None when it passes. The checks, against the two known server bugs:
+
+    * **generated token only**: log-probs for the generated token and none for the prompt (llama-server,
+      llama.cpp #27174), which would otherwise pass as a prompt without scores;
+    * **alignment**: the echoed tokens spell the prompt; where ``top_logprobs`` are given, each token's log-prob is
+      its own entry there, and the greedy generated token's is the top value (log-probs that belong to the next
+      position, llama-cpp-python #1983, fail this);
+    * **predictable tail**: the mean log-prob of the prompt's second half is at least ``CANARY_MIN_MEAN_LOGPROB``.
+    """
+    try:
+        lp = resp["choices"][0].get("logprobs") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None  # no log-probs at all: the caller's own check says so
+    tokens, lps, top = lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("top_logprobs")
+    if not tokens or not lps:
+        return None  # no log-probs at all: the caller's own check says so
+    n = (resp.get("usage") or {}).get("prompt_tokens")
+    n = n if isinstance(n, int) and 0 < n <= len(tokens) else max(len(tokens) - 1, 0)
+    if len(tokens) <= 1 or (lps and all(x is None for x in lps[:n]) and any(x is not None for x in lps[n:])):
+        return f"generated token only: {len(tokens)} token(s) echoed, none of the prompt's scored"
+    text = "".join(tokens[:n])
+    if prompt not in text:
+        return f"the echoed tokens do not spell the prompt (got {text[-40:]!r})"
+    if isinstance(top, list) and len(top) == len(tokens) and any(isinstance(t, dict) for t in top):
+        bad = [k for k in range(1, len(tokens)) if isinstance(top[k], dict) and tokens[k] in top[k]
+               and lps[k] is not None and abs(float(top[k][tokens[k]]) - float(lps[k])) > 1e-3]
+        if bad:
+            k = bad[0]
+            return (f"misaligned: token {k} ({tokens[k]!r}) has log-prob {float(lps[k]):.3f} but {float(top[k][tokens[k]]):.3f}"
+                    " in its own top_logprobs (log-probs shifted by a position?)")
+        last, got = top[-1], lps[-1] if len(lps) == len(tokens) else None
+        if not isinstance(last, dict) or not last or got is None:
+            return ("misaligned: the greedy generated token has no log-prob or top_logprobs at its own position "
+                    "(log-probs shifted by a position?)")
+        best = max(float(v) for v in last.values())
+        if abs(float(got) - best) > 1e-3:
+            return (f"misaligned: the greedy generated token has log-prob {float(got):.3f} but the top value at its "
+                    f"position is {best:.3f} (log-probs shifted by a position?)")
+    start = len(text) - len(prompt) + len(prompt) // 2
+    pos, tail = 0, []
+    for t, x in zip(tokens[:n], lps[:n]):
+        pos += len(t)
+        if pos > start and x is not None:
+            tail.append(float(x))
+    if not tail:
+        return "no log-prob for the prompt's second half"
+    mean = sum(tail) / len(tail)
+    if mean < CANARY_MIN_MEAN_LOGPROB:
+        return (f"implausible: a counting sequence's second half scores {mean:.2f} nats per token on average "
+                f"(a real language model: above {CANARY_MIN_MEAN_LOGPROB:g}; chance: about -10)")
+    return None
