@@ -3,6 +3,15 @@
 Four concepts: a *backend* answers model requests, a *benchmark* turns data into requests and
 results into metrics, a *method* (inference-time debiasing) turns one question into a conversation,
 and a *run* stores every item's result as it completes.
+
+The public Python API (``import fairdistill as fd``): :func:`evaluate`, :func:`compare`, :func:`report`,
+:func:`run_study`, the :class:`Run` and :class:`Comparison` they return, and the errors they raise.
 """
 
 __version__ = "0.1.0"
+
+from .api import Comparison, Run, compare, evaluate, report, run_study  # noqa: E402
+from .errors import CapabilityError, UserError  # noqa: E402
+
+__all__ = ["evaluate", "compare", "report", "run_study", "Run", "Comparison", "UserError", "CapabilityError",
+           "__version__"]
