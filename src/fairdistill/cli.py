@@ -137,6 +137,8 @@ def eval_cmd(
                        intervention=intervention, intervention_options=iopts, seed=seed, data=data, limit=limit)
         specs.append(spec)
     # a missing or malformed dataset, or a method the benchmark cannot take, fails before a model is loaded
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a run folder; choose another --out")
     benches = [s.build_benchmark() for s in specs]
     for b in benches:
         b.load_items()

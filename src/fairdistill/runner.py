@@ -52,6 +52,13 @@ class RunSpec(BaseModel):
     def build_benchmark(self) -> Benchmark:
         bench = build_benchmark(self.benchmark, self.options, seed=self.seed, data=self.data, limit=self.limit)
         bench.check_method(self.method)
+        if self.out is not None and self.out.exists() and not self.out.is_dir():  # before any model loads
+            raise UserError(f"{self.out} is a file, not a run folder; choose another --out")
+        if self.method and self.method != "none":  # a bad method option fails before any model loads
+            from .registry import METHODS
+
+            if self.method in METHODS.names():
+                METHODS.get(self.method).validate_options(self.method_options)
         bench.check_method_options(self.method, self.method_options)
         return bench
 
@@ -94,8 +101,12 @@ def execute(spec: RunSpec, backend, *, bench: Benchmark | None = None, method=No
     with applied(backend, spec.intervention, spec.intervention_options):
         if method is None and spec.method:
             method = get_method(spec.method, backend, **spec.method_options)
-        metrics = run_benchmark(bench, EvalContext(backend=backend, method=method, seed=spec.seed), RunStore(run_dir),
-                                show_progress=show_progress, extra_config=config)
+        from .distributed import dist_env
+
+        store = RunStore(run_dir)
+        with store.exclusive(enabled=not dist_env().active):  # one process per run folder, bar a sharded run's ranks
+            metrics = run_benchmark(bench, EvalContext(backend=backend, method=method, seed=spec.seed), store,
+                                    show_progress=show_progress, extra_config=config)
     return run_dir, metrics
 
 

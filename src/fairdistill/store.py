@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import UserError
 
@@ -97,9 +98,44 @@ def load_with_shards(path: str | os.PathLike) -> dict[Any, dict[str, Any]]:
 class RunStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path} is a file, not a run folder; choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"cannot make the run folder {self.path}: a file stands in its path; choose another --out") from None
         self.results_path = self.path / "results.jsonl"
         self._results = JsonlLog(self.results_path)
+
+    @contextmanager
+    def exclusive(self, enabled: bool = True) -> Iterator[None]:
+        """Hold the run folder for this process (a lock file with its PID): a second process started on the same
+        folder stops in one line instead of computing every item again. Ranks of one sharded run (torchrun,
+        accelerate) share the folder by design and pass ``enabled=False``."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform: run unguarded
+            enabled = False
+        if not enabled:
+            yield
+            return
+        path = self.path / ".lock"
+        fh = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                pid = fh.read().strip() or "unknown"
+                raise UserError(f"the run folder {self.path} is in use by PID {pid} (another fairdistill process); "
+                                "wait for it to finish, or choose another --out") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
+        finally:
+            fh.close()  # closing releases the lock
 
     def use_shard(self, rank: int) -> None:
         """Append this process's results to ``results.rank{rank}.jsonl`` (one writer per file)."""

@@ -69,13 +69,19 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, backend: Backend, **options: Any):
-        from ..benchmarks.base import parse_options
-
         self.backend = backend
         self.options = options
+        self.opts = self.validate_options(options)
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> "MethodOptions":
+        """The validated options; an unknown or bad option is a one-line UserError. Runs before any model loads
+        (``RunSpec.build_benchmark``) as well as here."""
+        from ..benchmarks.base import parse_options
+
         # keys starting with "_" are internal hand-overs between components, not user options
-        self.opts = parse_options(self.Options, self.name, {k: v for k, v in options.items()
-                                                            if not k.startswith("_") and v is not None}, kind="method")
+        return parse_options(cls.Options, cls.name, {k: v for k, v in options.items()
+                                                     if not k.startswith("_") and v is not None}, kind="method")
 
     def identity(self) -> dict[str, Any]:
         return {"method": self.name, **{k: v for k, v in self.options.items() if not k.startswith("_")}}

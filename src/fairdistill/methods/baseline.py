@@ -9,6 +9,8 @@ from .base import GenerationConfig, Method, MethodResult, Question, user_turn
 
 @METHODS.register("baseline")
 class Baseline(Method):
+    """The plain model: the benchmark's question in one user turn, no debiasing (what --compare pairs methods with)."""
+
     name = "baseline"
 
     def answer(self, questions: Sequence[Question], gen: GenerationConfig | None = None) -> list[MethodResult]:

@@ -1,0 +1,94 @@
+"""Edges a new user hit (each failed before its fix): an --out that is a file, two processes on one run folder,
+an unknown method option reported only after the model loaded, a method listed without a description."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fairdistill.cli import main
+
+
+def test_out_that_is_an_existing_file_is_one_line(tiny_gpt2_path, bbq_dir, tmp_path, capsys):
+    f = tmp_path / "taken.txt"
+    f.write_text("not a folder")
+    rc = main(["eval", "bbq", "--model", str(tiny_gpt2_path), "--categories", "Age", "--limit", "1",
+               "--data", str(bbq_dir), "--out", str(f), "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "is a file, not a run folder" in err and len(err.splitlines()) == 1
+    assert f.read_text() == "not a folder"
+    from fairdistill.store import RunStore  # and where a folder is opened without a spec
+
+    with pytest.raises(Exception, match="is a file, not a run folder"):
+        RunStore(f)
+
+
+def test_unknown_method_option_fails_before_the_model_loads(bbq_dir, capsys):
+    # the model does not exist: had it been loaded first, the error would name the model instead
+    rc = main(["eval", "bbq", "--model", "/no/such/model", "--mode", "generate", "--method", "reprompting",
+               "--method-option", "bogus=1", "--limit", "1", "--data", str(bbq_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has no option 'bogus'" in err and "/no/such/model" not in err
+
+
+def test_every_registered_name_has_a_description(capsys):
+    from fairdistill.registry import METHODS
+
+    assert (METHODS.get("baseline").__doc__ or "").strip()
+    main(["list"])
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if " baseline " in ln)
+    assert "plain model" in line
+
+
+SLOW_BACKEND = textwrap.dedent('''
+    import time
+    from fairdistill.backends.base import Backend
+    from fairdistill.registry import BACKENDS
+
+    @BACKENDS.register("slow")
+    class Slow(Backend):
+        @classmethod
+        def from_spec(cls, target, **options):
+            be = cls()
+            be.name = "slow"
+            return be
+        @property
+        def can_score(self):
+            return True
+        def describe(self):
+            return {"backend": "slow"}
+        def loglikelihood_choices(self, requests):
+            time.sleep(0.5)
+            return [[-1.0 * (j + 1) for j in range(len(c))] for _, c in requests]
+''')
+
+
+def test_a_second_process_on_the_same_run_folder_stops_in_one_line(bbq_dir, tmp_path):
+    """Two real processes: the first holds the folder; the second names its PID and computes nothing."""
+    (tmp_path / "slowplug.py").write_text(SLOW_BACKEND)
+    env = {**os.environ, "FAIRDISTILL_PLUGINS": "slowplug", "PYTHONPATH": f"{tmp_path}{os.pathsep}" +
+           os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "fairdistill", "eval", "bbq", "--model", "slow:x", "--categories", "Age", "--limit",
+           "130", "--data", str(bbq_dir), "--out", str(tmp_path / "run"), "--no-progress"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "run" / ".lock"
+    for _ in range(300):
+        if lock.exists() and lock.read_text().strip():
+            break
+        time.sleep(0.05)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 2 and f"in use by PID {first.pid}" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 130  # every item once
+    # the folder is free again: a rerun resumes with nothing recomputed
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 130
