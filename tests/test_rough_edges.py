@@ -112,3 +112,20 @@ def test_a_truncated_or_foreign_gguf_is_one_line(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and words in err[-1] and str(f) in err[-1], err
         assert not any("Traceback" in line for line in err)
+
+
+def test_without_a_terminal_a_long_run_prints_plain_progress_lines(tiny_gpt2_path, bbq_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    import fairdistill.runner as runner
+
+    monkeypatch.setattr(runner, "PLAIN_PROGRESS_EVERY", 0.0)  # a line per batch instead of every 30 s
+    rc = main(["eval", "bbq", "--model", str(tiny_gpt2_path), "--categories", "Age,Religion", "--limit", "70",
+               "--data", str(bbq_dir), "--out", str(tmp_path / "r"), "--device", "cpu", "--mode", "loglik"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("bbq: ")]
+    assert rc in (0, None) and len(lines) >= 2, err[-2000:]
+    assert lines[-1].startswith("bbq: 140/140 items") and "items/s" in lines[-1] and "ETA" in lines[-1]
+    monkeypatch.setattr(runner, "PLAIN_PROGRESS_EVERY", 3600.0)  # the default spacing: only the final line
+    main(["eval", "bbq", "--model", str(tiny_gpt2_path), "--categories", "Age,Religion", "--limit", "70",
+          "--data", str(bbq_dir), "--out", str(tmp_path / "r2"), "--device", "cpu", "--mode", "loglik"])
+    assert sum(ln.startswith("bbq: ") for ln in capsys.readouterr().err.splitlines()) == 1

@@ -133,6 +133,35 @@ def progress_bar(disable: bool = False):
     )
 
 
+#: seconds between the plain progress lines printed when output is not a terminal (CI, cluster logs, nohup)
+PLAIN_PROGRESS_EVERY = 30.0
+
+
+class PlainProgress:
+    """Where no terminal shows a progress bar, a line on stderr every ``PLAIN_PROGRESS_EVERY`` seconds: items done,
+    rate, ETA; a long run in a log is never silent until it ends."""
+
+    def __init__(self, label: str, total: int, done: int, *, enabled: bool):
+        self.label, self.total, self.done, self.enabled = label, total, done, enabled
+        self.start = self.last = time.perf_counter()
+        self.new = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.new += n
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < PLAIN_PROGRESS_EVERY and self.done < self.total):
+            return
+        self.last = now
+        rate = self.new / max(now - self.start, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta = f"{int(left // 60)}m{int(left % 60):02d}s" if left != float("inf") else "?"
+        import sys
+
+        print(f"{self.label}: {self.done}/{self.total} items, {rate:.2f} items/s, ETA {eta}", file=sys.stderr,
+              flush=True)
+
+
 def _check_estimate(store: RunStore, config: dict[str, Any], backend) -> bool:
     """Record the attached intervention's fingerprint (a projection's basis) in ``config`` and refuse to
     resume a run started with another one: its answers would mix two estimates. Returns True for a finished
@@ -258,12 +287,15 @@ def run_benchmark(
             label = benchmark.name + (f" (rank 0 of {dist.world_size})" if dist.active else "")
             total = len(items) if not dist.active else sum(len(b) for b in mine)
             task = prog.add_task(label, total=total, completed=total - sum(len(b) for b in mine), rate="")
+            plain = PlainProgress(label, total, total - sum(len(b) for b in mine),
+                                  enabled=show_progress and dist.is_main and not prog.console.is_terminal)
             for batch in mine:
                 records = benchmark.evaluate(batch, ctx)
                 store.append(records)
                 n_new += len(batch)
                 rate = n_new / max(time.perf_counter() - t0, 1e-9)
                 prog.update(task, advance=len(batch), rate=f"{rate:.2f} it/s")
+                plain.update(len(batch))
     finally:
         store.close()
         if legacy_replay:
