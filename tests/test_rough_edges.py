@@ -129,3 +129,28 @@ def test_without_a_terminal_a_long_run_prints_plain_progress_lines(tiny_gpt2_pat
     main(["eval", "bbq", "--model", str(tiny_gpt2_path), "--categories", "Age,Religion", "--limit", "70",
           "--data", str(bbq_dir), "--out", str(tmp_path / "r2"), "--device", "cpu", "--mode", "loglik"])
     assert sum(ln.startswith("bbq: ") for ln in capsys.readouterr().err.splitlines()) == 1
+
+
+def test_the_result_table_reads_at_80_columns(tiny_gpt2_path, bbq_dir, tmp_path, monkeypatch):
+    """BBQ's table: categories and metrics as rows, conditions as columns, each cell value [CI]; no header or cell
+    is cut at 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    import fairdistill.cli as cli
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buf, width=80, force_terminal=False, color_system=None))
+    main(["eval", "bbq", "--model", str(tiny_gpt2_path), "--categories", "Physical_appearance,Sexual_orientation",
+          "--limit", "6", "--data", str(bbq_dir), "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress"])
+    text = buf.getvalue()
+    table = text.split("answer letters")[0]
+    assert all(len(line) <= 80 for line in table.splitlines())
+    assert "…" not in table  # nothing truncated
+    for word in ("category", "metric", "ambig", "disambig", "Physical_appearance", "stereo", "acc"):
+        assert word in table
+    metrics = __import__("json").loads((tmp_path / "r" / "metrics.json").read_text())
+    row = next(r for r in metrics["rows"] if r["category"] == "overall" and r["condition"] == "ambig"
+               and r["metric"] == "accuracy")
+    assert f"{row['value']:.2f} [{row['ci_low']:.2f},{row['ci_high']:.2f}]" in table

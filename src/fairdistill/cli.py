@@ -159,7 +159,9 @@ def eval_cmd(
         console.print(f"[bold]{benchmark}[/bold] on [bold]{shown}{what}[/bold] -> {run_dir}")
         _, metrics = execute(spec, backend, bench=bench, show_progress=progress,
                              extra_config={"command": redact_urls(" ".join(sys.argv[1:])), "model_spec": shown})
-        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {shown}{what}")
+        print_rows(bench.summary_table(metrics), title=f"{benchmark} — {shown}{what}", max_rows=80)
+        if bench.summary_legend:
+            console.print(f"[dim]{bench.summary_legend}[/dim]", soft_wrap=False)
         print_position(metrics)
         print_notes(metrics)
         print_definitions(metrics)

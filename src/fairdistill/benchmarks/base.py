@@ -359,6 +359,9 @@ class Benchmark:
         """What choosing ``option`` means (e.g. "unknown", "biased", "anti-biased"); None if unknown."""
         return None
 
+    #: one line under the terminal table saying how to read it (abbreviations, what a cell holds); "" for none
+    summary_legend: ClassVar[str] = ""
+
     def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows for the terminal table; default: the tidy ``rows`` of the metrics."""
         return metrics.get("rows", [])

@@ -285,6 +285,28 @@ class BiasQA(Benchmark):
         out.update(native)  # e.g. notes (one line each, printed by the CLI) and what data is missing
         return out
 
+    #: the terminal table's short metric names (its legend says what they stand for)
+    SHORT_METRICS: ClassVar[dict[str, str]] = {"accuracy": "acc", "bias_score": "bias", "stereotyped_rate": "stereo",
+                                               "anti_stereotyped_rate": "anti"}
+
+    summary_legend: ClassVar[str] = ("acc = accuracy, bias = s_AMB (ambig) / s_DIS (disambig), stereo / anti = share "
+                                     "of answers naming the stereotyped / the other person; cells: value [95% CI]; "
+                                     "n and every row in metrics.json")
+
+    def summary_table(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        """One line per category and metric, one column per context condition, each cell the value and its 95% CI:
+        it reads at 80 columns (the full tidy rows, with n, are in metrics.json)."""
+        conds = [c for c in ("ambig", "disambig", "all") if any(r.get("condition") == c for r in metrics.get("rows", []))]
+        table: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in metrics.get("rows", []):
+            if r.get("condition") not in conds or "category" not in r:
+                continue
+            m = self.SHORT_METRICS.get(r["metric"], r["metric"])
+            line = table.setdefault((r["category"], m), {"category": r["category"], "metric": m,
+                                                         **{c: "" for c in conds}})
+            line[r["condition"]] = _cell(r.get("value"), r.get("ci_low"), r.get("ci_high"))
+        return list(table.values())
+
     # -- paired comparison ----------------------------------------------------------------------
     @classmethod
     def paired_units(cls, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -316,6 +338,15 @@ class BiasQA(Benchmark):
         d = bbq_scoring.METRIC_DEFINITIONS
         return {"accuracy": d["accuracy"], "s_AMB / s_DIS": d["bias_score"],
                 "stereotyped_rate": d["stereotyped_rate"], "anti_stereotyped_rate": d["anti_stereotyped_rate"]}
+
+
+def _cell(value: Any, lo: Any, hi: Any) -> str:
+    """'0.35 [0.29,0.41]': a value with its CI in 16-18 characters."""
+    if value is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{lo:.2f},{hi:.2f}]"
 
 
 def _letter_logprob_sums(backend, answers: list[dict]) -> list[float] | None:
