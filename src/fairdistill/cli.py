@@ -331,6 +331,43 @@ def options_cmd(name: str = typer.Argument(..., help="benchmark, method or inter
     console.print(t)
 
 
+@app.command("doctor")
+def doctor_cmd(
+    model: str = typer.Argument(..., help="model string, as for eval"),
+    reference: Optional[str] = typer.Option(None, help="a second model string to compare answers with"),
+    device: str = typer.Option("auto"),
+    dtype: str = typer.Option("auto"),
+    backend_option: List[str] = typer.Option([], "--backend-option", help="backend option key=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the verdicts as JSON here"),
+):
+    """A one-minute check before a long run: capabilities, log-prob canary, chat template, parseable answers,
+    letter skew, bf16 vs float32, speed and memory (and agreement with --reference)."""
+    from .backends.base import load_backend
+    from .doctor import diagnose
+
+    opts = parse_options(backend_option)
+    backend = load_backend(model, device=device, dtype=dtype, **opts)
+    ref = load_backend(reference, device=device, dtype=dtype, **opts) if reference else None
+    rep = diagnose(backend, reference=ref)
+    t = Table(title=f"doctor — {redact_urls(model)}")
+    for col in ("check", "verdict", "value", "note"):
+        t.add_column(col, overflow="fold")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red", "n/a": "dim"}
+    for c in rep.checks:
+        t.add_row(c.name, f"[{colour[c.verdict]}]{c.verdict}[/{colour[c.verdict]}]", c.value, c.note)
+    console.print(t)
+    for d in rep.disagreements:
+        console.print(f"disagrees on {d['id']}: {LETTER_OR_NONE(d['model'])} vs reference {LETTER_OR_NONE(d['reference'])}")
+    if out is not None:
+        out.write_text(json.dumps(redact_urls(rep.to_dict()), indent=2))
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+def LETTER_OR_NONE(k: Any) -> str:  # noqa: N802
+    return "unparsed" if k is None else "ABC"[k]
+
+
 @app.command("list")
 def list_cmd():
     """List benchmarks, methods, interventions, backends and built-in models."""
@@ -371,7 +408,7 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # a command's typer.Exit(code) comes back as its code
     except UserError as e:
         err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
@@ -386,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, abort):
             return 130
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
