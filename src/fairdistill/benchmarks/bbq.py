@@ -116,7 +116,7 @@ class BBQ(BiasQA):
 
     class Options(PermuteChecked):
         # permute came later: runs that leave it at "none" keep the identity they had before
-        identity_unless_default = frozenset({"permute"})
+        identity_unless_default = frozenset({"permute", "pride_sample"})
 
         categories: comma_list(CATEGORIES, "BBQ category") = Field(
             None, description="categories, e.g. Age,Religion (default: every category file present)")

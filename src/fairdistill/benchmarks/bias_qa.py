@@ -40,7 +40,8 @@ from .languages import LETTERS, Language, language, lettered_question, parse_cho
 PERMUTE_NEEDS_GENERATE = "permute reorders lettered options, which exist in generation mode only: use --mode generate"
 MODE_HELP = ("loglik: most likely option; generate: lettered multiple choice, answer parsed; "
              "auto: loglik when the model can score and no method is used")
-PERMUTE_HELP = "cyclic: ask every rotation of the options, predict by majority (generation mode)"
+PERMUTE_HELP = ("cyclic: ask every rotation of the options, predict by majority; pride: one call per item, the letter "
+                "prior (estimated on a sample asked in every rotation) divided out (generation mode)")
 
 
 def bbq_views(prefix: str) -> tuple[ReportView, ReportView]:
@@ -55,6 +56,11 @@ def bbq_views(prefix: str) -> tuple[ReportView, ReportView]:
 
 class PermuteChecked(BenchmarkOptions):
     """Options of a lettered benchmark: ``permute`` needs generation mode (a one-line error otherwise)."""
+
+    # pride_sample came later: runs that leave it at its default keep the identity they had before
+    identity_unless_default: ClassVar[frozenset[str]] = frozenset({"pride_sample"})
+    pride_sample: float = Field(0.05, gt=0, le=1, description="permute=pride: share of the items (at least 10) "
+                                "asked in every rotation to estimate the model's prior over option letters")
 
     @model_validator(mode="after")
     def _permute_needs_lettered_options(self) -> "PermuteChecked":
@@ -237,6 +243,8 @@ class BiasQA(Benchmark):
     def _eval_generate(self, items, ctx):
         from ..methods.base import get_method
 
+        if self.opts.permute == "pride":
+            return self._eval_pride(items, ctx)
         method = ctx.method or get_method("baseline", ctx.backend)
         gen = GenerationConfig(max_new_tokens=self.opts.max_new_tokens, temperature=0.0, seed=self.opts.seed)
         orders = permute_mod.orders(3, self.opts.permute)
@@ -250,6 +258,46 @@ class BiasQA(Benchmark):
                                        **results[k].to_record()))
                 continue
             out.append(self._vote(r, answers, ctx))
+        return out
+
+    # -- PriDe: position control at one call per item -----------------------------------------------
+    def _letter_logprobs(self, ctx: EvalContext, rows_orders: list[tuple[dict, list[int]]]) -> list[list[float]]:
+        from ..methods.base import user_turn
+
+        convs = [[{"role": "user", "content": user_turn(self.question(r, o))}] for r, o in rows_orders]
+        return ctx.backend.chat_choice_logprobs(convs, list(LETTERS))
+
+    def pride_prior(self, ctx: EvalContext) -> dict[str, Any]:
+        """The letter prior from the run's seeded sample of items, each asked in every rotation (computed once per
+        session; deterministic, so a resumed run uses the same prior)."""
+        if getattr(self, "_pride", None) is None:
+            all_items = {it["id"]: it for it in self.load_items()}
+            sample = permute_mod.pride_sample(list(all_items), self.opts.pride_sample, 10, self.opts.seed)
+            rots = permute_mod.orders(3, "cyclic")
+            lps = self._letter_logprobs(ctx, [(all_items[i], o) for i in sample for o in rots])
+            per_item = [lps[k * 3:(k + 1) * 3] for k in range(len(sample))]
+            self._pride = {"prior": [round(x, 6) for x in permute_mod.pride_prior(per_item)], "sample": sample,
+                           "calls": 3 * len(sample)}
+        return self._pride
+
+    def _eval_pride(self, items, ctx):
+        if ctx.method is not None:
+            raise UserError("permute=pride runs the plain model (it reads the letter probabilities of one answer "
+                            "turn); use permute=cyclic with a method")
+        if "chat_choice_logprobs" not in ctx.backend.capabilities():
+            raise UserError(f"permute=pride needs the letter log-probabilities of a chat turn, which {ctx.backend.name} "
+                            "cannot give (an in-process chat model can); use permute=cyclic with this backend")
+        prior = self.pride_prior(ctx)
+        sample = set(prior["sample"])
+        lps = self._letter_logprobs(ctx, [(r, [0, 1, 2]) for r in items])
+        out = []
+        for r, lp in zip(items, lps):
+            d = permute_mod.pride_choice(lp, prior["prior"])
+            observed = max(range(3), key=lambda k: lp[k])
+            out.append(self.record(r, pred=d, status="ok", letter=LETTERS[d], order=[0, 1, 2],
+                                   letter_logprobs=[round(x, 5) for x in lp], observed_letter=LETTERS[observed],
+                                   pride_prior=prior["prior"], calls=1 + (3 if r["id"] in sample else 0),
+                                   **({"pride_sample": True} if r["id"] in sample else {})))
         return out
 
     def _answer(self, row: dict, order: list[int], res) -> dict[str, Any]:
@@ -278,6 +326,15 @@ class BiasQA(Benchmark):
                "letter_share: share of parsed answers at each letter (gold_share in metrics.json); position_bias: "
                "the top letter's share / its gold share (1 = none); rotation_consistency: items answered with the "
                "same option in every rotation (permute=cyclic)")
+        pride = next((r["pride_prior"] for r in records if r.get("pride_prior")), None)
+        if pride is not None:
+            n_sample = sum(bool(r.get("pride_sample")) for r in records)
+            changed = sum(r.get("observed_letter") not in (None, r.get("letter")) for r in records)
+            out["pride"] = {"prior": dict(zip(LETTERS, pride)), "sample_items": n_sample,
+                            "calls_for_prior": 3 * n_sample, "calls_per_item": sum(r.get("calls", 1) for r in records)
+                            / len(records), "answers_changed_by_prior": changed,
+                            "note": "PriDe (Zheng et al., ICLR 2024): letter probabilities divided by the prior the "
+                                    "sample's rotations estimate"}
         native = dict(self.native_metrics(records) or {})
         out["rows"] += native.pop("rows", [])
         out["definitions"].update(native.pop("definitions", {}))
