@@ -24,9 +24,11 @@ def test_notebook_style_evaluate_compare_report(tiny_llama_chat_path, bbq_dir, t
     assert (tmp_path / "prefix3" / "comparison.json").exists()
     html = fd.report([plain, debiased], out=tmp_path / "r.html", labels=["plain", "prefix-3"])
     assert html.exists() and "prefix-3" in html.read_text()
-    import fairdistill.report  # the subpackage import leaves fd.report callable
+    import fairdistill.compare  # noqa: F401  (importing the submodules leaves the API functions in place)
+    import fairdistill.report  # noqa: F401
 
     assert fd.report([plain.path], out=tmp_path / "again.html").exists()
+    assert fd.compare(plain, debiased, write=False).rows == comp.rows
     again = fd.evaluate("bbq", model=str(tiny_llama_chat_path), options=opts, out=tmp_path / "plain", dtype="float32")
     assert again.rows == rows  # a finished run resumes with nothing recomputed
     try:

@@ -10,6 +10,9 @@ The public Python API (``import fairdistill as fd``): :func:`evaluate`, :func:`c
 
 __version__ = "0.1.0"
 
+# the submodules named like API functions are imported first: a submodule's first import sets the package
+# attribute of its name, so the functions are bound after them and stay what fd.compare / fd.report mean
+from . import compare as _compare_module, report as _report_module  # noqa: E402,F401
 from .api import Comparison, Run, compare, evaluate, report, run_study  # noqa: E402
 from .errors import CapabilityError, UserError  # noqa: E402
 

@@ -8,18 +8,3 @@ from .build import build_markdown_summary, build_report, load_run, load_runs, re
 
 __all__ = ["build_report", "build_markdown_summary", "load_run", "load_runs", "redact"]
 
-
-# ``fairdistill.report(runs, out=...)`` is the Python API's report function, and ``fairdistill.report`` is also
-# this package: importing it replaces the package attribute, so the package itself answers the call.
-import sys as _sys
-import types as _types
-
-
-class _CallablePackage(_types.ModuleType):
-    def __call__(self, runs, out="report.html", **kwargs):
-        from ..api import report
-
-        return report(runs, out, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallablePackage
