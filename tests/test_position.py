@@ -128,6 +128,9 @@ def test_pure_letter_prior_is_flagged_and_cancelled_by_rotation(bbq_dir, tmp_pat
     assert m2["counts"]["status"] == {"unresolved": 12} and m2["counts"]["n_unparsed"] == 12
     cons = next(x for x in m2["position"]["rows"] if x["metric"] == "rotation_consistency")
     assert cons["value"] == 0.0
+    # rotated runs still report the model's letter preference, but do not advise the rotation they already use
+    w = m2["position"]["warning"]
+    assert w and "letter A" in w and "rerun" not in w and "already controls" in w
 
 
 def test_ties_broken_by_summed_letter_logprobs(bbq_dir, tmp_path):
