@@ -124,7 +124,7 @@ def _scipy_ci(data, statistic, seed=0):
 
 def test_point_values_equal_bbq_metrics(runs):
     base, meth = runs
-    comp = compare_records(base, meth, seed=0)
+    comp = compare_records(base, meth, benchmark="bbq", seed=0)
     for run, recs in (("baseline", base), ("method", meth)):
         m = bbq_scoring.bbq_metrics(recs, pred_key="pred", seed=0)
         want = {(r["condition"], r["metric"]): r["value"] for r in m["rows"] if r["category"] == "overall"}
@@ -142,7 +142,7 @@ def test_point_values_equal_bbq_metrics(runs):
 @pytest.mark.parametrize("seed", [0, 7])
 def test_cis_equal_scipy_bootstrap(runs, seed):
     base, meth = runs
-    comp = compare_records(base, meth, seed=seed)
+    comp = compare_records(base, meth, benchmark="bbq", seed=seed)
     for cond in ("ambig", "disambig"):
         B = [r for r in base if r["context_condition"] == cond]
         ids = {r["id"]: r for r in meth}
@@ -177,7 +177,7 @@ def test_cis_equal_scipy_bootstrap(runs, seed):
 
 
 def test_rows_are_tidy(runs):
-    comp = compare_records(*runs, seed=0)
+    comp = compare_records(*runs, benchmark="bbq", seed=0)
     main = [r for r in comp["rows"] if not r["metric"].startswith("transition")]
     assert {(r["condition"], r["metric"], r["run"]) for r in main} == {
         (c, m, run) for c, ms in (("ambig", ("accuracy", "s_AMB")), ("disambig", ("accuracy", "s_DIS")))
@@ -221,7 +221,7 @@ def test_compare_run_dirs(tmp_path, runs):
 def test_no_shared_items_is_an_error(runs):
     base, meth = runs
     with pytest.raises(UserError, match="share no item ids"):
-        compare_records(base[:5], meth[5:10])
+        compare_records(base[:5], meth[5:10], benchmark="bbq")
 
 
 def test_runs_of_different_benchmarks_are_refused(tmp_path, runs):

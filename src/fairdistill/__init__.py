@@ -8,7 +8,7 @@ The public Python API (``import fairdistill as fd``): :func:`evaluate`, :func:`c
 :func:`run_study`, the :class:`Run` and :class:`Comparison` they return, and the errors they raise.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 # the submodules named like API functions are imported first: a submodule's first import sets the package
 # attribute of its name, so the functions are bound after them and stay what fd.compare / fd.report mean

@@ -16,7 +16,7 @@ from .stats.paired import DEFINITIONS, _ratio, cost_summary, paired_compare
 from .store import RunStore
 
 
-def compare_records(base_records: Sequence[dict], method_records: Sequence[dict], benchmark: str = "bbq",
+def compare_records(base_records: Sequence[dict], method_records: Sequence[dict], benchmark: str,
                     seed: int = 0, n_resamples: int = 1000, confidence: float = 0.95) -> dict[str, Any]:
     """Paired comparison of two lists of one benchmark's records (matched by unit id)."""
     from .registry import BENCHMARKS
@@ -78,7 +78,10 @@ def compare(base_dir: str | Path, method_dir: str | Path, seed: int = 0, n_resam
         names.append(((RunStore(d).read_config() or {}).get("identity") or {}).get("benchmark"))
     if names[0] and names[1] and names[0] != names[1]:
         raise UserError(f"cannot compare runs of different benchmarks: {names[0]} ({base_dir}) vs {names[1]} ({method_dir})")
-    out = compare_records(recs[0], recs[1], benchmark=names[0] or names[1] or "bbq", seed=seed, n_resamples=n_resamples)
+    if not (names[0] or names[1]):
+        raise UserError(f"{base_dir} and {method_dir} do not say which benchmark they ran (no config.json): nothing "
+                        "to pair their items by")
+    out = compare_records(recs[0], recs[1], benchmark=names[0] or names[1], seed=seed, n_resamples=n_resamples)
     (sb, pb), (sm, pm) = _wall(base_dir), _wall(method_dir)
     out["cost"]["seconds_total"] = {"baseline": sb, "method": sm, "ratio": _ratio(sm, sb)}
     out["cost"]["seconds_per_item"] = {"baseline": pb, "method": pm, "ratio": _ratio(pm, pb)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import re
 import time
 from pathlib import Path
@@ -18,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import __version__
 from .benchmarks.base import Benchmark, EvalContext
 from .data import file_sha256
 from .errors import UserError
+from .machine import environment, versions  # noqa: F401  (recorded in every run; importable from here too)
 from .store import RunStore
 
 
@@ -187,39 +186,6 @@ def _check_estimate(store: RunStore, config: dict[str, Any], backend) -> bool:
                     f"{old or 'not recorded'}, now {fp}); its answers cannot be mixed: restore the estimate it "
                     "was made with (a study keeps it in <study>/<model>/interventions/) or delete the folder to "
                     "start the run again")
-
-
-def versions() -> dict[str, str]:
-    out = {"fairdistill": __version__, "python": platform.python_version()}
-    for mod in ("torch", "transformers", "peft", "numpy", "scipy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:
-            pass
-    return out
-
-
-def environment() -> dict[str, Any]:
-    """What decides a model's numerics on this machine: library versions and the CPU's bf16 matrix units
-    (AMX and AVX512-BF16 kernels round differently, so a near-tie can go either way between machines)."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    env: dict[str, Any] = {k: v for k, v in versions().items() if k in ("torch", "transformers")}
-    env["cpu_bf16"] = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
-    try:
-        import torch
-
-        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except Exception:
-        pass
-    return env
 
 
 def run_benchmark(

@@ -174,3 +174,10 @@ def load_backend(spec: str, **options: Any) -> Backend:
     if not target:
         raise UserError(f"model string {spec!r} names no model")
     return cls.from_spec(target, **options)
+
+
+def in_process(backend):
+    """The backend that holds the model: ``backend`` itself, or the one a wrapper (response cache) wraps."""
+    while getattr(backend, "backend", None) is not None and backend.backend is not backend:
+        backend = backend.backend
+    return backend

@@ -60,7 +60,7 @@ class CachingBackend(Backend):
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
-        from ..runner import environment  # lazy: the runner imports the backends
+        from ..machine import environment
 
         self.environment = json.dumps(environment(), sort_keys=True)
         #: calls answered, by the environment that computed the answer ("" = not recorded: an older entry)
@@ -78,7 +78,7 @@ class CachingBackend(Backend):
         return {**desc, "intervention_fingerprint": fp} if fp else desc
 
     def _fingerprint(self) -> str | None:
-        from ..interventions.base import in_process
+        from .base import in_process
 
         iv = getattr(in_process(self.backend), "intervention", None)
         return iv.fingerprint() if iv is not None else None

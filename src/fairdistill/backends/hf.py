@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import CapabilityError, UserError
+from ..machine import native_bf16  # noqa: F401  (importable from here too)
 from ..registry import BACKENDS
 from .base import Backend, GenerationRequest, GenerationResult, encode_pair
 
@@ -22,21 +21,6 @@ def _resolve_device(device: str) -> str:
     from ..distributed import local_device
 
     return local_device(device)  # under torchrun / accelerate launch: this rank's GPU
-
-
-def native_bf16(device: str) -> bool:
-    """Whether ``device`` computes bfloat16 natively (CUDA with bf16; x86 CPUs with AVX512-BF16 or AMX)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def _resolve_dtype(dtype: str, device: str):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
+from ..backends.base import in_process  # noqa: F401  (its old home)
 from ..errors import CapabilityError, UserError
 
 
@@ -41,7 +42,7 @@ class Intervention:
     needs: ClassVar[str] = "hooks on the model's forward pass"
 
     def __init__(self, **options: Any):
-        from ..benchmarks.base import parse_options
+        from ..options import parse_options
 
         self.options = {k: v for k, v in options.items() if v is not None}
         self.opts = parse_options(self.Options, self.name, self.options, kind="intervention")
@@ -98,13 +99,6 @@ def get_intervention(name: str, **options: Any) -> Intervention:
     from ..registry import INTERVENTIONS
 
     return INTERVENTIONS.get(name)(**options)
-
-
-def in_process(backend):
-    """The backend that holds the model: ``backend`` itself, or the one a wrapper (response cache) wraps."""
-    while getattr(backend, "backend", None) is not None and backend.backend is not backend:
-        backend = backend.backend
-    return backend
 
 
 @contextmanager

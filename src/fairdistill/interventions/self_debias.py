@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ..benchmarks.base import PathStr, comma_list
+from ..options import PathStr, comma_list
 from ..errors import UserError
 from ..registry import INTERVENTIONS
 from .base import Intervention, InterventionOptions

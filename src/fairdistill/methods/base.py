@@ -77,7 +77,7 @@ class Method:
     def validate_options(cls, options: dict[str, Any]) -> "MethodOptions":
         """The validated options; an unknown or bad option is a one-line UserError. Runs before any model loads
         (``RunSpec.build_benchmark``) as well as here."""
-        from ..benchmarks.base import parse_options
+        from ..options import parse_options
 
         # keys starting with "_" are internal hand-overs between components, not user options
         return parse_options(cls.Options, cls.name, {k: v for k, v in options.items()

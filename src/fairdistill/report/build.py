@@ -903,7 +903,7 @@ def _env():
 
 def render_html(runs: list[Run], title: str = "fairdistill report",
                 references: Sequence[dict[str, Any]] | None = None) -> str:
-    from .. import __version__
+    from .._version import __version__
 
     sections = build_sections(runs, references)
     tpl = _env().get_template("report.html.jinja")
@@ -990,7 +990,7 @@ def _md_table(t: Table, max_rows: int = 40) -> str:
 
 
 def _markdown(runs: list[Run], title: str, references: Sequence[dict[str, Any]] | None = None) -> str:
-    from .. import __version__
+    from .._version import __version__
 
     parts = [f"## {title}", "",
              f"Measured with fairdistill {__version__}. Runs: " + "; ".join(f"**{r.label}** ({r.benchmark})" for r in runs) + ".",
