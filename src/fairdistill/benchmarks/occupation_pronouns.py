@@ -26,9 +26,8 @@ from ..registry import BENCHMARKS
 from ..stats.bootstrap import percentile_interval, resample_indices
 from .base import Benchmark, BenchmarkOptions, EvalContext, ReportHeadline, comma_list
 
-HELD_F = ["nurse", "secretary", "librarian", "hairdresser", "receptionist"]
-HELD_M = ["engineer", "mechanic", "carpenter", "sheriff", "physician"]
-HELD_OUT = HELD_F + HELD_M
+from ..text.corpora import HELD_F, HELD_M, HELD_OUT  # noqa: E402  (the corpora leave them out)
+
 FRAMES = ["The {o} said that", "The {o} told me that", "The {o} thinks that"]
 #: frames no training sentence of the built-in corpora begins with or shares its verb with (written
 #: 2026-12-07, before any run on them; tests/test_occupation_pronouns.py checks it): with ``frames=fresh`` both the

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 from ..errors import UserError, reject_unknown_options
+from ..modeling import _num_layers, layer_list_name  # noqa: F401  (their old home)
+from ..text.corpora import read_corpus  # noqa: F401  (its old home)
 from .rules import RuleSet, apply_rules, load_rules, rule_balance_loss
 
 
@@ -114,26 +116,6 @@ class FairDistillConfig(TrainConfig):
 
 
 # -- models --------------------------------------------------------------------------------------
-def _num_layers(config) -> int:
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        n = getattr(config, attr, None)
-        if isinstance(n, int):
-            return n
-    raise UserError(f"cannot find the layer count of a {type(config).__name__}")
-
-
-def layer_list_name(model) -> str:
-    """Dotted name of the model's ModuleList of transformer blocks (``transformer.h``, ``model.layers``,
-    ``bert.encoder.layer``): the outermost ModuleList whose length is the configured layer count."""
-    import torch.nn as nn
-
-    n = _num_layers(model.config)
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    if not names:
-        raise UserError(f"cannot find the transformer blocks of {type(model).__name__} to build a layer subset")
-    return min(names, key=lambda s: s.count("."))
-
-
 def _keep_indices(keep: str | Sequence[int], n: int) -> list[int]:
     if isinstance(keep, str):
         if keep == "every_other":
@@ -238,34 +220,6 @@ def check_same_tokenizer(t_tok, s_tok, teacher_model, student_model) -> None:
 
 
 # -- data ----------------------------------------------------------------------------------------
-def read_corpus(path: str | os.PathLike, max_examples: int | None = None) -> list[str]:
-    """Texts from a plain-text file (one example per non-empty line), a jsonl file (``text`` field), or a
-    built-in corpus named in :data:`fairdistill.distill.corpora.CORPORA` (e.g. ``occupations``)."""
-    from ..data import read_jsonl
-    from .corpora import CORPORA
-
-    p = Path(path).expanduser()
-    if not p.exists() and str(path) in CORPORA:
-        return CORPORA[str(path)]()[:max_examples]
-    if not p.exists():
-        raise UserError(f"corpus not found: {p} (built-in corpora: {', '.join(CORPORA)})")
-    texts: list[str] = []
-    if p.suffix == ".jsonl":
-        for k, row in enumerate(read_jsonl(p), 1):
-            if "text" not in row or not isinstance(row["text"], str):
-                raise UserError(f"{p}: row {k} has no string field 'text'")
-            if row["text"].strip():
-                texts.append(row["text"])
-    else:
-        with p.open(encoding="utf-8") as f:
-            texts = [ln.rstrip("\n") for ln in f if ln.strip()]
-    if max_examples is not None:
-        texts = texts[:max_examples]
-    if not texts:
-        raise UserError(f"corpus {p} is empty (no non-blank lines / 'text' rows)")
-    return texts
-
-
 def tokenize_corpus(texts: Sequence[str], tokenizer, max_length: int) -> list[dict[str, list[int]]]:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True)
     rows = [{"input_ids": ids, "special_tokens_mask": sm}

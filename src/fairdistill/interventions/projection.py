@@ -100,7 +100,8 @@ class _Projection(Intervention):
         """Seeded sample of (sentence, counterfactual) pairs and each first sentence's gender lean."""
         import random
 
-        from ..distill.cda import Swapper, load_texts
+        from ..text.corpora import load_texts
+        from ..text.counterfactual import Swapper
 
         swapper = Swapper.from_lists(self.opts.word_lists)
         seen, pairs, lean = set(), [], []
@@ -259,7 +260,7 @@ def hook_point(model, layer: str):
     """(module, is_pre_hook) for a layer spec: ``final`` = the LM head's input, else block ``int(layer)``."""
     if layer == "final":
         return model.get_output_embeddings(), True
-    from ..distill.fairdistill import layer_list_name
+    from ..modeling import layer_list_name
 
     blocks = model.get_submodule(layer_list_name(model))
     i = int(layer)

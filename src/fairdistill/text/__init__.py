@@ -1,0 +1,1 @@
+"""Text resources below every model component: training and estimation corpora, counterfactual word swaps."""
