@@ -61,3 +61,20 @@ def test_doctor_cli_flags_a_server_with_broken_logprobs(smollm2, tmp_path, capsy
     checks = {c["name"]: c for c in json.loads((tmp_path / "ok.json").read_text())["checks"]}
     assert checks["log-prob canary"]["verdict"] == "ok"
     _CANARY_VERDICTS.clear()
+
+
+def test_a_server_that_dies_is_a_failed_check_not_a_crash():
+    """A server that stops answering mid-check (llama-cpp-python's server segfaulted on this machine's CPU) gives
+    failed verdicts naming the error."""
+    import socket
+
+    from fairdistill.backends.base import load_backend
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    be = load_backend(f"openai:http://127.0.0.1:{port}/v1#m", backoff_base=0.01, max_retries=1, startup_retries=0)
+    rep = diagnose(be)
+    c = _by_name(rep)
+    assert c["log-prob canary"].verdict == "fail" and "cannot reach" in c["log-prob canary"].note
+    assert c["answers"].verdict == "fail" and "cannot reach" in c["answers"].note and not rep.ok

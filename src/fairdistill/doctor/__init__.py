@@ -95,7 +95,7 @@ def diagnose(backend, *, reference=None, items: Sequence[dict[str, Any]] | None 
     if kind == "openai":
         try:
             scores = backend.can_score
-        except (CapabilityError, UserError) as e:
+        except (CapabilityError, UserError) as e:  # includes a server that died on the canary's request
             scores = False
             backend.why_no_scores = backend.why_no_scores or str(e)
         why = backend.why_no_scores
@@ -109,7 +109,11 @@ def diagnose(backend, *, reference=None, items: Sequence[dict[str, Any]] | None 
         rep.checks.append(Check("chat template", "fail", "absent", "generation mode and methods need a chat model"))
         return rep
     rep.checks.append(Check("chat template", "ok", "present"))
-    answers, secs = _ask(backend, items)
+    try:
+        answers, secs = _ask(backend, items)
+    except UserError as e:  # a server that stops answering (crashed, overloaded) is itself the finding
+        rep.checks.append(Check("answers", "fail", "none", str(e)))
+        return rep
     rep.answers = answers
     parsed = [a for a in answers if a is not None]
     share = len(parsed) / len(items)
@@ -138,7 +142,11 @@ def diagnose(backend, *, reference=None, items: Sequence[dict[str, Any]] | None 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     rep.checks.append(Check("speed", "ok", f"{len(items) / secs:.2f} questions/s", f"peak RSS {peak:.2f} GB"))
     if reference is not None:
-        ref, _ = _ask(reference, items)
+        try:
+            ref, _ = _ask(reference, items)
+        except UserError as e:
+            rep.checks.append(Check("agrees with reference", "fail", "no answers", str(e)))
+            return rep
         same = sum(a == b for a, b in zip(answers, ref))
         rep.disagreements = [{"id": it["id"], "model": a, "reference": b} for it, a, b in zip(items, answers, ref)
                              if a != b][:5]
