@@ -78,7 +78,8 @@ def main() -> None:
         for k, (v, lo, hi) in diffs.items():
             flag = "" if lo is None or lo <= 0 <= hi else "  <- CI excludes 0"
             print(f"    {k:32s} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]{flag}")
-    (out / "validation.json").write_text(json.dumps(results, indent=2))
+    old = json.loads((out / "validation.json").read_text()) if (out / "validation.json").exists() else {}
+    (out / "validation.json").write_text(json.dumps({**old, **results}, indent=2))  # runs validated earlier stay
 
 
 if __name__ == "__main__":
