@@ -620,3 +620,16 @@ def test_the_confirmatory_study_shape_runs_end_to_end_on_tiny_models(tiny_llama_
     assert student == held
     assert set(sd["transfer"]) == {"kobbq", "occupation-gender"}
     assert json.loads((out / "train" / "qwen15-sd-bbq" / "teacher_choice.json").read_text())["method"] == "always-a"
+
+
+def test_study_option_doctor_writes_its_verdicts_into_study_log(tiny_llama_chat_path, tmp_path):
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(TWO_RUNS.replace("MODEL", str(tiny_llama_chat_path)).replace("name: two", "name: two\ndoctor: true")
+                   .replace("limit: 20", "limit: 2"))
+    run_study(cfg, out=tmp_path / "out", show_progress=False)
+    log = (tmp_path / "out" / "study.log").read_text()
+    for check in ("capabilities", "chat template", "parseable answers", "speed"):
+        assert f"doctor base: {check}: " in log
+    assert (tmp_path / "out" / "base" / "doctor.json").exists()
+    run_study(cfg, out=tmp_path / "out", show_progress=False)  # once per study folder
+    assert (tmp_path / "out" / "study.log").read_text().count("doctor base: capabilities") == 1

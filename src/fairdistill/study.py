@@ -128,6 +128,8 @@ class StudyConfig(_Strict):
                                                  "there, shared with the studies that name it): overlapping runs (the "
                                                  "plain model's rotation 0 and its plain run) and reruns never re-ask it")
     data: str | None = Field(None, description="evaluation-data root holding bbq/, mmlu/, ... (default: auto)")
+    doctor: bool = Field(False, description="check every model with `fairdistill doctor` before the first run and "
+                                            "write its verdicts into study.log (about a minute per model)")
     models: list[ModelEntry] = Field(min_length=1)
     benchmarks: list[BenchmarkEntry] = Field(default_factory=list)
     capability: dict[str, Any] | None = Field(None, description="options of the capability benchmark, run on every model")
@@ -242,6 +244,28 @@ class _Study:
 
             backend = CachingBackend(backend, self.cache_path(name))
         return backend
+
+    def doctor(self) -> None:
+        """`fairdistill doctor` on every base model, its verdicts as lines of study.log (once per study folder)."""
+        from .doctor import diagnose
+
+        for m in self.cfg.models:
+            mark = self.out / m.name / "doctor.json"
+            if mark.exists():
+                continue
+            backend = self.load_backend(m.name)
+            try:
+                rep = diagnose(getattr(backend, "backend", backend))  # the model itself, not its response cache
+            finally:
+                close = getattr(backend, "close", None)
+                if close:
+                    close()
+            for c in rep.checks:
+                self.journal(f"doctor {m.name}: {c.name}: {c.verdict} ({c.value})" + (f"; {c.note}" if c.note else ""))
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            mark.write_text(json.dumps(redact_urls(rep.to_dict()), indent=2))
+            if not rep.ok:
+                self.log(f"[yellow]doctor:[/yellow] {m.name} failed a check; see study.log")
 
     def device_dtype(self, name: str) -> tuple[str, str]:
         """The device and dtype a model is loaded with (``dtype: auto`` resolved as :meth:`_recorded_dtype`)."""
@@ -687,6 +711,8 @@ def run_study(config_path: str | os.PathLike, *, out: str | os.PathLike | None =
                 if a.key == b.key and _overlap(a.models, b.models) and _overlap(a.benchmarks, b.benchmarks):
                     raise UserError(f"{config_path}: method {a.key!r} appears twice for one model and benchmark; "
                                     "give each entry an id (e.g. reprompting-en)")
+        if cfg.doctor:
+            st.doctor()
         if executor == "ray":
             from .executors import run_on_ray
 
