@@ -286,7 +286,7 @@ def test_server_killed_mid_run_and_restarted_every_item_answered_once(server, bb
     backend = http_backend(server.url, server.model_dir, max_retries=60, backoff_base=0.2, backoff_max=2.0,
                            concurrency=2)
     bench = _bbq(data=str(bbq_dir))
-    bench.batch_size = 2  # three batches: the kill lands between stored batches and inside one
+    bench.batch_size = bench.plain_batch_size = 2  # three batches: the kill lands between stored batches and inside one
     out = tmp_path / "run"
     results = out / "results.jsonl"
     events: list[str] = []

@@ -93,7 +93,8 @@ class BiasQA(Benchmark):
     #: the row fields each stored record keeps
     record_keys: ClassVar[tuple[str, ...]] = ("id", "category", "context_condition", "question_polarity", "label",
                                               "ans0", "ans1", "ans2", "roles")
-    batch_size = 16
+    batch_size = 16          # items per call (and per save) when a method answers
+    plain_batch_size = 64    # items per call for the plain model (log-likelihood or one generated turn)
     supports_methods = True
     paired_binary = ("accuracy", "correct")
 
@@ -196,7 +197,7 @@ class BiasQA(Benchmark):
         # plain answers (log-likelihood, or one short generated turn) take about a second each: larger
         # calls let the backend decide the near-ties of 64 items in one float32 pass (its fixed cost is
         # streaming the weights); a method's items take far longer, and are saved 16 at a time
-        return 64 if self.resolved_mode(ctx) == "loglik" or ctx.method is None else self.batch_size
+        return self.plain_batch_size if self.resolved_mode(ctx) == "loglik" or ctx.method is None else self.batch_size
 
     def check(self, ctx: EvalContext) -> None:
         mode = self.resolved_mode(ctx)
