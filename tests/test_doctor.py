@@ -34,7 +34,8 @@ def test_doctor_on_a_tiny_bf16_model_and_its_reference(tiny_llama_chat_path):
     assert c["parseable answers"].value.endswith("/20")
     assert c["bf16 vs float32"].verdict in ("ok", "warn", "fail") and c["bf16 vs float32"].value.endswith("/20")
     same = int(c["agrees with reference"].value.split("/")[0])
-    assert same == 20 - len([1 for a, b in zip(rep.answers, diagnose(full).answers) if a != b]) or rep.disagreements
+    assert same == sum(a == b for a, b in zip(rep.answers, diagnose(full).answers))  # counted from the answers
+    assert len(rep.disagreements) == min(5, 20 - same)
     assert "questions/s" in c["speed"].value and "peak RSS" in c["speed"].note
     # bf16 against float32 and the reference (the same model in float32) measure the same thing here
     assert c["bf16 vs float32"].value == c["agrees with reference"].value

@@ -106,7 +106,7 @@ def evaluate(benchmark: str, model: Any, *, method: str | None = None, method_op
     if method:
         from .registry import METHODS
 
-        METHODS.get(method).Options  # an unknown method name fails here, in one line
+        METHODS.get(method)  # so does an unknown method name
     if intervention:
         from .interventions import get_intervention
 

@@ -357,14 +357,14 @@ def doctor_cmd(
         t.add_row(c.name, f"[{colour[c.verdict]}]{c.verdict}[/{colour[c.verdict]}]", c.value, c.note)
     console.print(t)
     for d in rep.disagreements:
-        console.print(f"disagrees on {d['id']}: {LETTER_OR_NONE(d['model'])} vs reference {LETTER_OR_NONE(d['reference'])}")
+        console.print(f"disagrees on {d['id']}: {_letter_or_unparsed(d['model'])} vs reference {_letter_or_unparsed(d['reference'])}")
     if out is not None:
         out.write_text(json.dumps(redact_urls(rep.to_dict()), indent=2))
     if not rep.ok:
         raise typer.Exit(1)
 
 
-def LETTER_OR_NONE(k: Any) -> str:  # noqa: N802
+def _letter_or_unparsed(k: Any) -> str:
     return "unparsed" if k is None else "ABC"[k]
 
 

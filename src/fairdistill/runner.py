@@ -56,6 +56,7 @@ class RunSpec(BaseModel):
         if self.method and self.method != "none":  # a bad method option fails before any model loads
             from .registry import METHODS
 
+            # a method object handed to execute() may carry a name nobody registered (a self-distillation teacher)
             if self.method in METHODS.names():
                 METHODS.get(self.method).validate_options(self.method_options)
         bench.check_method_options(self.method, self.method_options)
